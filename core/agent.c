@@ -1,0 +1,1512 @@
+/* The RPC agent core: calls, responses, timeouts, connections, server-side
+ * dispatch to the executor, rendezvous, join and shutdown. Everything it does
+ * to the outside world goes through its drpc_env. */
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "drpc/agent.h"
+#include "drpc/ops.h"
+#include "internal.h"
+#include "map.h"
+
+/* The connection id used for calls an agent makes to itself. */
+#define SELF_CONN UINT64_MAX
+/* Bounds: calls in flight from one agent, frames queued for a connection
+ * that is still opening. */
+#define MAX_PENDING_CALLS (1u << 20)
+#define MAX_CONNECT_QUEUE (1u << 20)
+
+enum { ST_RUNNING = 1, ST_STOPPING = 2, ST_STOPPED = 3 };
+enum { PEER_IDLE = 0, PEER_CONNECTING = 1, PEER_OPEN = 2 };
+
+typedef struct peer {
+  drpc_worker_info info;
+  char *addr;
+  int state;
+  uint64_t conn;
+  drpc_outframe *q_head, *q_tail;
+  size_t q_len;
+} peer;
+
+typedef struct conn_entry {
+  uint64_t conn;
+  int16_t peer; /* -1 until HELLO on incoming connections */
+  bool outgoing;
+  bool hello;
+  bool peer_shutdown; /* the peer announced a clean close */
+} conn_entry;
+
+typedef struct pcall {
+  uint64_t id;
+  int16_t dst;
+  drpc_future *fut;
+  uint64_t deadline_ns; /* 0: none */
+  uint64_t timeout_ms;
+  size_t heap_idx;
+} pcall;
+
+struct drpc_agent {
+  drpc_env env;
+  drpc_options opts;
+  drpc_wire_limits lim;
+  drpc_registry *registry;
+  drpc_store *store;
+  drpc_worker_info self;
+  int64_t world_size;
+  peer *peers; /* sorted by id */
+  size_t npeers;
+  drpc_worker_info *infos;
+
+  _Atomic int state;
+  _Atomic uint64_t timeout_ms; /* default per-call timeout */
+  _Atomic int64_t client_active, server_active, server_active_async;
+  _Atomic uint64_t calls_sent, calls_served, frames_in, frames_out;
+  _Atomic uint64_t timeouts, conn_failures;
+
+  /* Owned by the loop (the thread that feeds inputs). */
+  uint64_t next_id;
+  drpc_map calls;
+  pcall **heap;
+  size_t heap_len, heap_cap;
+  uint64_t armed_deadline;
+  drpc_map conns;
+
+  /* Idle and stop notifications for threads blocked in shutdown. */
+  drpc_sync sync;
+  bool stop_applied;
+  uint64_t barrier_seq;
+};
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static void logf_(drpc_agent *a, drpc_log_level lvl, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void logf_(drpc_agent *a, drpc_log_level lvl, const char *fmt, ...) {
+  if (!a->env.ops->log)
+    return;
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  a->env.ops->log(a->env.ctx, lvl, buf);
+}
+
+static void rec(drpc_agent *a, drpc_event_kind kind, int16_t peer_id,
+                uint64_t id, uint64_t aux) {
+  if (!a->env.ops->record)
+    return;
+  drpc_event ev = {kind, a->self.id, peer_id, drpc_env_now(&a->env),
+                   id,   aux,        NULL,    0};
+  a->env.ops->record(a->env.ctx, &ev);
+}
+
+static peer *peer_by_id(drpc_agent *a, int64_t id) {
+  size_t lo = 0, hi = a->npeers;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (a->peers[mid].info.id < id)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo < a->npeers && a->peers[lo].info.id == id ? &a->peers[lo] : NULL;
+}
+
+static peer *peer_by_name(drpc_agent *a, const char *name) {
+  for (size_t i = 0; i < a->npeers; i++)
+    if (strcmp(a->peers[i].info.name, name) == 0)
+      return &a->peers[i];
+  return NULL;
+}
+
+static double ms_to_s(uint64_t ms) {
+  return (double)ms / 1000.0;
+}
+
+/* ---- timeout heap (min-heap on deadline, then id) ---------------------- */
+
+static bool heap_less(const pcall *x, const pcall *y) {
+  return x->deadline_ns != y->deadline_ns ? x->deadline_ns < y->deadline_ns
+                                          : x->id < y->id;
+}
+
+static void heap_swap(drpc_agent *a, size_t i, size_t j) {
+  pcall *t = a->heap[i];
+  a->heap[i] = a->heap[j];
+  a->heap[j] = t;
+  a->heap[i]->heap_idx = i;
+  a->heap[j]->heap_idx = j;
+}
+
+static void heap_up(drpc_agent *a, size_t i) {
+  while (i > 0) {
+    size_t p = (i - 1) / 2;
+    if (!heap_less(a->heap[i], a->heap[p]))
+      break;
+    heap_swap(a, i, p);
+    i = p;
+  }
+}
+
+static void heap_down(drpc_agent *a, size_t i) {
+  for (;;) {
+    size_t l = 2 * i + 1, r = l + 1, m = i;
+    if (l < a->heap_len && heap_less(a->heap[l], a->heap[m]))
+      m = l;
+    if (r < a->heap_len && heap_less(a->heap[r], a->heap[m]))
+      m = r;
+    if (m == i)
+      return;
+    heap_swap(a, i, m);
+    i = m;
+  }
+}
+
+static int heap_push(drpc_agent *a, pcall *c) {
+  if (a->heap_len == a->heap_cap) {
+    size_t cap = a->heap_cap ? a->heap_cap * 2 : 64;
+    pcall **p = realloc(a->heap, cap * sizeof *p);
+    if (!p)
+      return DRPC_ENOMEM;
+    a->heap = p;
+    a->heap_cap = cap;
+  }
+  c->heap_idx = a->heap_len;
+  a->heap[a->heap_len++] = c;
+  heap_up(a, c->heap_idx);
+  return 0;
+}
+
+static void heap_remove(drpc_agent *a, pcall *c) {
+  size_t i = c->heap_idx;
+  if (i == SIZE_MAX)
+    return;
+  a->heap_len--;
+  if (i != a->heap_len) {
+    a->heap[i] = a->heap[a->heap_len];
+    a->heap[i]->heap_idx = i;
+    heap_down(a, i);
+    heap_up(a, i);
+  }
+  c->heap_idx = SIZE_MAX;
+}
+
+static void rearm(drpc_agent *a) {
+  uint64_t d = a->heap_len ? a->heap[0]->deadline_ns : 0;
+  if (d != a->armed_deadline && a->env.ops->timer_arm) {
+    a->armed_deadline = d;
+    a->env.ops->timer_arm(a->env.ctx, d);
+  }
+}
+
+/* ---- completing client calls ------------------------------------------ */
+
+static void notify_idle(drpc_agent *a) {
+  a->env.ops->sync_lock(a->env.ctx, &a->sync);
+  a->env.ops->sync_broadcast(a->env.ctx, &a->sync);
+  a->env.ops->sync_unlock(a->env.ctx, &a->sync);
+}
+
+/* Removes the call from every table; the caller completes its future. */
+static void call_detach(drpc_agent *a, pcall *c) {
+  drpc_map_remove(&a->calls, c->id);
+  heap_remove(a, c);
+}
+
+static void call_finish(drpc_agent *a, pcall *c) {
+  rec(a, DRPC_EV_OUT_FUTURE, c->dst, c->id, 0);
+  drpc_future_decref(c->fut);
+  free(c);
+  if (atomic_fetch_sub(&a->client_active, 1) == 1)
+    notify_idle(a);
+}
+
+static void call_fail(drpc_agent *a, pcall *c, int code, const char *msg) {
+  drpc_error e = {code, (char *)msg};
+  call_detach(a, c);
+  drpc_future_set_error(c->fut, &e);
+  call_finish(a, c);
+}
+
+/* Fails every pending call to dst (all when dst < 0), lowest id first. */
+static void fail_calls_to(drpc_agent *a, int dst, int code, const char *msg) {
+  size_t n;
+  uint64_t *ids = drpc_map_sorted_keys(&a->calls, &n);
+  if (!ids)
+    return;
+  for (size_t i = 0; i < n; i++) {
+    pcall *c = drpc_map_get(&a->calls, ids[i]);
+    if (c && (dst < 0 || c->dst == dst))
+      call_fail(a, c, code, msg);
+  }
+  free(ids);
+  rearm(a);
+}
+
+/* ---- connections ------------------------------------------------------ */
+
+static void send_frame(drpc_agent *a, uint64_t conn, drpc_outframe *f) {
+  atomic_fetch_add_explicit(&a->frames_out, 1, memory_order_relaxed);
+  a->env.ops->send(a->env.ctx, conn, f);
+}
+
+static int send_hello(drpc_agent *a, uint64_t conn) {
+  drpc_value *body = drpc_value_list_of(3, drpc_value_int(DRPC_WIRE_VERSION),
+                                        drpc_value_int(a->self.id),
+                                        drpc_value_str(a->self.name));
+  drpc_outframe *f = NULL;
+  int rc = body
+               ? drpc_wire_encode(DRPC_MSG_HELLO, 0, 0, body, &a->lim, &f, NULL)
+               : DRPC_ENOMEM;
+  drpc_value_free(body);
+  if (rc == 0)
+    send_frame(a, conn, f);
+  return rc;
+}
+
+static void drop_queue(peer *p) {
+  while (p->q_head) {
+    drpc_outframe *f = p->q_head;
+    p->q_head = f->next;
+    drpc_outframe_free(f);
+  }
+  p->q_tail = NULL;
+  p->q_len = 0;
+}
+
+/* Sends f to p, connecting first when needed. Returns non-zero (and frees
+ * f) when a connection cannot even be started. */
+static int send_to_peer(drpc_agent *a, peer *p, drpc_outframe *f,
+                        drpc_error *err) {
+  if (p->state == PEER_OPEN) {
+    send_frame(a, p->conn, f);
+    return 0;
+  }
+  if (p->q_len >= MAX_CONNECT_QUEUE) {
+    drpc_outframe_free(f);
+    return drpc_error_set(err, DRPC_ETOOBIG,
+                          "too many frames queued for %s while connecting",
+                          p->info.name);
+  }
+  f->next = NULL;
+  if (p->q_tail)
+    p->q_tail->next = f;
+  else
+    p->q_head = f;
+  p->q_tail = f;
+  p->q_len++;
+  if (p->state == PEER_CONNECTING)
+    return 0;
+  uint64_t conn = 0;
+  int rc = a->env.ops->connect(a->env.ctx, p->info.id, p->addr, &conn);
+  if (rc) {
+    drop_queue(p);
+    return drpc_error_set(err, DRPC_ECONN,
+                          "could not connect to %s (id %d) at %s: %s",
+                          p->info.name, p->info.id, p->addr, drpc_strerror(rc));
+  }
+  conn_entry *ce = calloc(1, sizeof *ce);
+  if (!ce || drpc_map_put(&a->conns, conn, ce)) {
+    free(ce);
+    a->env.ops->close(a->env.ctx, conn);
+    drop_queue(p);
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  }
+  ce->conn = conn;
+  ce->peer = p->info.id;
+  ce->outgoing = true;
+  ce->hello = true;
+  p->state = PEER_CONNECTING;
+  p->conn = conn;
+  rec(a, DRPC_EV_OUT_CONNECT, p->info.id, conn, 0);
+  return 0;
+}
+
+void drpc_agent_on_conn_open(drpc_agent *a, uint64_t conn) {
+  conn_entry *ce = drpc_map_get(&a->conns, conn);
+  rec(a, DRPC_EV_IN_CONN_OPEN, ce ? ce->peer : -1, conn, 1);
+  if (!ce || !ce->outgoing)
+    return;
+  peer *p = peer_by_id(a, ce->peer);
+  if (!p || p->conn != conn)
+    return;
+  p->state = PEER_OPEN;
+  send_hello(a, conn);
+  while (p->q_head) {
+    drpc_outframe *f = p->q_head;
+    p->q_head = f->next;
+    f->next = NULL;
+    send_frame(a, conn, f);
+  }
+  p->q_tail = NULL;
+  p->q_len = 0;
+}
+
+void drpc_agent_on_conn_accept(drpc_agent *a, uint64_t conn) {
+  rec(a, DRPC_EV_IN_CONN_OPEN, -1, conn, 0);
+  conn_entry *ce = calloc(1, sizeof *ce);
+  if (!ce || drpc_map_put(&a->conns, conn, ce)) {
+    free(ce);
+    a->env.ops->close(a->env.ctx, conn);
+    return;
+  }
+  ce->conn = conn;
+  ce->peer = -1;
+}
+
+void drpc_agent_on_conn_closed(drpc_agent *a, uint64_t conn,
+                               const drpc_error *reason) {
+  conn_entry *ce = drpc_map_remove(&a->conns, conn);
+  rec(a, DRPC_EV_IN_CONN_CLOSED, ce ? ce->peer : -1, conn,
+      (uint64_t)(reason ? -reason->code : 0));
+  if (!ce)
+    return;
+  if (ce->outgoing) {
+    peer *p = peer_by_id(a, ce->peer);
+    if (p && p->conn == conn) {
+      bool was_open = p->state == PEER_OPEN;
+      p->state = PEER_IDLE;
+      p->conn = 0;
+      drop_queue(p);
+      char msg[512];
+      const char *why = reason ? drpc_error_message(reason) : "closed";
+      if (was_open)
+        snprintf(msg, sizeof msg, "connection to %s (id %d) lost: %s",
+                 p->info.name, p->info.id, why);
+      else
+        snprintf(msg, sizeof msg, "could not connect to %s (id %d) at %s: %s",
+                 p->info.name, p->info.id, p->addr, why);
+      if (atomic_load(&a->state) == ST_RUNNING) {
+        atomic_fetch_add(&a->conn_failures, 1);
+        if (!ce->peer_shutdown)
+          logf_(a, DRPC_LOG_WARN, "%s", msg);
+      }
+      fail_calls_to(a, p->info.id, DRPC_ECONN, msg);
+    }
+  } else if (reason && reason->code && !ce->peer_shutdown &&
+             atomic_load(&a->state) == ST_RUNNING && ce->peer >= 0) {
+    logf_(a, DRPC_LOG_DEBUG, "incoming connection from worker %d closed: %s",
+          ce->peer, drpc_error_message(reason));
+  }
+  free(ce);
+}
+
+static void close_conn(drpc_agent *a, uint64_t conn, const char *why) {
+  drpc_error e = {DRPC_EPROTO, (char *)why};
+  logf_(a, DRPC_LOG_ERROR, "closing connection %llu: %s",
+        (unsigned long long)conn, why);
+  a->env.ops->close(a->env.ctx, conn);
+  rec(a, DRPC_EV_OUT_CLOSE, -1, conn, 0);
+  drpc_agent_on_conn_closed(a, conn, &e);
+}
+
+/* ---- server side: running calls ---------------------------------------- */
+
+struct drpc_call {
+  drpc_job job; /* first: the executor hands back this pointer */
+  drpc_agent *agent;
+  uint64_t conn;
+  uint64_t req_id;
+  drpc_worker_info caller;
+  int kind;
+  const char *name;
+  const drpc_value *args, *kwargs;
+  drpc_msg msg; /* owns the body the fields above point into */
+  void *user;
+  bool async;
+};
+
+drpc_agent *drpc_call_agent(drpc_call *call) {
+  return call->agent;
+}
+const drpc_worker_info *drpc_call_caller(drpc_call *call) {
+  return &call->caller;
+}
+void *drpc_call_user(drpc_call *call) {
+  return call->user;
+}
+const char *drpc_call_name(drpc_call *call) {
+  return call->name;
+}
+
+typedef struct send_cmd {
+  drpc_cmd cmd;
+  drpc_agent *agent;
+  uint64_t conn;
+  drpc_outframe *frame;
+} send_cmd;
+
+static void handle_message(drpc_agent *a, uint64_t conn, drpc_msg *m);
+
+/* Delivers a frame addressed to this agent itself (calls to self). */
+static void deliver_local(drpc_agent *a, drpc_outframe *f) {
+  size_t len = 0;
+  uint8_t *buf = drpc_outframe_flatten(f, &len);
+  drpc_outframe_free(f);
+  if (!buf) {
+    logf_(a, DRPC_LOG_ERROR, "out of memory delivering a call to self");
+    return;
+  }
+  drpc_msg m = {0};
+  drpc_error err = DRPC_ERROR_INIT;
+  if (drpc_wire_decode(buf, len, &a->lim, &m, &err) == 0)
+    handle_message(a, SELF_CONN, &m);
+  else
+    logf_(a, DRPC_LOG_ERROR, "self-delivery failed: %s",
+          drpc_error_message(&err));
+  drpc_msg_clear(&m);
+  drpc_error_clear(&err);
+  free(buf);
+}
+
+static void send_cmd_apply(drpc_cmd *cmd) {
+  send_cmd *s = (send_cmd *)cmd;
+  drpc_agent *a = s->agent;
+  if (atomic_load(&a->state) == ST_STOPPED) {
+    drpc_outframe_free(s->frame);
+  } else if (s->conn == SELF_CONN) {
+    deliver_local(a, s->frame);
+  } else {
+    send_frame(a, s->conn, s->frame);
+  }
+  free(s);
+}
+
+/* Encodes the result (or error) of a served call and posts it to the loop.
+ * Runs on whichever thread finished the call. */
+static void call_respond(drpc_call *call, const drpc_value *result,
+                         const drpc_error *err) {
+  drpc_agent *a = call->agent;
+  drpc_outframe *f = NULL;
+  drpc_error eerr = DRPC_ERROR_INIT;
+  int rc = 0;
+  if (!err || err->code == 0) {
+    rc = drpc_wire_encode(DRPC_MSG_RESPONSE, 0, call->req_id, result, &a->lim,
+                          &f, &eerr);
+    if (rc)
+      drpc_error_prefix(&eerr, "could not send the result of %s", call->name);
+    err = &eerr;
+  }
+  if (!f) {
+    char *text = NULL;
+    const char *m = drpc_error_message(err);
+    size_t n = strlen(m) + 64;
+    text = malloc(n);
+    if (text)
+      snprintf(text, n, "Error on Node %d: %s", a->self.id, m);
+    drpc_value *body = drpc_value_list_of(
+        2, drpc_value_int(err->code ? err->code : DRPC_EUSER),
+        drpc_value_str(text ? text : m));
+    free(text);
+    if (body)
+      drpc_wire_encode(DRPC_MSG_ERROR, 0, call->req_id, body, &a->lim, &f,
+                       NULL);
+    drpc_value_free(body);
+  }
+  drpc_error_clear(&eerr);
+  atomic_fetch_sub(&a->server_active, 1);
+  if (call->async)
+    atomic_fetch_sub(&a->server_active_async, 1);
+  if (f) {
+    send_cmd *s = malloc(sizeof *s);
+    if (s) {
+      s->cmd.apply = send_cmd_apply;
+      s->cmd.next = NULL;
+      s->agent = a;
+      s->conn = call->conn;
+      s->frame = f;
+      a->env.ops->post(a->env.ctx, &s->cmd);
+    } else {
+      drpc_outframe_free(f);
+    }
+  }
+  drpc_msg_clear(&call->msg);
+  free(call);
+}
+
+static void async_done(drpc_future *f, void *arg) {
+  drpc_call *call = arg;
+  drpc_error err = DRPC_ERROR_INIT;
+  if (drpc_future_error(f, &err) == 0)
+    call_respond(call, drpc_future_value(f), NULL);
+  else
+    call_respond(call, NULL, &err);
+  drpc_error_clear(&err);
+  drpc_future_decref(f);
+}
+
+static void call_run(drpc_job *job) {
+  drpc_call *call = (drpc_call *)job;
+  drpc_agent *a = call->agent;
+  drpc_error err = DRPC_ERROR_INIT;
+  drpc_value *result = NULL;
+  if (call->kind == DRPC_BUILTIN) {
+    result = drpc_op_run(call->name, call->args, call->kwargs, &err);
+  } else {
+    const drpc_registry_entry *e =
+        drpc_registry_lookup(a->registry, call->name);
+    if (!e) {
+      drpc_error_set(&err, DRPC_ENOTFOUND,
+                     "function '%s' is not registered on worker %s", call->name,
+                     a->self.name);
+    } else if (e->fn) {
+      call->user = e->user;
+      result = e->fn(call, call->args, call->kwargs, &err);
+    } else {
+      call->user = e->user;
+      drpc_future *f = e->afn(call, call->args, call->kwargs, &err);
+      if (f) {
+        call->async = true;
+        atomic_fetch_add(&a->server_active_async, 1);
+        drpc_error_clear(&err);
+        drpc_future_add_done_callback(f, async_done, call);
+        return;
+      }
+      if (err.code == 0)
+        drpc_error_set(&err, DRPC_EUSER,
+                       "async function '%s' must return a future, but "
+                       "returned NULL without an error",
+                       call->name);
+    }
+  }
+  call_respond(call, err.code ? NULL : result, &err);
+  drpc_value_free(result);
+  drpc_error_clear(&err);
+}
+
+static void reply_error(drpc_agent *a, uint64_t conn, uint64_t id, int code,
+                        const char *msg) {
+  char text[600];
+  snprintf(text, sizeof text, "Error on Node %d: %s", a->self.id, msg);
+  drpc_value *body =
+      drpc_value_list_of(2, drpc_value_int(code), drpc_value_str(text));
+  drpc_outframe *f = NULL;
+  if (body &&
+      drpc_wire_encode(DRPC_MSG_ERROR, 0, id, body, &a->lim, &f, NULL) == 0) {
+    if (conn == SELF_CONN)
+      deliver_local(a, f);
+    else
+      send_frame(a, conn, f);
+  }
+  drpc_value_free(body);
+}
+
+static void handle_call(drpc_agent *a, uint64_t conn, conn_entry *ce,
+                        drpc_msg *m) {
+  const drpc_value *b = m->body;
+  if (!b || b->kind != DRPC_VAL_LIST || b->u.c.len != 4 ||
+      b->u.c.items[0]->kind != DRPC_VAL_INT ||
+      b->u.c.items[1]->kind != DRPC_VAL_STR ||
+      b->u.c.items[2]->kind != DRPC_VAL_LIST ||
+      b->u.c.items[3]->kind != DRPC_VAL_DICT) {
+    reply_error(a, conn, m->id, DRPC_EPROTO,
+                "malformed CALL: expected [kind, name, args, kwargs]");
+    return;
+  }
+  int64_t kind = b->u.c.items[0]->u.i;
+  if (kind != DRPC_BUILTIN && kind != DRPC_FUNCTION) {
+    reply_error(a, conn, m->id, DRPC_EPROTO, "malformed CALL: unknown kind");
+    return;
+  }
+  if (atomic_load(&a->state) == ST_STOPPED) {
+    reply_error(a, conn, m->id, DRPC_ESHUTDOWN,
+                "RPC is no longer running on this node");
+    return;
+  }
+  drpc_call *call = calloc(1, sizeof *call);
+  if (!call) {
+    reply_error(a, conn, m->id, DRPC_ENOMEM, "out of memory");
+    return;
+  }
+  call->job.run = call_run;
+  call->agent = a;
+  call->conn = conn;
+  call->req_id = m->id;
+  call->kind = (int)kind;
+  call->msg = *m;
+  memset(m, 0, sizeof *m); /* the call owns the body now */
+  const drpc_value *cb = call->msg.body;
+  call->name = cb->u.c.items[1]->u.s.data;
+  call->args = cb->u.c.items[2];
+  call->kwargs = cb->u.c.items[3];
+  int16_t from = conn == SELF_CONN ? a->self.id : ce->peer;
+  peer *p = peer_by_id(a, from);
+  if (p)
+    call->caller = p->info;
+  else
+    call->caller.id = from;
+  atomic_fetch_add(&a->server_active, 1);
+  atomic_fetch_add_explicit(&a->calls_served, 1, memory_order_relaxed);
+  rec(a, DRPC_EV_OUT_EXECUTE, from, call->req_id, (uint64_t)kind);
+  a->env.ops->execute(a->env.ctx, &call->job);
+}
+
+static void handle_response(drpc_agent *a, drpc_msg *m) {
+  pcall *c = drpc_map_get(&a->calls, m->id);
+  if (!c) {
+    /* Late: the call already timed out or its connection failed. */
+    logf_(a, DRPC_LOG_DEBUG, "dropping late response to request %llu",
+          (unsigned long long)m->id);
+    return;
+  }
+  call_detach(a, c);
+  rearm(a);
+  if (m->type == DRPC_MSG_RESPONSE) {
+    drpc_value *v = m->body;
+    m->body = NULL;
+    drpc_future_set_value(c->fut, v);
+  } else {
+    const drpc_value *b = m->body;
+    drpc_error e = {DRPC_EREMOTE, NULL};
+    if (b && b->kind == DRPC_VAL_LIST && b->u.c.len == 2 &&
+        b->u.c.items[0]->kind == DRPC_VAL_INT &&
+        b->u.c.items[1]->kind == DRPC_VAL_STR) {
+      int64_t code = b->u.c.items[0]->u.i;
+      e.code = code < 0 && code > -1000 ? (int)code : DRPC_EREMOTE;
+      e.msg = b->u.c.items[1]->u.s.data;
+    } else {
+      e.msg = "malformed error response";
+    }
+    drpc_future_set_error(c->fut, &e);
+  }
+  call_finish(a, c);
+}
+
+static void handle_hello(drpc_agent *a, uint64_t conn, conn_entry *ce,
+                         drpc_msg *m) {
+  const drpc_value *b = m->body;
+  if (!b || b->kind != DRPC_VAL_LIST || b->u.c.len != 3 ||
+      b->u.c.items[0]->kind != DRPC_VAL_INT ||
+      b->u.c.items[1]->kind != DRPC_VAL_INT ||
+      b->u.c.items[2]->kind != DRPC_VAL_STR) {
+    close_conn(a, conn, "malformed HELLO");
+    return;
+  }
+  int64_t id = b->u.c.items[1]->u.i;
+  const char *name = b->u.c.items[2]->u.s.data;
+  peer *p = peer_by_id(a, id);
+  if (!p || strcmp(p->info.name, name) != 0) {
+    char why[300];
+    snprintf(why, sizeof why, "HELLO from unknown worker %s (id %lld)", name,
+             (long long)id);
+    close_conn(a, conn, why);
+    return;
+  }
+  ce->peer = (int16_t)id;
+  ce->hello = true;
+}
+
+static void handle_message(drpc_agent *a, uint64_t conn, drpc_msg *m) {
+  conn_entry self_ce = {SELF_CONN, a->self.id, false, true, false};
+  conn_entry *ce = conn == SELF_CONN ? &self_ce : drpc_map_get(&a->conns, conn);
+  atomic_fetch_add_explicit(&a->frames_in, 1, memory_order_relaxed);
+  if (!ce)
+    return;
+  rec(a, DRPC_EV_IN_FRAME, ce->peer, m->id, m->type);
+  if (!ce->hello && m->type != DRPC_MSG_HELLO) {
+    char why[128];
+    snprintf(why, sizeof why,
+             "first frame on a connection must be HELLO, got %s",
+             drpc_msg_type_name(m->type));
+    close_conn(a, conn, why);
+    return;
+  }
+  switch (m->type) {
+  case DRPC_MSG_HELLO:
+    if (ce->outgoing || conn == SELF_CONN || ce->peer >= 0) {
+      close_conn(a, conn, "unexpected HELLO");
+      return;
+    }
+    handle_hello(a, conn, ce, m);
+    return;
+  case DRPC_MSG_CALL:
+    if (ce->outgoing) {
+      close_conn(a, conn, "CALL on an outgoing connection");
+      return;
+    }
+    handle_call(a, conn, ce, m);
+    return;
+  case DRPC_MSG_RESPONSE:
+  case DRPC_MSG_ERROR:
+    if (!ce->outgoing && conn != SELF_CONN) {
+      close_conn(a, conn, "response on an incoming connection");
+      return;
+    }
+    handle_response(a, m);
+    return;
+  case DRPC_MSG_SHUTDOWN:
+    ce->peer_shutdown = true;
+    return;
+  default:
+    if (drpc_msg_type_is_request(m->type)) {
+      char why[128];
+      snprintf(why, sizeof why, "message type %s is not supported",
+               drpc_msg_type_name(m->type));
+      reply_error(a, conn, m->id, DRPC_EUNSUPPORTED, why);
+    } else {
+      close_conn(a, conn, "unexpected response type");
+    }
+    return;
+  }
+}
+
+void drpc_agent_on_message(drpc_agent *a, uint64_t conn, drpc_msg *m) {
+  handle_message(a, conn, m);
+  drpc_msg_clear(m);
+}
+
+void drpc_agent_on_frame(drpc_agent *a, uint64_t conn, const uint8_t *buf,
+                         size_t len) {
+  drpc_msg m = {0};
+  drpc_error err = DRPC_ERROR_INIT;
+  if (drpc_wire_decode(buf, len, &a->lim, &m, &err)) {
+    close_conn(a, conn, drpc_error_message(&err));
+    drpc_error_clear(&err);
+    return;
+  }
+  drpc_agent_on_message(a, conn, &m);
+}
+
+void drpc_agent_on_timer(drpc_agent *a) {
+  uint64_t now = drpc_env_now(&a->env);
+  rec(a, DRPC_EV_IN_TIMER, -1, 0, now);
+  a->armed_deadline = 0;
+  while (a->heap_len && a->heap[0]->deadline_ns <= now) {
+    pcall *c = a->heap[0];
+    char msg[160];
+    snprintf(msg, sizeof msg,
+             "RPC ran for more than set timeout (%llu ms) and will now be "
+             "marked with an error",
+             (unsigned long long)c->timeout_ms);
+    atomic_fetch_add(&a->timeouts, 1);
+    call_fail(a, c, DRPC_ETIMEOUT, msg);
+  }
+  rearm(a);
+}
+
+const drpc_wire_limits *drpc_agent_wire_limits(drpc_agent *a) {
+  return &a->lim;
+}
+
+/* ---- client side: sending calls ---------------------------------------- */
+
+typedef struct call_cmd {
+  drpc_cmd cmd;
+  drpc_agent *agent;
+  int16_t dst;
+  drpc_outframe *frame;
+  drpc_future *fut;
+  uint64_t timeout_ms;
+} call_cmd;
+
+static void call_cmd_apply(drpc_cmd *cmd) {
+  call_cmd *cc = (call_cmd *)cmd;
+  drpc_agent *a = cc->agent;
+  pcall *c = calloc(1, sizeof *c);
+  drpc_error err = DRPC_ERROR_INIT;
+  if (!c || atomic_load(&a->state) == ST_STOPPED) {
+    drpc_future_fail(cc->fut, c ? DRPC_ESHUTDOWN : DRPC_ENOMEM,
+                     c ? "RPC is no longer running on this node"
+                       : "out of memory");
+    drpc_outframe_free(cc->frame);
+    drpc_future_decref(cc->fut);
+    free(c);
+    free(cc);
+    if (atomic_fetch_sub(&a->client_active, 1) == 1)
+      notify_idle(a);
+    return;
+  }
+  c->id = ++a->next_id;
+  c->dst = cc->dst;
+  c->fut = cc->fut;
+  c->timeout_ms = cc->timeout_ms;
+  c->heap_idx = SIZE_MAX;
+  drpc_outframe_set_id(cc->frame, c->id);
+  drpc_map_put(&a->calls, c->id, c);
+  if (cc->timeout_ms) {
+    c->deadline_ns = drpc_env_now(&a->env) + cc->timeout_ms * 1000000ull;
+    heap_push(a, c);
+    rearm(a);
+  }
+  rec(a, DRPC_EV_RPC_BEGIN, c->dst, c->id, c->timeout_ms);
+  if (c->dst == a->self.id) {
+    deliver_local(a, cc->frame);
+  } else {
+    peer *p = peer_by_id(a, c->dst);
+    if (send_to_peer(a, p, cc->frame, &err)) {
+      call_fail(a, c, err.code, drpc_error_message(&err));
+      rearm(a);
+    }
+  }
+  drpc_error_clear(&err);
+  free(cc);
+}
+
+int drpc_agent_resolve(drpc_agent *a, const char *name, drpc_worker_info *out,
+                       drpc_error *err) {
+  peer *p = name ? peer_by_name(a, name) : NULL;
+  if (!p)
+    return drpc_error_set(err, DRPC_ENOTFOUND,
+                          "name:%s,rank:%d could not find destination name %s",
+                          a->self.name, a->self.id, name ? name : "(null)");
+  *out = p->info;
+  return 0;
+}
+
+int drpc_agent_resolve_id(drpc_agent *a, int64_t id, drpc_worker_info *out,
+                          drpc_error *err) {
+  peer *p = peer_by_id(a, id);
+  if (!p)
+    return drpc_error_set(err, DRPC_ENOTFOUND,
+                          "name:%s,rank:%d could not find destination id %lld",
+                          a->self.name, a->self.id, (long long)id);
+  *out = p->info;
+  return 0;
+}
+
+static int get_agent(drpc_agent **a, drpc_error *err) {
+  if (*a)
+    return 0;
+  return drpc_get_current_agent(a, err);
+}
+
+int drpc_rpc_async_id(drpc_agent *a, int16_t dst, drpc_call_kind kind,
+                      const char *fn, const drpc_value *args,
+                      const drpc_value *kwargs, double timeout_s,
+                      drpc_future **fut, drpc_error *err) {
+  *fut = NULL;
+  int rc = get_agent(&a, err);
+  if (rc)
+    return rc;
+  /* While a graceful shutdown is agreeing, workers still serve and may
+   * call each other (nested calls); only a stopped agent refuses. */
+  if (atomic_load(&a->state) == ST_STOPPED)
+    return drpc_error_set(err, DRPC_ESHUTDOWN,
+                          "Node %d tried to send() a message of type CALL but "
+                          "RPC is no longer running on this node.",
+                          a->self.id);
+  drpc_worker_info wi;
+  if ((rc = drpc_agent_resolve_id(a, dst, &wi, err)))
+    return rc;
+  if (!fn || !*fn)
+    return drpc_error_set(err, DRPC_EINVAL, "function name must not be empty");
+  if (kind == DRPC_BUILTIN && !drpc_op_lookup(fn))
+    return drpc_error_set(err, DRPC_ENOTFOUND, "unknown builtin operator '%s'",
+                          fn);
+  if (kind != DRPC_BUILTIN && kind != DRPC_FUNCTION)
+    return drpc_error_set(err, DRPC_EINVAL, "unknown call kind %d", (int)kind);
+  if (args && args->kind != DRPC_VAL_LIST)
+    return drpc_error_set(err, DRPC_ETYPE, "args must be a list, got %s",
+                          drpc_value_kind_name(args->kind));
+  if (kwargs && kwargs->kind != DRPC_VAL_DICT)
+    return drpc_error_set(err, DRPC_ETYPE, "kwargs must be a dict, got %s",
+                          drpc_value_kind_name(kwargs->kind));
+  uint64_t timeout_ms;
+  if (timeout_s == DRPC_UNSET_RPC_TIMEOUT)
+    timeout_ms = atomic_load(&a->timeout_ms);
+  else if (timeout_s < 0 || timeout_s != timeout_s)
+    return drpc_error_set(err, DRPC_EINVAL,
+                          "RPC Timeout must be non-negative, got %g",
+                          timeout_s);
+  else
+    timeout_ms = (uint64_t)(timeout_s * 1000.0 + 0.5);
+  if (timeout_s > 0 && timeout_ms == 0)
+    timeout_ms = 1;
+  if (atomic_load(&a->client_active) >= (int64_t)MAX_PENDING_CALLS)
+    return drpc_error_set(err, DRPC_ETOOBIG,
+                          "too many calls in flight (limit %u)",
+                          MAX_PENDING_CALLS);
+
+  /* Borrow args and kwargs into a body on the stack: nothing is copied
+   * before encoding. */
+  drpc_value kind_v = {.kind = DRPC_VAL_INT, .u.i = kind};
+  drpc_value name_v = {.kind = DRPC_VAL_STR, .u.s = {(char *)fn, strlen(fn)}};
+  drpc_value empty_list = {.kind = DRPC_VAL_LIST};
+  drpc_value empty_dict = {.kind = DRPC_VAL_DICT};
+  drpc_value *items[4] = {&kind_v, &name_v,
+                          args ? (drpc_value *)args : &empty_list,
+                          kwargs ? (drpc_value *)kwargs : &empty_dict};
+  drpc_value body = {.kind = DRPC_VAL_LIST, .u.c = {items, NULL, 4, 4}};
+  drpc_outframe *frame = NULL;
+  if ((rc = drpc_wire_encode(DRPC_MSG_CALL, 0, 0, &body, &a->lim, &frame, err)))
+    return rc;
+  call_cmd *cc = malloc(sizeof *cc);
+  drpc_future *f = drpc_future_new(&a->env);
+  if (!cc || !f) {
+    free(cc);
+    drpc_future_decref(f);
+    drpc_outframe_free(frame);
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  }
+  drpc_future_incref(f); /* one for the agent, one for the caller */
+  cc->cmd.apply = call_cmd_apply;
+  cc->cmd.next = NULL;
+  cc->agent = a;
+  cc->dst = wi.id;
+  cc->frame = frame;
+  cc->fut = f;
+  cc->timeout_ms = timeout_ms;
+  atomic_fetch_add(&a->client_active, 1);
+  atomic_fetch_add_explicit(&a->calls_sent, 1, memory_order_relaxed);
+  a->env.ops->post(a->env.ctx, &cc->cmd);
+  *fut = f;
+  return 0;
+}
+
+int drpc_rpc_async(drpc_agent *a, const char *dst, drpc_call_kind kind,
+                   const char *fn, const drpc_value *args,
+                   const drpc_value *kwargs, double timeout_s,
+                   drpc_future **fut, drpc_error *err) {
+  *fut = NULL;
+  int rc = get_agent(&a, err);
+  if (rc)
+    return rc;
+  drpc_worker_info wi;
+  if ((rc = drpc_agent_resolve(a, dst, &wi, err)))
+    return rc;
+  return drpc_rpc_async_id(a, wi.id, kind, fn, args, kwargs, timeout_s, fut,
+                           err);
+}
+
+int drpc_rpc_sync(drpc_agent *a, const char *dst, drpc_call_kind kind,
+                  const char *fn, const drpc_value *args,
+                  const drpc_value *kwargs, double timeout_s,
+                  drpc_value **result, drpc_error *err) {
+  drpc_future *f = NULL;
+  *result = NULL;
+  int rc = drpc_rpc_async(a, dst, kind, fn, args, kwargs, timeout_s, &f, err);
+  if (rc)
+    return rc;
+  rc = drpc_future_get(f, -1, NULL, err);
+  if (rc == 0)
+    *result = drpc_future_take_value(f);
+  drpc_future_decref(f);
+  return rc;
+}
+
+/* ---- accessors and metrics --------------------------------------------- */
+
+const drpc_worker_info *drpc_agent_self(drpc_agent *a) {
+  return &a->self;
+}
+
+const drpc_worker_info *drpc_agent_workers(drpc_agent *a, size_t *n) {
+  *n = a->npeers;
+  return a->infos;
+}
+
+int drpc_agent_worker_by_name(drpc_agent *a, const char *name,
+                              drpc_worker_info *out, drpc_error *err) {
+  return drpc_agent_resolve(a, name, out, err);
+}
+
+int drpc_agent_worker_by_id(drpc_agent *a, int64_t id, drpc_worker_info *out,
+                            drpc_error *err) {
+  return drpc_agent_resolve_id(a, id, out, err);
+}
+
+bool drpc_agent_is_static_group(drpc_agent *a) {
+  return a->world_size > 0;
+}
+drpc_store *drpc_agent_store(drpc_agent *a) {
+  return a->store;
+}
+const drpc_options *drpc_agent_options(drpc_agent *a) {
+  return &a->opts;
+}
+const drpc_env *drpc_agent_env(drpc_agent *a) {
+  return &a->env;
+}
+
+double drpc_agent_rpc_timeout(drpc_agent *a) {
+  return ms_to_s(atomic_load(&a->timeout_ms));
+}
+
+int drpc_agent_set_rpc_timeout(drpc_agent *a, double timeout_s,
+                               drpc_error *err) {
+  if (timeout_s < 0 || timeout_s != timeout_s)
+    return drpc_error_set(err, DRPC_EINVAL,
+                          "RPC Timeout must be non-negative, got %g",
+                          timeout_s);
+  atomic_store(&a->timeout_ms, (uint64_t)(timeout_s * 1000.0 + 0.5));
+  return 0;
+}
+
+static int put_num(drpc_value *d, const char *key, long long v) {
+  char buf[32];
+  snprintf(buf, sizeof buf, "%lld", v);
+  return drpc_dict_set(d, key, drpc_value_str(buf));
+}
+
+drpc_value *drpc_agent_metrics(drpc_agent *a) {
+  int size = a->opts.num_worker_threads, idle = 0;
+  if (a->env.ops->pool_stats)
+    a->env.ops->pool_stats(a->env.ctx, &size, &idle);
+  drpc_value *d = drpc_value_dict();
+  if (!d)
+    return NULL;
+  if (put_num(d, "agent.thread_pool_size", size) ||
+      put_num(d, "agent.num_idle_threads", idle) ||
+      put_num(d, "agent.client_active_calls", atomic_load(&a->client_active)) ||
+      put_num(d, "agent.server_active_calls", atomic_load(&a->server_active)) ||
+      put_num(d, "agent.server_active_async_calls",
+              atomic_load(&a->server_active_async))) {
+    drpc_value_free(d);
+    return NULL;
+  }
+  return d;
+}
+
+drpc_value *drpc_agent_debug_info(drpc_agent *a) {
+  drpc_value *d = drpc_agent_metrics(a);
+  if (!d)
+    return NULL;
+  if (put_num(d, "agent.calls_sent", (long long)atomic_load(&a->calls_sent)) ||
+      put_num(d, "agent.calls_served",
+              (long long)atomic_load(&a->calls_served)) ||
+      put_num(d, "agent.frames_in", (long long)atomic_load(&a->frames_in)) ||
+      put_num(d, "agent.frames_out", (long long)atomic_load(&a->frames_out)) ||
+      put_num(d, "agent.timeouts", (long long)atomic_load(&a->timeouts)) ||
+      put_num(d, "agent.connection_failures",
+              (long long)atomic_load(&a->conn_failures)) ||
+      put_num(d, "agent.world_size", (long long)a->world_size)) {
+    drpc_value_free(d);
+    return NULL;
+  }
+  return d;
+}
+
+/* ---- start ------------------------------------------------------------- */
+
+static int store_get_str(drpc_store *s, const char *key, double timeout_s,
+                         char **out, drpc_error *err) {
+  void *v = NULL;
+  size_t len = 0;
+  int rc = drpc_store_get(s, key, timeout_s, &v, &len, err);
+  if (rc)
+    return rc;
+  *out = v; /* stores NUL-terminate values */
+  return 0;
+}
+
+static int cmp_peer(const void *x, const void *y) {
+  const peer *p = x, *q = y;
+  return (p->info.id > q->info.id) - (p->info.id < q->info.id);
+}
+
+static int rendezvous(drpc_agent *a, int64_t rank, drpc_error *err) {
+  char key[DRPC_MAX_NAME_LEN + 64], addr[256];
+  int rc;
+  void *actual = NULL;
+  size_t alen = 0;
+  const char *mode = a->world_size > 0 ? "true" : "false";
+  rc = drpc_store_compare_set(a->store, "rpcIsStaticGroup", "", 0, mode,
+                              strlen(mode), &actual, &alen, err);
+  if (rc)
+    return drpc_error_prefix(err, "rendezvous failed");
+  if (alen != strlen(mode) || memcmp(actual, mode, alen) != 0) {
+    rc = drpc_error_set(
+        err, DRPC_EINVAL,
+        "RPC group mixes statically and dynamically initialized members "
+        "which is not supported. Static group property is initialized as "
+        "%.*s and is trying to be set as %s",
+        (int)alen, (const char *)actual, mode);
+    free(actual);
+    return rc;
+  }
+  free(actual);
+  if (a->world_size <= 0)
+    return drpc_error_set(err, DRPC_EUNSUPPORTED,
+                          "dynamic groups (no world size) are not supported "
+                          "yet; pass a world size");
+  if ((rc = a->env.ops->listen_addr(a->env.ctx, addr, sizeof addr)))
+    return drpc_error_set(err, rc, "backend has no listening address");
+  snprintf(key, sizeof key, "addrs/%s", a->self.name);
+  if ((rc = drpc_store_set_str(a->store, key, addr, err)))
+    return rc;
+  snprintf(key, sizeof key, "names/%lld", (long long)rank);
+  if ((rc = drpc_store_set_str(a->store, key, a->self.name, err)))
+    return rc;
+
+  size_t n = (size_t)a->world_size;
+  a->peers = calloc(n, sizeof *a->peers);
+  a->infos = calloc(n, sizeof *a->infos);
+  if (!a->peers || !a->infos)
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  double wait_s = a->opts.rpc_timeout_s > 0 ? a->opts.rpc_timeout_s : 0;
+  for (size_t r = 0; r < n; r++) {
+    char *name = NULL;
+    snprintf(key, sizeof key, "names/%zu", r);
+    if ((rc = store_get_str(a->store, key, wait_s, &name, err)))
+      return drpc_error_prefix(err, "rendezvous: waiting for worker rank %zu",
+                               r);
+    rc = drpc_worker_info_init(&a->peers[r].info, name, (int64_t)r, err);
+    free(name);
+    if (rc)
+      return rc;
+    a->npeers = r + 1;
+    for (size_t q = 0; q < r; q++)
+      if (strcmp(a->peers[q].info.name, a->peers[r].info.name) == 0)
+        return drpc_error_set(err, DRPC_EEXISTS,
+                              "RPC worker name %s is not unique. Workers %zu "
+                              "and %zu share the same name.",
+                              a->peers[r].info.name, q, r);
+  }
+  for (size_t r = 0; r < n; r++) {
+    snprintf(key, sizeof key, "addrs/%s", a->peers[r].info.name);
+    if ((rc = store_get_str(a->store, key, wait_s, &a->peers[r].addr, err)))
+      return drpc_error_prefix(err, "rendezvous: address of %s",
+                               a->peers[r].info.name);
+  }
+  qsort(a->peers, n, sizeof *a->peers, cmp_peer);
+  for (size_t r = 0; r < n; r++)
+    a->infos[r] = a->peers[r].info;
+  return 0;
+}
+
+static void agent_release(drpc_agent *a) {
+  for (size_t i = 0; i < a->npeers; i++) {
+    free(a->peers[i].addr);
+    drop_queue(&a->peers[i]);
+  }
+  free(a->peers);
+  free(a->infos);
+  size_t n;
+  uint64_t *keys = drpc_map_sorted_keys(&a->conns, &n);
+  for (size_t i = 0; keys && i < n; i++)
+    free(drpc_map_get(&a->conns, keys[i]));
+  free(keys);
+  drpc_map_free(&a->conns);
+  drpc_map_free(&a->calls);
+  free(a->heap);
+  if (a->store)
+    drpc_store_decref(a->store);
+  a->env.ops->sync_destroy(a->env.ctx, &a->sync);
+  free(a);
+}
+
+int drpc_agent_start(drpc_agent **out, drpc_store *store, const char *name,
+                     int64_t rank, int64_t world_size, const drpc_options *opts,
+                     const drpc_env *env, drpc_error *err) {
+  *out = NULL;
+  drpc_options defaults;
+  if (!opts) {
+    drpc_options_default(&defaults);
+    opts = &defaults;
+  }
+  int rc = drpc_options_validate(opts, err);
+  if (rc)
+    return rc;
+  drpc_worker_info self;
+  if ((rc = drpc_worker_info_init(&self, name, rank, err)))
+    return rc;
+  if (rank < 0)
+    return drpc_error_set(err, DRPC_EINVAL,
+                          "rank must be non-negative, got %lld",
+                          (long long)rank);
+  if (world_size > 0 && rank >= world_size)
+    return drpc_error_set(err, DRPC_EINVAL,
+                          "rank %lld is out of range for world size %lld",
+                          (long long)rank, (long long)world_size);
+  if (world_size > DRPC_MAX_WORKERS)
+    return drpc_error_set(err, DRPC_EINVAL, "world size %lld exceeds %d",
+                          (long long)world_size, DRPC_MAX_WORKERS);
+  for (int i = 0; i < opts->n_device_maps; i++)
+    for (int k = 0; k < opts->device_maps[i].n; k++)
+      if (opts->device_maps[i].from[k].type != DRPC_DEVICE_CPU ||
+          opts->device_maps[i].to[k].type != DRPC_DEVICE_CPU)
+        return drpc_error_set(err, DRPC_EINVAL,
+                              "Node %s has source devices with invalid indices "
+                              "in its device map for %s (no CUDA devices)",
+                              name, opts->device_maps[i].peer);
+  drpc_agent *a = calloc(1, sizeof *a);
+  if (!a)
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  a->env = *env;
+  a->opts = *opts;
+  a->opts.init_method = NULL; /* borrowed; not kept */
+  drpc_wire_limits_default(&a->lim);
+  a->lim.max_frame = opts->max_frame_bytes;
+  a->registry = opts->registry ? opts->registry : drpc_registry_default();
+  a->store = store;
+  drpc_store_incref(store);
+  a->self = self;
+  a->world_size = world_size;
+  atomic_init(&a->timeout_ms, (uint64_t)(opts->rpc_timeout_s * 1000.0 + 0.5));
+  drpc_map_init(&a->calls);
+  drpc_map_init(&a->conns);
+  env->ops->sync_init(env->ctx, &a->sync);
+  if ((rc = rendezvous(a, rank, err))) {
+    agent_release(a);
+    return rc;
+  }
+  for (int i = 0; i < opts->n_device_maps; i++)
+    if (!peer_by_name(a, opts->device_maps[i].peer)) {
+      rc = drpc_error_set(err, DRPC_EINVAL,
+                          "Node %s has invalid target node names in its "
+                          "device maps",
+                          name);
+      agent_release(a);
+      return rc;
+    }
+  atomic_store(&a->state, ST_RUNNING);
+  *out = a;
+  return 0;
+}
+
+/* ---- join, sync, shutdown ---------------------------------------------- */
+
+static uint64_t deadline_after(drpc_agent *a, double timeout_s) {
+  return timeout_s > 0 ? drpc_env_now(&a->env) + (uint64_t)(timeout_s * 1e9)
+                       : 0;
+}
+
+static double seconds_left(drpc_agent *a, uint64_t deadline) {
+  if (!deadline)
+    return 0; /* the stores read 0 as "no bound" */
+  uint64_t now = drpc_env_now(&a->env);
+  return now >= deadline ? 1e-6 : (double)(deadline - now) / 1e9;
+}
+
+static int wait_idle(drpc_agent *a, uint64_t deadline, drpc_error *err) {
+  int rc = 0;
+  a->env.ops->sync_lock(a->env.ctx, &a->sync);
+  while (atomic_load(&a->client_active) > 0) {
+    if (!a->env.ops->sync_wait(a->env.ctx, &a->sync, deadline) && deadline &&
+        drpc_env_now(&a->env) >= deadline) {
+      rc = drpc_error_set(err, DRPC_ETIMEOUT,
+                          "timed out waiting for %lld outstanding calls of %s",
+                          (long long)atomic_load(&a->client_active),
+                          a->self.name);
+      break;
+    }
+  }
+  a->env.ops->sync_unlock(a->env.ctx, &a->sync);
+  return rc;
+}
+
+/* Names the workers that have not reached barrier round k. */
+static void describe_missing(drpc_agent *a, uint64_t k, char *buf, size_t n) {
+  size_t used = 0;
+  buf[0] = 0;
+  for (size_t i = 0; i < a->npeers && used + 1 < n; i++) {
+    char key[96];
+    void *v = NULL;
+    size_t len = 0;
+    snprintf(key, sizeof key, "shutdown/ARRIVED_%llu_%d", (unsigned long long)k,
+             a->peers[i].info.id);
+    if (drpc_store_get(a->store, key, 1e-3, &v, &len, NULL) == 0) {
+      free(v);
+      continue;
+    }
+    int w = snprintf(buf + used, n - used, "%s%s (id %d)", used ? ", " : "",
+                     a->peers[i].info.name, a->peers[i].info.id);
+    if (w < 0)
+      break;
+    used += (size_t)w;
+  }
+}
+
+/* One round of the store barrier; *sum gets the total of every worker's
+ * `active` contribution. */
+static int barrier_round(drpc_agent *a, int64_t active, int64_t *sum,
+                         uint64_t deadline, const char *what, drpc_error *err) {
+  uint64_t k = a->barrier_seq++;
+  char kact[64], kcnt[64], krdy[64], karr[96];
+  snprintf(kact, sizeof kact, "shutdown/ACTIVE_CALLS_ID_%llu",
+           (unsigned long long)k);
+  snprintf(kcnt, sizeof kcnt, "shutdown/PROCESS_COUNT_ID_%llu",
+           (unsigned long long)k);
+  snprintf(krdy, sizeof krdy, "shutdown/READY_ID_%llu", (unsigned long long)k);
+  snprintf(karr, sizeof karr, "shutdown/ARRIVED_%llu_%d", (unsigned long long)k,
+           a->self.id);
+  int64_t count = 0, total = 0;
+  int rc;
+  if ((rc = drpc_store_set_str(a->store, karr, "1", err)) ||
+      (rc = drpc_store_add(a->store, kact, active, &total, err)) ||
+      (rc = drpc_store_add(a->store, kcnt, 1, &count, err)))
+    return drpc_error_prefix(err, "%s", what);
+  if (count == a->world_size &&
+      (rc = drpc_store_set_str(a->store, krdy, "", err)))
+    return drpc_error_prefix(err, "%s", what);
+  const char *keys[1] = {krdy};
+  drpc_error werr = DRPC_ERROR_INIT;
+  rc = drpc_store_wait(a->store, keys, 1, seconds_left(a, deadline), &werr);
+  if (rc) {
+    char missing[1024];
+    describe_missing(a, k, missing, sizeof missing);
+    if (rc == DRPC_ETIMEOUT)
+      drpc_error_set(err, rc, "%s timed out; workers that did not answer: %s",
+                     what, missing[0] ? missing : "(none identified)");
+    else
+      drpc_error_set(err, rc, "%s failed: %s", what, drpc_error_message(&werr));
+    drpc_error_clear(&werr);
+    return rc;
+  }
+  if (drpc_store_add(a->store, kact, 0, sum, err))
+    return drpc_error_prefix(err, "%s", what);
+  return 0;
+}
+
+static int join_rounds(drpc_agent *a, uint64_t deadline, const char *what,
+                       drpc_error *err) {
+  /* Bounded by the deadline; without one, by a generous round count so a
+   * livelocked group still returns. */
+  for (int round = 0; round < 1000000; round++) {
+    int rc = wait_idle(a, deadline, err);
+    if (rc)
+      return rc;
+    int64_t sum = 0;
+    if ((rc = barrier_round(a, atomic_load(&a->client_active), &sum, deadline,
+                            what, err)))
+      return rc;
+    if (sum == 0)
+      return 0;
+  }
+  return drpc_error_set(err, DRPC_ETIMEOUT, "%s did not converge", what);
+}
+
+static int check_caller(drpc_agent *a, drpc_error *err) {
+  if (a->env.ops->is_owner && a->env.ops->is_owner(a->env.ctx))
+    return drpc_error_set(err, DRPC_EDEADLOCK,
+                          "join/shutdown cannot run on the agent's event loop");
+  return 0;
+}
+
+int drpc_agent_join(drpc_agent *a, double timeout_s, drpc_error *err) {
+  int rc = check_caller(a, err);
+  if (rc)
+    return rc;
+  if (atomic_load(&a->state) != ST_RUNNING)
+    return drpc_error_set(err, DRPC_ESHUTDOWN, "RPC is not running");
+  return join_rounds(a, deadline_after(a, timeout_s), "join", err);
+}
+
+int drpc_agent_sync(drpc_agent *a, double timeout_s, drpc_error *err) {
+  int rc = check_caller(a, err);
+  if (rc)
+    return rc;
+  int64_t sum = 0;
+  return barrier_round(a, 0, &sum, deadline_after(a, timeout_s), "sync", err);
+}
+
+typedef struct stop_cmd {
+  drpc_cmd cmd;
+  drpc_agent *agent;
+  bool graceful;
+} stop_cmd;
+
+static void stop_apply(drpc_cmd *cmd) {
+  stop_cmd *s = (stop_cmd *)cmd;
+  drpc_agent *a = s->agent;
+  atomic_store(&a->state, ST_STOPPED);
+  fail_calls_to(a, -1, DRPC_ESHUTDOWN,
+                s->graceful ? "RPC shut down before the call completed"
+                            : "RPC was shut down (not gracefully) before the "
+                              "call completed");
+  size_t n;
+  uint64_t *keys = drpc_map_sorted_keys(&a->conns, &n);
+  for (size_t i = 0; keys && i < n; i++) {
+    drpc_outframe *f = NULL;
+    if (drpc_wire_encode(DRPC_MSG_SHUTDOWN, 0, 0, NULL, &a->lim, &f, NULL) == 0)
+      send_frame(a, keys[i], f);
+    a->env.ops->close(a->env.ctx, keys[i]);
+    free(drpc_map_remove(&a->conns, keys[i]));
+  }
+  free(keys);
+  for (size_t i = 0; i < a->npeers; i++) {
+    a->peers[i].state = PEER_IDLE;
+    a->peers[i].conn = 0;
+    drop_queue(&a->peers[i]);
+  }
+  if (a->env.ops->timer_arm)
+    a->env.ops->timer_arm(a->env.ctx, 0);
+  a->armed_deadline = 0;
+  a->env.ops->sync_lock(a->env.ctx, &a->sync);
+  a->stop_applied = true;
+  a->env.ops->sync_broadcast(a->env.ctx, &a->sync);
+  a->env.ops->sync_unlock(a->env.ctx, &a->sync);
+  free(s);
+}
+
+static void post_stop(drpc_agent *a, bool graceful) {
+  stop_cmd *s = calloc(1, sizeof *s);
+  if (!s) {
+    atomic_store(&a->state, ST_STOPPED);
+    return;
+  }
+  s->cmd.apply = stop_apply;
+  s->agent = a;
+  s->graceful = graceful;
+  a->env.ops->post(a->env.ctx, &s->cmd);
+  a->env.ops->sync_lock(a->env.ctx, &a->sync);
+  uint64_t deadline = drpc_env_now(&a->env) + 10ull * 1000000000ull;
+  while (!a->stop_applied)
+    if (!a->env.ops->sync_wait(a->env.ctx, &a->sync, deadline) &&
+        drpc_env_now(&a->env) >= deadline)
+      break;
+  a->env.ops->sync_unlock(a->env.ctx, &a->sync);
+}
+
+int drpc_agent_shutdown(drpc_agent *a, bool graceful, double timeout_s,
+                        drpc_error *err) {
+  int rc = check_caller(a, err);
+  if (rc)
+    return rc;
+  int expected = ST_RUNNING;
+  if (!atomic_compare_exchange_strong(&a->state, &expected, ST_STOPPING))
+    return 0; /* already shut down */
+  if (timeout_s < 0)
+    timeout_s = a->opts.shutdown_timeout_s;
+  if (graceful)
+    rc = join_rounds(a, deadline_after(a, timeout_s), "graceful shutdown", err);
+  post_stop(a, graceful);
+  return rc;
+}
+
+void drpc_agent_free(drpc_agent *a) {
+  if (!a)
+    return;
+  if (atomic_load(&a->state) != ST_STOPPED)
+    atomic_store(&a->state, ST_STOPPED);
+  /* Inputs have stopped: fail what is left without the loop. */
+  fail_calls_to(a, -1, DRPC_ESHUTDOWN, "RPC agent was freed");
+  agent_release(a);
+}
+
+/* ---- the process-default agent ----------------------------------------- */
+
+static _Atomic(drpc_agent *) current_agent;
+
+drpc_agent *drpc_current_agent(void) {
+  return atomic_load(&current_agent);
+}
+
+int drpc_set_current_agent(drpc_agent *a, drpc_error *err) {
+  drpc_agent *expected = NULL;
+  if (!atomic_compare_exchange_strong(&current_agent, &expected, a))
+    return drpc_error_set(err, DRPC_EEXISTS, "RPC is already initialized");
+  return 0;
+}
+
+void drpc_reset_current_agent(void) {
+  atomic_store(&current_agent, NULL);
+}
+
+int drpc_get_current_agent(drpc_agent **out, drpc_error *err) {
+  *out = atomic_load(&current_agent);
+  if (!*out)
+    return drpc_error_set(err, DRPC_ENOTINIT,
+                          "RPC has not been initialized. Call drpc_init "
+                          "first.");
+  return 0;
+}
+
+void drpc_record_null(void *ctx, const drpc_event *ev) {
+  (void)ctx;
+  (void)ev;
+}

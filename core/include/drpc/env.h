@@ -1,0 +1,147 @@
+/* The environment: the only door between the sans-I/O core and the world.
+ *
+ * The core never reads a clock, opens a socket, starts a thread, sleeps,
+ * draws randomness or writes a file. A backend (real sockets in net/, the
+ * simulator in sim/, test doubles in tests/) implements drpc_env_ops and
+ * drives the core through the drpc_agent_on_* input functions of agent.h.
+ */
+#ifndef DRPC_ENV_H
+#define DRPC_ENV_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "drpc/wire.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Storage for a backend's lock + condition pair, embedded in futures and
+ * other shared objects so they need no extra allocation. */
+typedef struct drpc_sync {
+  _Alignas(16) unsigned char opaque[128];
+} drpc_sync;
+
+/* Work handed to the executor: run(job) on a worker thread (real backend) or
+ * fiber (simulator). The job owns itself; run must free it. */
+typedef struct drpc_job drpc_job;
+struct drpc_job {
+  void (*run)(drpc_job *job);
+  drpc_job *next; /* for the backend's queues */
+};
+
+/* A user command posted to the thread that owns the core. */
+typedef struct drpc_cmd drpc_cmd;
+struct drpc_cmd {
+  void (*apply)(drpc_cmd *cmd); /* runs on the owner thread; frees cmd */
+  drpc_cmd *next;
+};
+
+/* Event kinds handed to the record sink. Inputs are what the core was given,
+ * outputs what it did; replay feeds inputs and checks outputs. */
+typedef enum drpc_event_kind {
+  DRPC_EV_IN_FRAME = 1,
+  DRPC_EV_IN_CONN_OPEN = 2,
+  DRPC_EV_IN_CONN_CLOSED = 3,
+  DRPC_EV_IN_TIMER = 4,
+  DRPC_EV_IN_COMMAND = 5,
+  DRPC_EV_IN_JOB_DONE = 6,
+  DRPC_EV_OUT_SEND = 20,
+  DRPC_EV_OUT_CONNECT = 21,
+  DRPC_EV_OUT_CLOSE = 22,
+  DRPC_EV_OUT_FUTURE = 23,
+  DRPC_EV_OUT_EXECUTE = 24,
+  DRPC_EV_OUT_TIMER = 25,
+  DRPC_EV_RPC_BEGIN = 40,
+  DRPC_EV_RPC_END = 41,
+  DRPC_EV_LOG = 60,
+} drpc_event_kind;
+
+typedef struct drpc_event {
+  drpc_event_kind kind;
+  int16_t node;      /* worker id of the recording core */
+  int16_t peer;      /* the other worker, -1 when none or unknown */
+  uint64_t time_ns;  /* env clock */
+  uint64_t id;       /* request id, connection id or job id */
+  uint64_t aux;      /* kind-specific: message type, error code, deadline */
+  const void *bytes; /* kind-specific payload (borrowed) */
+  size_t len;
+} drpc_event;
+
+typedef enum drpc_log_level {
+  DRPC_LOG_DEBUG = 0,
+  DRPC_LOG_INFO = 1,
+  DRPC_LOG_WARN = 2,
+  DRPC_LOG_ERROR = 3,
+} drpc_log_level;
+
+typedef struct drpc_env_ops {
+  /* Clock: nanoseconds on a monotonic timeline. */
+  uint64_t (*now_ns)(void *ctx);
+  /* Asks for drpc_agent_on_timer at or after deadline_ns; a later call
+   * replaces the earlier one; 0 cancels. */
+  void (*timer_arm)(void *ctx, uint64_t deadline_ns);
+
+  /* Opens an outgoing connection to addr (as the peer published it). The
+   * backend picks the id, returns it at once, and later reports
+   * drpc_agent_on_conn_open or drpc_agent_on_conn_closed for it. */
+  int (*connect)(void *ctx, int16_t peer, const char *addr, uint64_t *conn);
+  /* Queues a frame on a connection; takes ownership of f in all cases (an
+   * unknown or closed connection frees it). */
+  void (*send)(void *ctx, uint64_t conn, drpc_outframe *f);
+  /* Closes a connection after its queued frames are written (best effort);
+   * no further events are reported for it. */
+  void (*close)(void *ctx, uint64_t conn);
+
+  /* Runs job on the executor (never inline). */
+  void (*execute)(void *ctx, drpc_job *job);
+  /* Posts a command to the owner of the core. When the caller already is
+   * the owner the backend may apply it inline. */
+  void (*post)(void *ctx, drpc_cmd *cmd);
+  /* True when the calling thread owns the core (blocking there would stop
+   * the agent, so blocking calls refuse to run). */
+  bool (*is_owner)(void *ctx);
+
+  /* Lock + condition primitives over drpc_sync storage. wait returns false
+   * when deadline_ns (env clock; 0 = none) passed first. */
+  void (*sync_init)(void *ctx, drpc_sync *s);
+  void (*sync_destroy)(void *ctx, drpc_sync *s);
+  void (*sync_lock)(void *ctx, drpc_sync *s);
+  void (*sync_unlock)(void *ctx, drpc_sync *s);
+  bool (*sync_wait)(void *ctx, drpc_sync *s, uint64_t deadline_ns);
+  void (*sync_broadcast)(void *ctx, drpc_sync *s);
+
+  /* Seeded randomness. */
+  uint64_t (*random)(void *ctx);
+  /* The record sink; may be NULL (nothing recorded). */
+  void (*record)(void *ctx, const drpc_event *ev);
+  /* Log lines; may be NULL (dropped). */
+  void (*log)(void *ctx, drpc_log_level level, const char *msg);
+
+  /* Executor statistics for metrics; may be NULL. */
+  void (*pool_stats)(void *ctx, int *size, int *idle);
+  /* The address peers should connect to (e.g. "tcp://127.0.0.1:4242"),
+   * written into buf. */
+  int (*listen_addr)(void *ctx, char *buf, size_t n);
+} drpc_env_ops;
+
+typedef struct drpc_env {
+  const drpc_env_ops *ops;
+  void *ctx;
+} drpc_env;
+
+/* Convenience wrappers used by the core. */
+static inline uint64_t drpc_env_now(const drpc_env *e) {
+  return e->ops->now_ns(e->ctx);
+}
+
+/* A record sink that drops everything (the default until a recorder is
+ * plugged in). */
+void drpc_record_null(void *ctx, const drpc_event *ev);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

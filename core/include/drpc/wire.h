@@ -1,0 +1,171 @@
+/* The wire protocol: frame header, message types, value encoding, tensors
+ * out of band. Layout (all integers little-endian):
+ *
+ *   header   32 bytes  magic "DRPC", version, type, flags, request id,
+ *                      payload length, tensor count, data length
+ *   payload  payload_len bytes: one encoded value (the message body)
+ *   padding  to a multiple of DRPC_TENSOR_ALIGN from the frame start
+ *   data     data_len bytes: each tensor's bytes, in the order the payload
+ *            names them, each starting at a DRPC_TENSOR_ALIGN boundary
+ *            (a tensor with no bytes takes no space and adds no padding;
+ *            data_len ends at the last tensor's last byte)
+ *
+ * Value encoding (tag byte, then):
+ *   0 nil | 1 false | 2 true | 3 int: zigzag varint | 4 float: 8 bytes
+ *   5 str / 6 bytes: varint length, bytes | 7 list: varint count, items
+ *   8 dict: varint count, (varint key length, key bytes, value)*
+ *   9 tensor: dtype u8, device type u8, device index i8, ndim u8,
+ *     ndim shape varints, varint tensor index (into the data section)
+ *   10 worker: zigzag varint id, varint length, name bytes
+ *   11 rref: reserved; rejected until remote references land.
+ */
+#ifndef DRPC_WIRE_H
+#define DRPC_WIRE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "drpc/error.h"
+#include "drpc/value.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DRPC_WIRE_MAGIC 0x43505244u /* "DRPC" read as little-endian u32 */
+#define DRPC_WIRE_VERSION 1
+#define DRPC_WIRE_HEADER_SIZE 32
+/* Default bound on header + payload + padding + data. */
+#define DRPC_WIRE_DEFAULT_MAX_FRAME (1ull << 30)
+/* Bound on the payload section alone (values are small; tensors go out of
+ * band). */
+#define DRPC_WIRE_DEFAULT_MAX_PAYLOAD (64u << 20)
+/* Bound on tensors in one frame. */
+#define DRPC_WIRE_MAX_TENSORS 4096
+
+typedef enum drpc_msg_type {
+  DRPC_MSG_HELLO = 1,    /* connection opener: [version, id, name] */
+  DRPC_MSG_CALL = 2,     /* request: [kind, name, args, kwargs] */
+  DRPC_MSG_RESPONSE = 3, /* response: the result value */
+  DRPC_MSG_ERROR = 4,    /* response: [code, message] */
+  DRPC_MSG_REMOTE_CALL =
+      5,                   /* request: [kind, name, args, kwargs, rref, fork] */
+  DRPC_MSG_REMOTE_RET = 6, /* response to REMOTE_CALL */
+  DRPC_MSG_RREF_FETCH = 7, /* request: to_here */
+  DRPC_MSG_RREF_USER_DELETE = 8,
+  DRPC_MSG_RREF_FORK_REQUEST = 9,
+  DRPC_MSG_RREF_CHILD_ACCEPT = 10,
+  DRPC_MSG_RREF_ACK = 11,
+  DRPC_MSG_JOIN = 12,     /* dynamic membership: a worker joins */
+  DRPC_MSG_LEAVE = 13,    /* dynamic membership: a worker leaves */
+  DRPC_MSG_SHUTDOWN = 14, /* the sender is closing this connection cleanly */
+  DRPC_MSG_TYPE_MAX = 14
+} drpc_msg_type;
+
+const char *drpc_msg_type_name(int type);
+/* True for types that expect a response with the same request id. */
+bool drpc_msg_type_is_request(int type);
+bool drpc_msg_type_is_response(int type);
+
+typedef struct drpc_frame_header {
+  uint32_t magic;
+  uint8_t version;
+  uint8_t type;
+  uint16_t flags;
+  uint64_t id;
+  uint32_t payload_len;
+  uint32_t ntensors;
+  uint64_t data_len;
+} drpc_frame_header;
+
+typedef struct drpc_wire_limits {
+  uint64_t max_frame;   /* whole frame */
+  uint32_t max_payload; /* payload section */
+  uint32_t max_depth;   /* value nesting */
+} drpc_wire_limits;
+
+void drpc_wire_limits_default(drpc_wire_limits *lim);
+
+/* Offset of the data section from the frame start. */
+uint64_t drpc_wire_data_offset(uint32_t payload_len);
+/* Total frame size for a header; fails with DRPC_ETOOBIG on overflow. */
+int drpc_wire_frame_size(const drpc_frame_header *h, uint64_t *out);
+
+/* Writes the 32-byte header. */
+void drpc_wire_header_encode(const drpc_frame_header *h, uint8_t *buf);
+/* Reads and checks a header: magic, version, known type, payload and frame
+ * size against lim, tensor count. Errors: DRPC_EPROTO (bad magic, unknown
+ * type, inconsistent lengths), DRPC_EVERSION, DRPC_ETOOBIG; err->msg says
+ * exactly what was wrong. */
+int drpc_wire_header_decode(const uint8_t *buf, size_t len,
+                            drpc_frame_header *out, const drpc_wire_limits *lim,
+                            drpc_error *err);
+
+/* A decoded message: the header fields, the body value and the tensors
+ * the body refers to (in data-section order). */
+typedef struct drpc_msg {
+  uint8_t type;
+  uint16_t flags;
+  uint64_t id;
+  drpc_value *body;
+  drpc_tensor **tensors; /* ntensors references, owned */
+  uint32_t ntensors;
+} drpc_msg;
+
+void drpc_msg_clear(drpc_msg *m);
+
+/* Step 1 of a streamed decode: given the header and the payload bytes,
+ * decode the body and allocate (uninitialised) storage for every tensor so
+ * the data section can be read straight into it. */
+int drpc_wire_decode_payload(const drpc_frame_header *h, const uint8_t *payload,
+                             const drpc_wire_limits *lim, drpc_msg *out,
+                             drpc_error *err);
+/* Step 2: the places the data section must be read into, in order. Padding
+ * between tensors goes to pad_sink (at least DRPC_TENSOR_ALIGN bytes).
+ * Returns the iovec count needed (may exceed max; call again with more). */
+size_t drpc_wire_data_iov(const drpc_msg *m, uint64_t data_offset,
+                          struct iovec *iov, size_t max, void *pad_sink);
+
+/* Decodes a whole frame held in one buffer (simulator, fuzzers, tests). */
+int drpc_wire_decode(const uint8_t *buf, size_t len,
+                     const drpc_wire_limits *lim, drpc_msg *out,
+                     drpc_error *err);
+
+/* An encoded frame ready to send: a head buffer (header, payload, padding)
+ * and the tensors whose bytes follow, each padded to the alignment. Holds a
+ * reference to every tensor until freed, so tensor data is written from its
+ * own storage with no copy. */
+typedef struct drpc_outframe {
+  uint8_t *head;
+  size_t head_len;
+  drpc_tensor **tensors;
+  uint32_t ntensors;
+  uint64_t total_len;
+  struct drpc_outframe *next; /* for the backend's send queues */
+} drpc_outframe;
+
+/* Encodes a message of type/flags/id with the given body (borrowed; NULL
+ * means nil). Non-contiguous tensors are copied to contiguous storage; a
+ * tensor that appears twice is sent once. Fails with DRPC_ETOOBIG when the
+ * frame would exceed lim, DRPC_EUNSUPPORTED for a non-CPU tensor, DRPC_EINVAL
+ * for values nested too deep. */
+int drpc_wire_encode(uint8_t type, uint16_t flags, uint64_t id,
+                     const drpc_value *body, const drpc_wire_limits *lim,
+                     drpc_outframe **out, drpc_error *err);
+/* Changes the request id in an encoded frame. */
+void drpc_outframe_set_id(drpc_outframe *f, uint64_t id);
+/* Fills iov with the frame's pieces starting at byte offset `from`; returns
+ * the count needed (may exceed max). pad_zero must point at
+ * DRPC_TENSOR_ALIGN zero bytes. */
+size_t drpc_outframe_iov(const drpc_outframe *f, uint64_t from,
+                         struct iovec *iov, size_t max, const void *pad_zero);
+/* Copies the whole frame into one new buffer (caller frees with free()). */
+uint8_t *drpc_outframe_flatten(const drpc_outframe *f, size_t *len);
+void drpc_outframe_free(drpc_outframe *f);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

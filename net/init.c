@@ -1,0 +1,148 @@
+/* drpc_init / drpc_shutdown: the one-call set-up of a worker on the real
+ * backend (store from the init method, backend, agent, default agent). */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "drpc/net.h"
+
+/* What drpc_init built for one agent, found again by drpc_shutdown. */
+typedef struct bundle {
+  drpc_agent *agent;
+  drpc_net *net;
+  drpc_store *store; /* prefixed view the agent uses */
+  drpc_store *base;
+  drpc_store_server *server;
+  int64_t rank, world_size;
+  struct bundle *next;
+} bundle;
+
+static pthread_mutex_t bundles_mu = PTHREAD_MUTEX_INITIALIZER;
+static bundle *bundles;
+static int init_count; /* per-process, so re-initialising uses fresh keys */
+
+static void release(bundle *b) {
+  if (b->agent)
+    drpc_net_stop(b->net);
+  drpc_agent_free(b->agent);
+  drpc_net_free(b->net);
+  if (b->store)
+    drpc_store_decref(b->store);
+  if (b->base)
+    drpc_store_decref(b->base);
+  if (b->server)
+    drpc_store_server_stop(b->server);
+  free(b);
+}
+
+int drpc_init(drpc_agent **out, const char *name, int64_t rank,
+              int64_t world_size, const drpc_options *opts, drpc_error *err) {
+  *out = NULL;
+  drpc_options defaults;
+  if (!opts) {
+    drpc_options_default(&defaults);
+    opts = &defaults;
+  }
+  if (drpc_current_agent())
+    return drpc_error_set(err, DRPC_EEXISTS, "RPC is already initialized");
+  int rc = drpc_options_validate(opts, err);
+  if (rc)
+    return rc;
+  if ((rc = drpc_validate_worker_name(name, err)))
+    return rc;
+  bundle *b = calloc(1, sizeof *b);
+  if (!b)
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  b->rank = rank;
+  b->world_size = world_size;
+  double store_timeout = opts->rpc_timeout_s > 0 ? opts->rpc_timeout_s : 0;
+  rc = drpc_store_from_init_method(
+      opts->init_method ? opts->init_method : DRPC_DEFAULT_INIT_METHOD,
+      &b->rank, &b->world_size, store_timeout, &b->base, &b->server, err);
+  if (rc)
+    goto fail;
+  pthread_mutex_lock(&bundles_mu);
+  int n = init_count++;
+  pthread_mutex_unlock(&bundles_mu);
+  char prefix[32];
+  snprintf(prefix, sizeof prefix, "rpc_prefix_%d", n);
+  b->store = drpc_store_prefix_new(b->base, prefix);
+  if (!b->store) {
+    rc = drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+    goto fail;
+  }
+  drpc_net_config nc;
+  drpc_net_config_default(&nc);
+  nc.num_worker_threads = opts->num_worker_threads;
+  nc.log_prefix = name;
+  const char *host = getenv("DRPC_LISTEN_HOST");
+  if (host && *host)
+    nc.listen_host = host;
+  if ((rc = drpc_net_new(&b->net, &nc, err)))
+    goto fail;
+  if ((rc = drpc_agent_start(&b->agent, b->store, name, b->rank, b->world_size,
+                             opts, drpc_net_env(b->net), err)))
+    goto fail;
+  drpc_net_attach(b->net, b->agent);
+  if ((rc = drpc_set_current_agent(b->agent, err))) {
+    drpc_agent_shutdown(b->agent, false, 0, NULL);
+    goto fail;
+  }
+  pthread_mutex_lock(&bundles_mu);
+  b->next = bundles;
+  bundles = b;
+  pthread_mutex_unlock(&bundles_mu);
+  *out = b->agent;
+  return 0;
+fail:
+  release(b);
+  return rc;
+}
+
+/* The store server lives in rank 0's process: it must outlast every other
+ * worker's last store access, so rank 0 waits (bounded) for the others to
+ * say they are done with it. */
+static void wait_for_exits(bundle *b, double timeout_s) {
+  int64_t count = 0;
+  if (b->world_size <= 1)
+    return;
+  if (!b->server) {
+    if (drpc_store_add(b->store, "shutdown/EXITED", 1, &count, NULL) == 0 &&
+        count == b->world_size - 1)
+      drpc_store_set_str(b->store, "shutdown/ALL_EXITED", "1", NULL);
+    return;
+  }
+  const char *keys[1] = {"shutdown/ALL_EXITED"};
+  drpc_store_wait(b->store, keys, 1, timeout_s, NULL);
+}
+
+int drpc_shutdown(drpc_agent *a, bool graceful, double timeout_s,
+                  drpc_error *err) {
+  if (!a)
+    a = drpc_current_agent();
+  if (!a)
+    return drpc_error_set(err, DRPC_ENOTINIT,
+                          "RPC has not been initialized. Call drpc_init "
+                          "first.");
+  pthread_mutex_lock(&bundles_mu);
+  bundle **pp = &bundles;
+  while (*pp && (*pp)->agent != a)
+    pp = &(*pp)->next;
+  bundle *b = *pp;
+  if (b)
+    *pp = b->next;
+  pthread_mutex_unlock(&bundles_mu);
+  if (!b)
+    return drpc_error_set(err, DRPC_EINVAL,
+                          "agent was not created by drpc_init");
+  if (timeout_s < 0)
+    timeout_s = drpc_agent_options(a)->shutdown_timeout_s;
+  int rc = drpc_agent_shutdown(a, graceful, timeout_s, err);
+  if (graceful && rc == 0)
+    wait_for_exits(b, timeout_s > 0 && timeout_s < 10 ? timeout_s : 10);
+  if (drpc_current_agent() == a)
+    drpc_reset_current_agent();
+  release(b);
+  return rc;
+}

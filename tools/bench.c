@@ -1,0 +1,269 @@
+/* `drpc bench`: two workers over loopback (two processes), measuring no-op
+ * latency, pipelined throughput and tensor echo bandwidth the way the
+ * PyTorch peer script does, so the figures compare directly. */
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tools.h"
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp_d(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static long rss_kib(pid_t pid) {
+  char path[64], line[256];
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+  FILE *f = fopen(path, "r");
+  long v = -1;
+  if (!f)
+    return -1;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "VmRSS: %ld kB", &v) == 1)
+      break;
+  fclose(f);
+  return v;
+}
+
+static void usage(FILE *f) {
+  fprintf(f, "usage: drpc bench [latency|throughput|bandwidth|all] [--json]\n"
+             "                  [--iters N] [--calls N] [--max-bytes B]\n"
+             "                  [--threads N]\n"
+             "\n"
+             "Starts two workers (two processes) over loopback and prints\n"
+             "noop_sync_p50_us, noop_sync_p99_us, async_calls_per_s and\n"
+             "echo_<bytes>_GBps (GB/s = 2 x size / time) for 1 KiB .. 128 "
+             "MiB,\nplus the idle worker's resident memory.\n");
+}
+
+typedef struct result {
+  char key[64];
+  double value;
+} result;
+
+int drpc_cmd_bench(int argc, char **argv) {
+  static const struct option opts[] = {{"json", no_argument, 0, 'j'},
+                                       {"iters", required_argument, 0, 'i'},
+                                       {"calls", required_argument, 0, 'c'},
+                                       {"max-bytes", required_argument, 0, 'm'},
+                                       {"threads", required_argument, 0, 't'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+  bool json = false;
+  long long iters = 3000, calls = 20000, max_bytes = 128ll << 20;
+  int threads = DRPC_DEFAULT_NUM_WORKER_THREADS;
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    switch (c) {
+    case 'j':
+      json = true;
+      break;
+    case 'i':
+      iters = drpc_tools_parse_int("--iters", optarg, 10, 10000000);
+      break;
+    case 'c':
+      calls = drpc_tools_parse_int("--calls", optarg, 10, 100000000);
+      break;
+    case 'm':
+      max_bytes = drpc_tools_parse_int("--max-bytes", optarg, 1024, 1ll << 30);
+      break;
+    case 't':
+      threads = (int)drpc_tools_parse_int("--threads", optarg, 1, 4096);
+      break;
+    case 'h':
+      usage(stdout);
+      return 0;
+    default:
+      usage(stderr);
+      return 2;
+    }
+  }
+  const char *what = optind < argc ? argv[optind] : "all";
+  bool lat = !strcmp(what, "all") || !strcmp(what, "latency");
+  bool thr = !strcmp(what, "all") || !strcmp(what, "throughput");
+  bool bw = !strcmp(what, "all") || !strcmp(what, "bandwidth");
+  if (!lat && !thr && !bw) {
+    fprintf(stderr, "drpc bench: unknown benchmark '%s'\n", what);
+    usage(stderr);
+    return 2;
+  }
+
+  drpc_tools_register_std(drpc_registry_default());
+  char init[64];
+  snprintf(init, sizeof init, "tcp://127.0.0.1:%d", drpc_tools_free_port());
+  drpc_options o;
+  drpc_options_default(&o);
+  o.init_method = init;
+  o.num_worker_threads = threads;
+  o.rpc_timeout_s = 300;
+  o.shutdown_timeout_s = 600;
+  fflush(NULL);
+  pid_t child = fork();
+  if (child < 0) {
+    perror("fork");
+    return 1;
+  }
+  if (child == 0) {
+    drpc_agent *a = NULL;
+    drpc_error err = DRPC_ERROR_INIT;
+    if (drpc_init(&a, "w1", 1, 2, &o, &err) ||
+        drpc_shutdown(a, true, -1, &err)) {
+      fprintf(stderr, "bench worker w1: %s\n", drpc_error_message(&err));
+      _exit(1);
+    }
+    _exit(0);
+  }
+  drpc_agent *a = NULL;
+  drpc_error err = DRPC_ERROR_INIT;
+  if (drpc_init(&a, "w0", 0, 2, &o, &err)) {
+    fprintf(stderr, "drpc bench: %s\n", drpc_error_message(&err));
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
+    return 1;
+  }
+  result res[64];
+  int nres = 0;
+  int failed = 0;
+  drpc_value *out = NULL;
+  /* Let the peer settle, then read its idle footprint. */
+  for (int i = 0; i < 10; i++) {
+    if (drpc_rpc_sync(a, "w1", DRPC_FUNCTION, "noop", NULL, NULL, -1, &out,
+                      &err)) {
+      fprintf(stderr, "drpc bench: %s\n", drpc_error_message(&err));
+      failed = 1;
+      goto done;
+    }
+    drpc_value_free(out);
+  }
+  long rss = rss_kib(child);
+  snprintf(res[nres].key, sizeof res[nres].key, "idle_worker_rss_kib");
+  res[nres++].value = (double)rss;
+
+  if (lat) {
+    double *l = malloc((size_t)iters * sizeof *l);
+    for (int i = 0; i < 300; i++) {
+      drpc_rpc_sync(a, "w1", DRPC_FUNCTION, "noop", NULL, NULL, -1, &out, &err);
+      drpc_value_free(out);
+    }
+    for (long long i = 0; i < iters; i++) {
+      double t0 = now_s();
+      if (drpc_rpc_sync(a, "w1", DRPC_FUNCTION, "noop", NULL, NULL, -1, &out,
+                        &err)) {
+        fprintf(stderr, "drpc bench: %s\n", drpc_error_message(&err));
+        failed = 1;
+        free(l);
+        goto done;
+      }
+      l[i] = now_s() - t0;
+      drpc_value_free(out);
+    }
+    qsort(l, (size_t)iters, sizeof *l, cmp_d);
+    snprintf(res[nres].key, sizeof res[nres].key, "noop_sync_p50_us");
+    res[nres++].value = l[iters / 2] * 1e6;
+    snprintf(res[nres].key, sizeof res[nres].key, "noop_sync_p99_us");
+    res[nres++].value = l[(long long)(iters * 0.99)] * 1e6;
+    free(l);
+  }
+  if (thr) {
+    drpc_future **fs = malloc((size_t)calls * sizeof *fs);
+    double t0 = now_s();
+    for (long long i = 0; i < calls; i++)
+      if (drpc_rpc_async(a, "w1", DRPC_FUNCTION, "noop", NULL, NULL, -1, &fs[i],
+                         &err)) {
+        fprintf(stderr, "drpc bench: %s\n", drpc_error_message(&err));
+        failed = 1;
+        for (long long k = 0; k < i; k++)
+          drpc_future_wait(fs[k], -1), drpc_future_decref(fs[k]);
+        free(fs);
+        goto done;
+      }
+    int rc = drpc_future_wait_all(fs, (size_t)calls, -1, &err);
+    double dt = now_s() - t0;
+    for (long long i = 0; i < calls; i++)
+      drpc_future_decref(fs[i]);
+    free(fs);
+    if (rc) {
+      fprintf(stderr, "drpc bench: %s\n", drpc_error_message(&err));
+      failed = 1;
+      goto done;
+    }
+    snprintf(res[nres].key, sizeof res[nres].key, "async_calls_per_s");
+    res[nres++].value = (double)calls / dt;
+  }
+  if (bw) {
+    static const long long sizes[] = {1ll << 10, 1ll << 16, 1ll << 20,
+                                      1ll << 24, 1ll << 26, 1ll << 27};
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+      long long size = sizes[k];
+      if (size > max_bytes)
+        break;
+      int64_t shape[1] = {size / 4};
+      drpc_tensor *t = drpc_tensor_new(DRPC_FLOAT32, 1, shape);
+      float *p = drpc_tensor_data(t);
+      for (int64_t i = 0; i < shape[0]; i++)
+        p[i] = 1.0f;
+      drpc_value *args = drpc_value_list_of(1, drpc_value_tensor(t));
+      drpc_tensor_decref(t);
+      long long reps = (1ll << 31) / size;
+      reps = reps < 5 ? 5 : reps > 500 ? 500 : reps;
+      for (int i = 0; i < 3; i++) {
+        drpc_rpc_sync(a, "w1", DRPC_FUNCTION, "echo", args, NULL, -1, &out,
+                      &err);
+        drpc_value_free(out);
+      }
+      double t0 = now_s();
+      for (long long i = 0; i < reps; i++) {
+        if (drpc_rpc_sync(a, "w1", DRPC_FUNCTION, "echo", args, NULL, -1, &out,
+                          &err)) {
+          fprintf(stderr, "drpc bench: echo %lld: %s\n", size,
+                  drpc_error_message(&err));
+          failed = 1;
+          drpc_value_free(args);
+          goto done;
+        }
+        drpc_value_free(out);
+      }
+      double dt = (now_s() - t0) / (double)reps;
+      drpc_value_free(args);
+      snprintf(res[nres].key, sizeof res[nres].key, "echo_%lldB_GBps", size);
+      res[nres++].value = 2.0 * (double)size / dt / 1e9;
+      snprintf(res[nres].key, sizeof res[nres].key, "echo_%lldB_us", size);
+      res[nres++].value = dt * 1e6;
+    }
+  }
+done:
+  drpc_error_clear(&err);
+  if (drpc_shutdown(a, true, 60, &err)) {
+    fprintf(stderr, "drpc bench: shutdown: %s\n", drpc_error_message(&err));
+    drpc_error_clear(&err);
+    failed = 1;
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status))
+    failed = 1;
+  if (json) {
+    printf("{\n \"drpc\": \"%s\"", DRPC_VERSION_STRING);
+    for (int i = 0; i < nres; i++)
+      printf(",\n \"%s\": %.6g", res[i].key, res[i].value);
+    printf("\n}\n");
+  } else {
+    for (int i = 0; i < nres; i++)
+      printf("%-28s %12.3f\n", res[i].key, res[i].value);
+  }
+  return failed;
+}

@@ -1,0 +1,25 @@
+/* Internal: pieces of the drpc command line shared between its files. */
+#ifndef DRPC_TOOLS_H
+#define DRPC_TOOLS_H
+
+#include "drpc/drpc.h"
+#include "drpc/net.h"
+
+/* Registers noop, echo, sleep, raise, whoami, forward, nbytes and
+ * async_forward. */
+int drpc_tools_register_std(drpc_registry *r);
+
+int drpc_cmd_worker(int argc, char **argv);
+int drpc_cmd_store(int argc, char **argv);
+int drpc_cmd_bench(int argc, char **argv);
+int drpc_cmd_demo(int argc, char **argv);
+
+/* Parses a non-negative integer option value or exits with a message. */
+long long drpc_tools_parse_int(const char *opt, const char *s, long long min,
+                               long long max);
+double drpc_tools_parse_double(const char *opt, const char *s, double min,
+                               double max);
+/* Picks a free loopback TCP port. */
+int drpc_tools_free_port(void);
+
+#endif
