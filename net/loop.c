@@ -560,10 +560,10 @@ static bool parse_buffer(drpc_net *n, nconn *c) {
       return true; /* the agent dropped this connection: read no further */
     if (c->rstate == 1) {
       consume_data_from_buffer(n, c);
-      if (c->rstate == 1)
-        return drpc_map_get(&n->conns, c->id) != NULL;
       if (!drpc_map_get(&n->conns, c->id))
         return false;
+      if (c->rstate == 1)
+        break; /* the rest of the data is still in the socket */
       continue;
     }
     size_t avail = c->rlen - c->rpos;
