@@ -126,6 +126,69 @@ static void free_aligned(void *ctx, void *data) {
   free(data);
 }
 
+/* A small cache of large blocks. Receiving a tensor allocates its storage;
+ * for tens of megabytes a fresh allocation is a fresh mapping whose every
+ * page faults on first touch, which costs as much as the copy from the
+ * socket. Keeping a few freed blocks makes repeated transfers of similar
+ * sizes reuse warm memory. Bounded in entries and bytes; guarded by a spin
+ * flag because the critical sections are a few loads and stores. */
+#define CACHE_MIN_BYTES (1u << 20)
+#define CACHE_SLOTS 4
+#define CACHE_MAX_BYTES (512ull << 20)
+
+static atomic_flag cache_lock = ATOMIC_FLAG_INIT;
+static struct {
+  void *data;
+  size_t nbytes;
+} cache[CACHE_SLOTS];
+static size_t cache_bytes;
+
+static void cache_acquire(void) {
+  while (atomic_flag_test_and_set_explicit(&cache_lock, memory_order_acquire))
+    ;
+}
+
+static void cache_release(void) {
+  atomic_flag_clear_explicit(&cache_lock, memory_order_release);
+}
+
+/* Takes a cached block of at least nbytes and at most twice that. */
+static void *cache_take(size_t nbytes, size_t *got) {
+  void *data = NULL;
+  cache_acquire();
+  int best = -1;
+  for (int i = 0; i < CACHE_SLOTS; i++)
+    if (cache[i].data && cache[i].nbytes >= nbytes &&
+        cache[i].nbytes / 2 <= nbytes &&
+        (best < 0 || cache[i].nbytes < cache[best].nbytes))
+      best = i;
+  if (best >= 0) {
+    data = cache[best].data;
+    *got = cache[best].nbytes;
+    cache_bytes -= cache[best].nbytes;
+    cache[best].data = NULL;
+  }
+  cache_release();
+  return data;
+}
+
+/* The free function of large blocks: ctx carries the block's size. */
+static void free_cached(void *ctx, void *data) {
+  size_t nbytes = (size_t)(uintptr_t)ctx;
+  cache_acquire();
+  for (int i = 0; i < CACHE_SLOTS; i++) {
+    if (!cache[i].data && cache_bytes + nbytes <= CACHE_MAX_BYTES) {
+      cache[i].data = data;
+      cache[i].nbytes = nbytes;
+      cache_bytes += nbytes;
+      data = NULL;
+      break;
+    }
+  }
+  cache_release();
+  free(data);
+}
+
 drpc_storage *drpc_storage_new(size_t nbytes, bool zero) {
   /* aligned_alloc wants a size that is a multiple of the alignment, and a
    * zero-byte request may return NULL, so every storage owns at least one
@@ -140,10 +203,23 @@ drpc_storage *drpc_storage_new(size_t nbytes, bool zero) {
   if (s == NULL) {
     goto fail_struct;
   }
-  void *data = aligned_alloc(DRPC_TENSOR_ALIGN, alloc_nbytes);
+  void *data = NULL;
+  void (*free_fn)(void *, void *) = free_aligned;
+  void *free_ctx = NULL;
+  if (alloc_nbytes >= CACHE_MIN_BYTES) {
+    size_t got = 0;
+    data = cache_take(alloc_nbytes, &got);
+    if (data)
+      alloc_nbytes = got;
+    free_fn = free_cached;
+  }
+  if (data == NULL)
+    data = aligned_alloc(DRPC_TENSOR_ALIGN, alloc_nbytes);
   if (data == NULL) {
     goto fail_data;
   }
+  if (free_fn == free_cached)
+    free_ctx = (void *)(uintptr_t)alloc_nbytes;
   if (zero) {
     memset(data, 0, alloc_nbytes);
   }
@@ -151,8 +227,8 @@ drpc_storage *drpc_storage_new(size_t nbytes, bool zero) {
   s->data = data;
   s->nbytes = nbytes;
   s->device = DRPC_CPU;
-  s->free_fn = free_aligned;
-  s->free_ctx = NULL;
+  s->free_fn = free_fn;
+  s->free_ctx = free_ctx;
   return s;
 
 fail_data:
