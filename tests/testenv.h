@@ -9,8 +9,11 @@
 
 #define TNET_MAX_NODES 8
 #define TNET_MAX_CONNS 64
+/* The executor size each node reports through pool_stats. */
+#define TNET_POOL_SIZE 4
 
 typedef struct tnet tnet;
+typedef struct tjob tjob;
 
 typedef struct tnode {
   tnet *net;
@@ -21,6 +24,7 @@ typedef struct tnode {
   char addr[32];
   /* Counters the tests inspect. */
   int frames_sent, connects, closes, jobs_run, logs_error;
+  int jobs_running; /* jobs of this node on the (pumped) executor now */
   char last_log[512];
 } tnode;
 
@@ -40,11 +44,16 @@ struct tnet {
   tconn conns[TNET_MAX_CONNS];
   uint64_t next_conn_id;
   tevent *head, *tail; /* pending deliveries, FIFO */
-  drpc_job *jobs_head, *jobs_tail;
+  tjob *jobs_head, *jobs_tail;
   drpc_cmd *cmds_head, *cmds_tail;
   uint64_t rng;
   bool refuse_connect; /* connections fail to open */
   bool auto_run_jobs;  /* tnet_run also runs executor jobs */
+  /* Called for every frame a node sends (to: the receiving node), with the
+   * frame's bytes (borrowed), in send order: transcripts for tests. */
+  void (*on_send)(void *user, int from, int to, const uint8_t *buf,
+                  size_t len);
+  void *on_send_user;
 };
 
 void tnet_init(tnet *n);
@@ -60,6 +69,12 @@ void tnet_advance_to(tnet *n, uint64_t t_ns);
 /* Breaks the connection between two nodes (both directions), reporting it
  * to both agents. */
 void tnet_break(tnet *n, int a, int b);
+/* Opens a connection from node `from` (which need not run an agent; frames
+ * sent to it are dropped after on_send sees them) to node `to`'s agent,
+ * which accepts it at once. *id_at_to gets the id `to` knows it by, for
+ * injecting frames with drpc_agent_on_frame. Returns the conns index, or
+ * -1 when the table is full. */
+int tnet_raw_connect(tnet *n, int from, int to, uint64_t *id_at_to);
 void tnet_free(tnet *n);
 /* A store shared by the nodes: every node's name and address are written
  * before the agents start, so agent start never blocks. */
