@@ -180,8 +180,9 @@ static void env_post(void *ctx, drpc_cmd *cmd) {
     while (drain_commands(n))
       ;
     flush_dirty(n);
-    bool earlier_timer = n->timer_deadline &&
-                         (!n->sleep_until || n->timer_deadline < n->sleep_until);
+    bool earlier_timer =
+        n->timer_deadline &&
+        (!n->sleep_until || n->timer_deadline < n->sleep_until);
     tls_owner = NULL;
     pthread_mutex_unlock(&n->core_mu);
     if (!earlier_timer)
@@ -211,31 +212,6 @@ static void env_execute(void *ctx, drpc_job *job) {
     pthread_cond_signal(&n->pool_cv);
   }
   pthread_mutex_unlock(&n->pool_mu);
-}
-
-static void env_sync_init(void *ctx, drpc_sync *s) {
-  (void)ctx;
-  drpc_posix_sync_init(s);
-}
-static void env_sync_destroy(void *ctx, drpc_sync *s) {
-  (void)ctx;
-  drpc_posix_sync_destroy(s);
-}
-static void env_sync_lock(void *ctx, drpc_sync *s) {
-  (void)ctx;
-  drpc_posix_sync_lock(s);
-}
-static void env_sync_unlock(void *ctx, drpc_sync *s) {
-  (void)ctx;
-  drpc_posix_sync_unlock(s);
-}
-static bool env_sync_wait(void *ctx, drpc_sync *s, uint64_t deadline_ns) {
-  (void)ctx;
-  return drpc_posix_sync_wait(s, deadline_ns);
-}
-static void env_sync_broadcast(void *ctx, drpc_sync *s) {
-  (void)ctx;
-  drpc_posix_sync_broadcast(s);
 }
 
 static uint64_t env_random(void *ctx) {
@@ -385,12 +361,12 @@ static const drpc_env_ops net_ops = {
     .execute = env_execute,
     .post = env_post,
     .is_owner = env_is_owner,
-    .sync_init = env_sync_init,
-    .sync_destroy = env_sync_destroy,
-    .sync_lock = env_sync_lock,
-    .sync_unlock = env_sync_unlock,
-    .sync_wait = env_sync_wait,
-    .sync_broadcast = env_sync_broadcast,
+    .sync_init = drpc_posix_env_sync_init,
+    .sync_destroy = drpc_posix_env_sync_destroy,
+    .sync_lock = drpc_posix_env_sync_lock,
+    .sync_unlock = drpc_posix_env_sync_unlock,
+    .sync_wait = drpc_posix_env_sync_wait,
+    .sync_broadcast = drpc_posix_env_sync_broadcast,
     .random = env_random,
     .record = NULL,
     .log = env_log,

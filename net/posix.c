@@ -75,27 +75,27 @@ static uint64_t env_now(void *ctx) {
   (void)ctx;
   return drpc_posix_now_ns();
 }
-static void env_sync_init(void *ctx, drpc_sync *s) {
+void drpc_posix_env_sync_init(void *ctx, drpc_sync *s) {
   (void)ctx;
   drpc_posix_sync_init(s);
 }
-static void env_sync_destroy(void *ctx, drpc_sync *s) {
+void drpc_posix_env_sync_destroy(void *ctx, drpc_sync *s) {
   (void)ctx;
   drpc_posix_sync_destroy(s);
 }
-static void env_sync_lock(void *ctx, drpc_sync *s) {
+void drpc_posix_env_sync_lock(void *ctx, drpc_sync *s) {
   (void)ctx;
   drpc_posix_sync_lock(s);
 }
-static void env_sync_unlock(void *ctx, drpc_sync *s) {
+void drpc_posix_env_sync_unlock(void *ctx, drpc_sync *s) {
   (void)ctx;
   drpc_posix_sync_unlock(s);
 }
-static bool env_sync_wait(void *ctx, drpc_sync *s, uint64_t deadline_ns) {
+bool drpc_posix_env_sync_wait(void *ctx, drpc_sync *s, uint64_t deadline_ns) {
   (void)ctx;
   return drpc_posix_sync_wait(s, deadline_ns);
 }
-static void env_sync_broadcast(void *ctx, drpc_sync *s) {
+void drpc_posix_env_sync_broadcast(void *ctx, drpc_sync *s) {
   (void)ctx;
   drpc_posix_sync_broadcast(s);
 }
@@ -117,12 +117,12 @@ static void env_log(void *ctx, drpc_log_level level, const char *msg) {
 static const drpc_env_ops basic_ops = {
     .now_ns = env_now,
     .is_owner = env_is_owner,
-    .sync_init = env_sync_init,
-    .sync_destroy = env_sync_destroy,
-    .sync_lock = env_sync_lock,
-    .sync_unlock = env_sync_unlock,
-    .sync_wait = env_sync_wait,
-    .sync_broadcast = env_sync_broadcast,
+    .sync_init = drpc_posix_env_sync_init,
+    .sync_destroy = drpc_posix_env_sync_destroy,
+    .sync_lock = drpc_posix_env_sync_lock,
+    .sync_unlock = drpc_posix_env_sync_unlock,
+    .sync_wait = drpc_posix_env_sync_wait,
+    .sync_broadcast = drpc_posix_env_sync_broadcast,
     .random = env_random,
     .log = env_log,
 };

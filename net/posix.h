@@ -16,4 +16,13 @@ bool drpc_posix_sync_wait(drpc_sync *s, uint64_t deadline_ns);
 void drpc_posix_sync_broadcast(drpc_sync *s);
 uint64_t drpc_posix_random(uint64_t *state);
 
+/* The same primitives with the env's signatures (ctx unused), for the
+ * backends' op tables. */
+void drpc_posix_env_sync_init(void *ctx, drpc_sync *s);
+void drpc_posix_env_sync_destroy(void *ctx, drpc_sync *s);
+void drpc_posix_env_sync_lock(void *ctx, drpc_sync *s);
+void drpc_posix_env_sync_unlock(void *ctx, drpc_sync *s);
+bool drpc_posix_env_sync_wait(void *ctx, drpc_sync *s, uint64_t deadline_ns);
+void drpc_posix_env_sync_broadcast(void *ctx, drpc_sync *s);
+
 #endif

@@ -14,6 +14,13 @@ struct tevent {
   tevent *next;
 };
 
+/* An executor job and the node whose agent handed it over. */
+struct tjob {
+  drpc_job *job;
+  int node;
+  tjob *next;
+};
+
 static tnode *node_of(void *ctx) {
   return ctx;
 }
@@ -52,6 +59,7 @@ static int t_connect(void *ctx, int16_t peer, const char *addr, uint64_t *out) {
     c->to = to;
     c->id_from = ++n->next_conn_id;
     c->id_to = ++n->next_conn_id;
+    c->closed = n->refuse_connect;
     me->connects++;
     tevent *e = calloc(1, sizeof *e);
     e->kind = n->refuse_connect ? 2 : 1;
@@ -97,6 +105,8 @@ static void t_send(void *ctx, uint64_t conn, drpc_outframe *f) {
   e->to = peer;
   e->buf = drpc_outframe_flatten(f, &e->len);
   drpc_outframe_free(f);
+  if (n->on_send)
+    n->on_send(n->on_send_user, me->index, peer, e->buf, e->len);
   push(n, e);
 }
 
@@ -118,13 +128,20 @@ static void t_close(void *ctx, uint64_t conn) {
 }
 
 static void t_execute(void *ctx, drpc_job *job) {
-  tnet *n = node_of(ctx)->net;
-  job->next = NULL;
+  tnode *me = node_of(ctx);
+  tnet *n = me->net;
+  tjob *t = calloc(1, sizeof *t);
+  if (!t) {
+    fprintf(stderr, "testenv: out of memory queueing a job\n");
+    abort();
+  }
+  t->job = job;
+  t->node = me->index;
   if (n->jobs_tail)
-    n->jobs_tail->next = job;
+    n->jobs_tail->next = t;
   else
-    n->jobs_head = job;
-  n->jobs_tail = job;
+    n->jobs_head = t;
+  n->jobs_tail = t;
 }
 
 static void t_post(void *ctx, drpc_cmd *cmd) {
@@ -151,13 +168,30 @@ static void t_sync_nop(void *ctx, drpc_sync *s) {
   (void)s;
 }
 
+/* The earliest armed timer of any node, 0 when none. */
+static uint64_t next_timer(tnet *n) {
+  uint64_t t = 0;
+  for (int i = 0; i < n->nnodes; i++) {
+    uint64_t d = n->nodes[i].agent ? n->nodes[i].timer_deadline : 0;
+    if (d && (!t || d < t))
+      t = d;
+  }
+  return t;
+}
+
 /* Nothing else can happen while a single-threaded test waits: run what is
- * pending, and otherwise jump the clock to the deadline. */
+ * pending; otherwise jump the clock to the next timer when it comes before
+ * the deadline (as a discrete-event simulator would), else to the deadline. */
 static bool t_sync_wait(void *ctx, drpc_sync *s, uint64_t deadline) {
   tnet *n = node_of(ctx)->net;
   (void)s;
   if (tnet_run(n, 1) > 0)
     return true;
+  uint64_t t = next_timer(n);
+  if (t && (deadline == 0 || t < deadline)) {
+    tnet_advance_to(n, t);
+    return true;
+  }
   if (deadline == 0) {
     fprintf(stderr, "testenv: a wait without deadline would block forever\n");
     abort();
@@ -177,6 +211,15 @@ static void t_log(void *ctx, drpc_log_level lvl, const char *msg) {
   if (lvl >= DRPC_LOG_ERROR)
     me->logs_error++;
   snprintf(me->last_log, sizeof me->last_log, "%s", msg);
+}
+
+/* The pool is pumped by the test: a node's threads are busy while its jobs
+ * run (nested runs happen when a job waits on a future). */
+static void t_pool_stats(void *ctx, int *size, int *idle) {
+  tnode *me = node_of(ctx);
+  *size = TNET_POOL_SIZE;
+  *idle = me->jobs_running < TNET_POOL_SIZE ? TNET_POOL_SIZE - me->jobs_running
+                                            : 0;
 }
 
 static int t_listen_addr(void *ctx, char *buf, size_t len) {
@@ -202,6 +245,7 @@ static const drpc_env_ops tops = {
     .random = t_random,
     .record = NULL,
     .log = t_log,
+    .pool_stats = t_pool_stats,
     .listen_addr = t_listen_addr,
 };
 
@@ -224,13 +268,19 @@ tnode *tnet_node(tnet *n) {
 }
 
 bool tnet_run_job(tnet *n) {
-  drpc_job *j = n->jobs_head;
-  if (!j)
+  tjob *t = n->jobs_head;
+  if (!t)
     return false;
-  n->jobs_head = j->next;
+  n->jobs_head = t->next;
   if (!n->jobs_head)
     n->jobs_tail = NULL;
+  tnode *nd = &n->nodes[t->node];
+  drpc_job *j = t->job;
+  free(t);
+  nd->jobs_run++;
+  nd->jobs_running++;
   j->run(j);
+  nd->jobs_running--;
   return true;
 }
 
@@ -256,11 +306,22 @@ static bool run_event(tnet *n) {
   tnode *to = &n->nodes[e->to];
   bool dialer = c->from == e->to;
   uint64_t id = dialer ? c->id_from : c->id_to;
-  if (to->agent) {
+  tnode *callee = &n->nodes[c->to];
+  if (e->kind == 1 && !c->closed && !callee->agent) {
+    /* Nobody listens there: the dial is refused. */
+    c->closed = true;
+    if (to->agent) {
+      drpc_error err = {DRPC_ECONN, "connection refused"};
+      drpc_agent_on_conn_closed(to->agent, id, &err);
+    }
+  } else if (to->agent) {
     if (e->kind == 1) {
-      c->open = true;
-      drpc_agent_on_conn_accept(n->nodes[c->to].agent, c->id_to);
-      drpc_agent_on_conn_open(to->agent, id);
+      /* A connection broken or closed before it opened stays closed. */
+      if (!c->closed) {
+        c->open = true;
+        drpc_agent_on_conn_accept(callee->agent, c->id_to);
+        drpc_agent_on_conn_open(to->agent, id);
+      }
     } else if (e->kind == 2) {
       drpc_error err = {DRPC_ECONN, "connection reset"};
       if (!c->open && dialer)
@@ -312,6 +373,26 @@ void tnet_break(tnet *n, int a, int b) {
     if (c->open && n->nodes[c->to].agent)
       drpc_agent_on_conn_closed(n->nodes[c->to].agent, c->id_to, &err);
   }
+}
+
+int tnet_raw_connect(tnet *n, int from, int to, uint64_t *id_at_to) {
+  for (int i = 0; i < TNET_MAX_CONNS; i++) {
+    tconn *c = &n->conns[i];
+    if (c->used)
+      continue;
+    memset(c, 0, sizeof *c);
+    c->used = true;
+    c->open = true;
+    c->from = from;
+    c->to = to;
+    c->id_from = ++n->next_conn_id;
+    c->id_to = ++n->next_conn_id;
+    if (n->nodes[to].agent)
+      drpc_agent_on_conn_accept(n->nodes[to].agent, c->id_to);
+    *id_at_to = c->id_to;
+    return i;
+  }
+  return -1;
 }
 
 void tnet_free(tnet *n) {

@@ -111,21 +111,10 @@ int drpc_cmd_bench(int argc, char **argv) {
   o.num_worker_threads = threads;
   o.rpc_timeout_s = 300;
   o.shutdown_timeout_s = 600;
-  fflush(NULL);
-  pid_t child = fork();
+  pid_t child = drpc_tools_spawn_passive("w1", 1, 2, &o);
   if (child < 0) {
     perror("fork");
     return 1;
-  }
-  if (child == 0) {
-    drpc_agent *a = NULL;
-    drpc_error err = DRPC_ERROR_INIT;
-    if (drpc_init(&a, "w1", 1, 2, &o, &err) ||
-        drpc_shutdown(a, true, -1, &err)) {
-      fprintf(stderr, "bench worker w1: %s\n", drpc_error_message(&err));
-      _exit(1);
-    }
-    _exit(0);
   }
   drpc_agent *a = NULL;
   drpc_error err = DRPC_ERROR_INIT;

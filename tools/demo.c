@@ -197,19 +197,9 @@ int drpc_cmd_demo(int argc, char **argv) {
   fflush(stdout);
   pid_t kids[64];
   for (int r = 1; r < world; r++) {
-    kids[r] = fork();
-    if (kids[r] == 0) {
-      char name[16];
-      snprintf(name, sizeof name, "w%d", r);
-      drpc_agent *a = NULL;
-      drpc_error err = DRPC_ERROR_INIT;
-      if (drpc_init(&a, name, r, world, &o, &err) ||
-          drpc_shutdown(a, true, -1, &err)) {
-        fprintf(stderr, "demo worker %s: %s\n", name, drpc_error_message(&err));
-        _exit(1);
-      }
-      _exit(0);
-    }
+    char name[16];
+    snprintf(name, sizeof name, "w%d", r);
+    kids[r] = drpc_tools_spawn_passive(name, r, world, &o);
   }
   double t0 = now_s();
   drpc_agent *a = NULL;

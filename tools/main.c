@@ -68,6 +68,22 @@ int drpc_tools_free_port(void) {
   return ntohs(a.sin_port);
 }
 
+pid_t drpc_tools_spawn_passive(const char *name, int rank, int world,
+                               const drpc_options *o) {
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid != 0)
+    return pid;
+  drpc_agent *a = NULL;
+  drpc_error err = DRPC_ERROR_INIT;
+  if (drpc_init(&a, name, rank, world, o, &err) ||
+      drpc_shutdown(a, true, -1, &err)) {
+    fprintf(stderr, "worker %s: %s\n", name, drpc_error_message(&err));
+    _exit(1);
+  }
+  _exit(0);
+}
+
 /* ---- worker ------------------------------------------------------------ */
 
 static void usage_worker(FILE *f) {

@@ -56,24 +56,36 @@ static drpc_value *fn_whoami(drpc_call *call, const drpc_value *args,
   return drpc_value_str(drpc_agent_self(drpc_call_agent(call))->name);
 }
 
+/* Splits forward-style arguments (dst, fn, args...) into their parts; the
+ * rest is a new list owned by the caller. */
+static int forward_args(const char *who, const drpc_value *args,
+                        const char **dst, const char **fn, bool *builtin,
+                        drpc_value **rest, drpc_error *err) {
+  const drpc_value *d = drpc_list_at(args, 0), *f = drpc_list_at(args, 1);
+  if (!d || d->kind != DRPC_VAL_STR || !f || f->kind != DRPC_VAL_STR)
+    return drpc_error_set(err, DRPC_EINVAL, "%s: expected (dst, fn, args...)",
+                          who);
+  *rest = drpc_value_list();
+  for (size_t i = 2; *rest && i < drpc_value_len(args); i++)
+    drpc_list_append(*rest, drpc_value_clone(drpc_list_at(args, i)));
+  *dst = d->u.s.data;
+  *fn = f->u.s.data;
+  *builtin = strncmp(*fn, "aten::", 6) == 0;
+  return *rest ? 0 : drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+}
+
 /* Blocking nested call: rpc_sync(args[0], args[1], args[2:]) from inside a
  * function; the result is returned. */
 static drpc_value *fn_forward(drpc_call *call, const drpc_value *args,
                               const drpc_value *kwargs, drpc_error *err) {
   (void)kwargs;
-  const drpc_value *dst = drpc_list_at(args, 0), *fn = drpc_list_at(args, 1);
-  if (!dst || dst->kind != DRPC_VAL_STR || !fn || fn->kind != DRPC_VAL_STR) {
-    drpc_error_set(err, DRPC_EINVAL, "forward: expected (dst, fn, args...)");
-    return NULL;
-  }
-  drpc_value *rest = drpc_value_list();
-  for (size_t i = 2; rest && i < drpc_value_len(args); i++)
-    drpc_list_append(rest, drpc_value_clone(drpc_list_at(args, i)));
-  drpc_value *out = NULL;
-  bool builtin = strncmp(fn->u.s.data, "aten::", 6) == 0;
-  drpc_rpc_sync(drpc_call_agent(call), dst->u.s.data,
-                builtin ? DRPC_BUILTIN : DRPC_FUNCTION, fn->u.s.data, rest,
-                NULL, DRPC_UNSET_RPC_TIMEOUT, &out, err);
+  const char *dst, *fn;
+  bool builtin;
+  drpc_value *rest = NULL, *out = NULL;
+  if (forward_args("forward", args, &dst, &fn, &builtin, &rest, err) == 0)
+    drpc_rpc_sync(drpc_call_agent(call), dst,
+                  builtin ? DRPC_BUILTIN : DRPC_FUNCTION, fn, rest, NULL,
+                  DRPC_UNSET_RPC_TIMEOUT, &out, err);
   drpc_value_free(rest);
   return out;
 }
@@ -84,20 +96,14 @@ static drpc_future *fn_async_forward(drpc_call *call, const drpc_value *args,
                                      const drpc_value *kwargs,
                                      drpc_error *err) {
   (void)kwargs;
-  const drpc_value *dst = drpc_list_at(args, 0), *fn = drpc_list_at(args, 1);
-  if (!dst || dst->kind != DRPC_VAL_STR || !fn || fn->kind != DRPC_VAL_STR) {
-    drpc_error_set(err, DRPC_EINVAL,
-                   "async_forward: expected (dst, fn, args...)");
-    return NULL;
-  }
-  drpc_value *rest = drpc_value_list();
-  for (size_t i = 2; rest && i < drpc_value_len(args); i++)
-    drpc_list_append(rest, drpc_value_clone(drpc_list_at(args, i)));
+  const char *dst, *fn;
+  bool builtin;
+  drpc_value *rest = NULL;
   drpc_future *f = NULL;
-  bool builtin = strncmp(fn->u.s.data, "aten::", 6) == 0;
-  drpc_rpc_async(drpc_call_agent(call), dst->u.s.data,
-                 builtin ? DRPC_BUILTIN : DRPC_FUNCTION, fn->u.s.data, rest,
-                 NULL, DRPC_UNSET_RPC_TIMEOUT, &f, err);
+  if (forward_args("async_forward", args, &dst, &fn, &builtin, &rest, err) == 0)
+    drpc_rpc_async(drpc_call_agent(call), dst,
+                   builtin ? DRPC_BUILTIN : DRPC_FUNCTION, fn, rest, NULL,
+                   DRPC_UNSET_RPC_TIMEOUT, &f, err);
   drpc_value_free(rest);
   return f;
 }

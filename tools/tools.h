@@ -2,6 +2,8 @@
 #ifndef DRPC_TOOLS_H
 #define DRPC_TOOLS_H
 
+#include <sys/types.h>
+
 #include "drpc/drpc.h"
 #include "drpc/net.h"
 
@@ -19,6 +21,11 @@ long long drpc_tools_parse_int(const char *opt, const char *s, long long min,
                                long long max);
 double drpc_tools_parse_double(const char *opt, const char *s, double min,
                                double max);
+/* Forks a worker process that joins the group as `name` and serves until
+ * the group shuts down gracefully; exits 0 on a clean shutdown. Returns the
+ * child's pid (or -1). */
+pid_t drpc_tools_spawn_passive(const char *name, int rank, int world,
+                               const drpc_options *o);
 /* Picks a free loopback TCP port. */
 int drpc_tools_free_port(void);
 
