@@ -150,6 +150,19 @@ bool drpc_future_done(drpc_future *f) {
   return d;
 }
 
+/* The env-clock deadline timeout_s from now, 0 (none) when timeout_s is
+ * negative or too large to represent: an infinite or huge timeout waits
+ * forever instead of wrapping around into the past. */
+static uint64_t deadline_after(const drpc_env *env, double timeout_s) {
+  if (!(timeout_s >= 0))
+    return 0;
+  uint64_t now = drpc_env_now(env);
+  double ns = timeout_s * 1e9;
+  if (ns >= (double)(UINT64_MAX - now - 1))
+    return 0;
+  return now + (uint64_t)ns;
+}
+
 int drpc_future_wait(drpc_future *f, double timeout_s) {
   lock(f);
   if (f->done) {
@@ -160,9 +173,9 @@ int drpc_future_wait(drpc_future *f, double timeout_s) {
     unlock(f);
     return DRPC_EDEADLOCK;
   }
-  uint64_t deadline = 0;
-  if (timeout_s >= 0)
-    deadline = drpc_env_now(&f->env) + (uint64_t)(timeout_s * 1e9) + 1;
+  uint64_t deadline = deadline_after(&f->env, timeout_s);
+  if (deadline)
+    deadline++;
   f->waiters++;
   while (!f->done) {
     if (!f->env.ops->sync_wait(f->env.ctx, &f->sync, deadline) && !f->done &&
@@ -195,11 +208,13 @@ drpc_value *drpc_future_take_value(drpc_future *f) {
 
 int drpc_future_error(drpc_future *f, drpc_error *err) {
   lock(f);
-  int code = f->done ? f->err.code : DRPC_ESTATE;
-  if (err && f->done && code)
+  bool done = f->done;
+  int code = done ? f->err.code : DRPC_ESTATE;
+  if (err && done && code)
     drpc_error_copy(err, &f->err);
   unlock(f);
-  if (err && code == DRPC_ESTATE)
+  /* Test done, not the code: a future may have failed with DRPC_ESTATE. */
+  if (err && !done)
     drpc_error_set(err, code, "future is not complete");
   return code;
 }
@@ -294,12 +309,10 @@ drpc_future *drpc_future_then(drpc_future *f, drpc_then_fn fn, void *arg) {
 
 int drpc_future_wait_all(drpc_future **fs, size_t n, double timeout_s,
                          drpc_error *err) {
-  uint64_t deadline = 0;
   if (n == 0)
     return 0;
   const drpc_env *env = &fs[0]->env;
-  if (timeout_s >= 0)
-    deadline = drpc_env_now(env) + (uint64_t)(timeout_s * 1e9);
+  uint64_t deadline = deadline_after(env, timeout_s);
   for (size_t i = 0; i < n; i++) {
     double left = -1;
     if (deadline) {

@@ -140,8 +140,10 @@ static atomic_flag cache_lock = ATOMIC_FLAG_INIT;
 static struct {
   void *data;
   size_t nbytes;
+  uint64_t stamp; /* insertion order, for eviction */
 } cache[CACHE_SLOTS];
 static size_t cache_bytes;
+static uint64_t cache_clock;
 
 static void cache_acquire(void) {
   while (atomic_flag_test_and_set_explicit(&cache_lock, memory_order_acquire))
@@ -172,21 +174,40 @@ static void *cache_take(size_t nbytes, size_t *got) {
   return data;
 }
 
-/* The free function of large blocks: ctx carries the block's size. */
+/* The free function of large blocks: ctx carries the block's size. The
+ * newest block always gets a place (the oldest ones make room), since the
+ * next transfer is most likely the same size as the last. */
 static void free_cached(void *ctx, void *data) {
   size_t nbytes = (size_t)(uintptr_t)ctx;
+  void *evicted[CACHE_SLOTS];
+  int nevicted = 0;
+  if (nbytes > CACHE_MAX_BYTES) {
+    free(data);
+    return;
+  }
   cache_acquire();
-  for (int i = 0; i < CACHE_SLOTS; i++) {
-    if (!cache[i].data && cache_bytes + nbytes <= CACHE_MAX_BYTES) {
-      cache[i].data = data;
-      cache[i].nbytes = nbytes;
+  for (;;) {
+    int empty = -1, oldest = -1;
+    for (int i = 0; i < CACHE_SLOTS; i++) {
+      if (!cache[i].data)
+        empty = empty < 0 ? i : empty;
+      else if (oldest < 0 || cache[i].stamp < cache[oldest].stamp)
+        oldest = i;
+    }
+    if (empty >= 0 && cache_bytes + nbytes <= CACHE_MAX_BYTES) {
+      cache[empty].data = data;
+      cache[empty].nbytes = nbytes;
+      cache[empty].stamp = ++cache_clock;
       cache_bytes += nbytes;
-      data = NULL;
       break;
     }
+    evicted[nevicted++] = cache[oldest].data;
+    cache_bytes -= cache[oldest].nbytes;
+    cache[oldest].data = NULL;
   }
   cache_release();
-  free(data);
+  for (int i = 0; i < nevicted; i++)
+    free(evicted[i]);
 }
 
 drpc_storage *drpc_storage_new(size_t nbytes, bool zero) {
