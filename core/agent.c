@@ -127,6 +127,20 @@ static double ms_to_s(uint64_t ms) {
   return (double)ms / 1000.0;
 }
 
+/* Timeouts at or above this many ms (about 292 years, or infinite) never
+ * expire, so now + timeout cannot overflow the ns clock. */
+#define MAX_TIMEOUT_MS (UINT64_MAX / 2 / 1000000u)
+
+/* A checked, non-negative timeout in ms; 0 means never. A positive timeout
+ * under 1 ms still expires (after 1 ms). */
+static uint64_t timeout_ms_of(double timeout_s) {
+  double ms = timeout_s * 1000.0 + 0.5;
+  if (ms >= (double)MAX_TIMEOUT_MS)
+    return 0;
+  uint64_t r = (uint64_t)ms;
+  return r == 0 && timeout_s > 0 ? 1 : r;
+}
+
 /* ---- timeout heap (min-heap on deadline, then id) ---------------------- */
 
 static bool heap_less(const pcall *x, const pcall *y) {
@@ -645,8 +659,17 @@ static void handle_call(drpc_agent *a, uint64_t conn, conn_entry *ce,
   a->env.ops->execute(a->env.ctx, &call->job);
 }
 
-static void handle_response(drpc_agent *a, drpc_msg *m) {
+static void handle_response(drpc_agent *a, conn_entry *ce, drpc_msg *m) {
   pcall *c = drpc_map_get(&a->calls, m->id);
+  if (c && c->dst != ce->peer) {
+    /* Only the worker a call went to may answer it; anything else would
+     * let one peer complete calls pending with another. */
+    logf_(a, DRPC_LOG_WARN,
+          "dropping response to request %llu from worker %d: the call went "
+          "to worker %d",
+          (unsigned long long)m->id, ce->peer, c->dst);
+    return;
+  }
   if (!c) {
     /* Late: the call already timed out or its connection failed. */
     logf_(a, DRPC_LOG_DEBUG, "dropping late response to request %llu",
@@ -736,7 +759,7 @@ static void handle_message(drpc_agent *a, uint64_t conn, drpc_msg *m) {
       close_conn(a, conn, "response on an incoming connection");
       return;
     }
-    handle_response(a, m);
+    handle_response(a, ce, m);
     return;
   case DRPC_MSG_SHUTDOWN:
     ce->peer_shutdown = true;
@@ -913,9 +936,7 @@ int drpc_rpc_async_id(drpc_agent *a, int16_t dst, drpc_call_kind kind,
                           "RPC Timeout must be non-negative, got %g",
                           timeout_s);
   else
-    timeout_ms = (uint64_t)(timeout_s * 1000.0 + 0.5);
-  if (timeout_s > 0 && timeout_ms == 0)
-    timeout_ms = 1;
+    timeout_ms = timeout_ms_of(timeout_s);
   if (atomic_load(&a->client_active) >= (int64_t)MAX_PENDING_CALLS)
     return drpc_error_set(err, DRPC_ETOOBIG,
                           "too many calls in flight (limit %u)",
@@ -1032,7 +1053,7 @@ int drpc_agent_set_rpc_timeout(drpc_agent *a, double timeout_s,
     return drpc_error_set(err, DRPC_EINVAL,
                           "RPC Timeout must be non-negative, got %g",
                           timeout_s);
-  atomic_store(&a->timeout_ms, (uint64_t)(timeout_s * 1000.0 + 0.5));
+  atomic_store(&a->timeout_ms, timeout_ms_of(timeout_s));
   return 0;
 }
 
@@ -1236,7 +1257,7 @@ int drpc_agent_start(drpc_agent **out, drpc_store *store, const char *name,
   drpc_store_incref(store);
   a->self = self;
   a->world_size = world_size;
-  atomic_init(&a->timeout_ms, (uint64_t)(opts->rpc_timeout_s * 1000.0 + 0.5));
+  atomic_init(&a->timeout_ms, timeout_ms_of(opts->rpc_timeout_s));
   drpc_map_init(&a->calls);
   drpc_map_init(&a->conns);
   env->ops->sync_init(env->ctx, &a->sync);
@@ -1260,9 +1281,12 @@ int drpc_agent_start(drpc_agent **out, drpc_store *store, const char *name,
 
 /* ---- join, sync, shutdown ---------------------------------------------- */
 
+/* 0 (no bound) for timeouts that are not positive, or too large (infinite)
+ * to add to the clock without overflowing. */
 static uint64_t deadline_after(drpc_agent *a, double timeout_s) {
-  return timeout_s > 0 ? drpc_env_now(&a->env) + (uint64_t)(timeout_s * 1e9)
-                       : 0;
+  if (!(timeout_s > 0) || timeout_s * 1e9 >= (double)(UINT64_MAX / 2))
+    return 0;
+  return drpc_env_now(&a->env) + (uint64_t)(timeout_s * 1e9);
 }
 
 static double seconds_left(drpc_agent *a, uint64_t deadline) {

@@ -28,11 +28,12 @@ static bool in_list(const char *const *list, const char *s) {
 int drpc_options_validate(const drpc_options *o, drpc_error *err) {
   if (!o)
     return drpc_error_set(err, DRPC_EINVAL, "options must not be NULL");
-  if (o->rpc_timeout_s < 0)
+  /* Written as !(x >= 0) so NaN is refused too. */
+  if (!(o->rpc_timeout_s >= 0))
     return drpc_error_set(err, DRPC_EINVAL,
                           "RPC Timeout must be non-negative, got %g",
                           o->rpc_timeout_s);
-  if (o->shutdown_timeout_s < 0)
+  if (!(o->shutdown_timeout_s >= 0))
     return drpc_error_set(err, DRPC_EINVAL,
                           "shutdown timeout must be non-negative, got %g",
                           o->shutdown_timeout_s);

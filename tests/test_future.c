@@ -482,8 +482,8 @@ static void test_refcounts(void) {
   drpc_future *f = drpc_future_new(env());
   for (int i = 0; i < 100; i++)
     drpc_future_incref(f);
-  drpc_future_set_value(f, drpc_value_list_of(2, drpc_value_int(1),
-                                              drpc_value_str("two")));
+  drpc_future_set_value(
+      f, drpc_value_list_of(2, drpc_value_int(1), drpc_value_str("two")));
   for (int i = 0; i < 100; i++)
     drpc_future_decref(f);
   /* Still alive with its value after dropping the extra references. */

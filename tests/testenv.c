@@ -218,8 +218,8 @@ static void t_log(void *ctx, drpc_log_level lvl, const char *msg) {
 static void t_pool_stats(void *ctx, int *size, int *idle) {
   tnode *me = node_of(ctx);
   *size = TNET_POOL_SIZE;
-  *idle = me->jobs_running < TNET_POOL_SIZE ? TNET_POOL_SIZE - me->jobs_running
-                                            : 0;
+  *idle =
+      me->jobs_running < TNET_POOL_SIZE ? TNET_POOL_SIZE - me->jobs_running : 0;
 }
 
 static int t_listen_addr(void *ctx, char *buf, size_t len) {

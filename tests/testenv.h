@@ -51,8 +51,7 @@ struct tnet {
   bool auto_run_jobs;  /* tnet_run also runs executor jobs */
   /* Called for every frame a node sends (to: the receiving node), with the
    * frame's bytes (borrowed), in send order: transcripts for tests. */
-  void (*on_send)(void *user, int from, int to, const uint8_t *buf,
-                  size_t len);
+  void (*on_send)(void *user, int from, int to, const uint8_t *buf, size_t len);
   void *on_send_user;
 };
 
@@ -75,6 +74,9 @@ void tnet_break(tnet *n, int a, int b);
  * injecting frames with drpc_agent_on_frame. Returns the conns index, or
  * -1 when the table is full. */
 int tnet_raw_connect(tnet *n, int from, int to, uint64_t *id_at_to);
+/* Drops undelivered events and runs leftover jobs and commands (they own
+ * themselves). Those may touch their agent: drain with tnet_run and free
+ * the agents (setting node->agent to NULL) only after that. */
 void tnet_free(tnet *n);
 /* A store shared by the nodes: every node's name and address are written
  * before the agents start, so agent start never blocks. */
