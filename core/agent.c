@@ -577,8 +577,13 @@ static void call_run(drpc_job *job) {
         call->async = true;
         atomic_fetch_add(&a->server_active_async, 1);
         drpc_error_clear(&err);
-        drpc_future_add_done_callback(f, async_done, call);
-        return;
+        if (drpc_future_add_done_callback(f, async_done, call) == 0)
+          return;
+        /* No memory to wait for the future: answer now, with an error. */
+        drpc_future_decref(f);
+        drpc_error_set(&err, DRPC_ENOMEM,
+                       "out of memory waiting for async function '%s'",
+                       call->name);
       }
       if (err.code == 0)
         drpc_error_set(&err, DRPC_EUSER,
@@ -709,9 +714,18 @@ static void handle_hello(drpc_agent *a, uint64_t conn, conn_entry *ce,
     close_conn(a, conn, "malformed HELLO");
     return;
   }
+  int64_t version = b->u.c.items[0]->u.i;
   int64_t id = b->u.c.items[1]->u.i;
   const char *name = b->u.c.items[2]->u.s.data;
-  peer *p = peer_by_id(a, id);
+  if (version != DRPC_WIRE_VERSION) {
+    char why[128];
+    snprintf(why, sizeof why,
+             "HELLO speaks protocol version %lld (this worker speaks %d)",
+             (long long)version, DRPC_WIRE_VERSION);
+    close_conn(a, conn, why);
+    return;
+  }
+  peer *p = id == a->self.id ? NULL : peer_by_id(a, id);
   if (!p || strcmp(p->info.name, name) != 0) {
     char why[300];
     snprintf(why, sizeof why, "HELLO from unknown worker %s (id %lld)", name,
@@ -849,11 +863,19 @@ static void call_cmd_apply(drpc_cmd *cmd) {
   c->timeout_ms = cc->timeout_ms;
   c->heap_idx = SIZE_MAX;
   drpc_outframe_set_id(cc->frame, c->id);
-  drpc_map_put(&a->calls, c->id, c);
-  if (cc->timeout_ms) {
+  bool tracked = drpc_map_put(&a->calls, c->id, c) == 0;
+  if (tracked && cc->timeout_ms) {
     c->deadline_ns = drpc_env_now(&a->env) + cc->timeout_ms * 1000000ull;
-    heap_push(a, c);
+    tracked = heap_push(a, c) == 0;
     rearm(a);
+  }
+  if (!tracked) {
+    /* A call the agent cannot track could never complete or time out. */
+    drpc_outframe_free(cc->frame);
+    free(cc);
+    call_fail(a, c, DRPC_ENOMEM, "out of memory registering the call");
+    rearm(a);
+    return;
   }
   rec(a, DRPC_EV_RPC_BEGIN, c->dst, c->id, c->timeout_ms);
   if (c->dst == a->self.id) {
