@@ -22,6 +22,12 @@ if [ -f "$peers/limits.c" ]; then
   "$out/limits" | tee "$out/limits.txt"
 fi
 
+floor=$(dirname "$drpc")/bench/drpc_echo_floor
+if [ -x "$floor" ]; then
+  echo "== raw TCP echo floor (bench/echo_floor.c)"
+  "$floor" | tee "$out/echo_floor.txt"
+fi
+
 echo "== drpc bench"
 "$drpc" bench --json | tee "$out/drpc.json"
 
