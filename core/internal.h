@@ -3,6 +3,8 @@
 #define DRPC_CORE_INTERNAL_H
 
 #include "drpc/agent.h"
+#include "drpc/rref.h"
+#include "drpc/wire.h"
 
 typedef struct drpc_registry_entry {
   char *name;
@@ -13,5 +15,125 @@ typedef struct drpc_registry_entry {
 
 const drpc_registry_entry *drpc_registry_lookup(const drpc_registry *r,
                                                 const char *name);
+
+/* ---- between agent.c and rref.c ---------------------------------------- */
+
+/* Call kinds on the wire beyond the public ones: proxies run fn on the
+ * owner with the RRef's value (args[0] names the RRef) as first argument. */
+#define DRPC_KIND_RREF_FUNCTION 2
+#define DRPC_KIND_RREF_BUILTIN 3
+/* The proxy function that answers an RRef's value kind name. */
+#define DRPC_RREF_TYPE_FN "drpc::rref_type"
+/* The connection id of calls an agent makes to itself. */
+#define DRPC_SELF_CONN UINT64_MAX
+
+typedef struct drpc_rctx drpc_rctx;
+/* Forks made while encoding one frame; applied on the loop right before
+ * the frame leaves (see drpc_rref_encode). */
+typedef struct drpc_fork_list drpc_fork_list;
+
+/* A call on the callee that waits for RRefs (confirmation of user RRefs in
+ * its arguments, the value of a proxy's owner RRef). Loop thread only:
+ * ready runs once pending drops to zero. */
+typedef struct drpc_rref_waiter drpc_rref_waiter;
+struct drpc_rref_waiter {
+  int pending;
+  void (*ready)(drpc_rref_waiter *w);
+};
+
+/* agent.c, any thread. */
+drpc_rctx *drpc_agent_rctx(drpc_agent *a);
+bool drpc_agent_stopped(drpc_agent *a);
+/* Resolves timeout_s (DRPC_UNSET_RPC_TIMEOUT: the default) to ms, 0 = none. */
+int drpc_agent_timeout_ms(drpc_agent *a, double timeout_s, uint64_t *ms,
+                          drpc_error *err);
+/* Checks and encodes a CALL (kind may be an internal kind) and posts it;
+ * as drpc_rpc_async_id. */
+int drpc_agent_call(drpc_agent *a, int16_t dst, int kind, const char *fn,
+                    const drpc_value *args, const drpc_value *kwargs,
+                    double timeout_s, drpc_future **fut, drpc_error *err);
+/* The checks drpc_agent_call makes before encoding. */
+int drpc_agent_check_call(drpc_agent *a, int16_t dst, int kind, const char *fn,
+                          const drpc_value *args, const drpc_value *kwargs,
+                          double timeout_s, uint64_t *timeout_ms,
+                          drpc_error *err);
+/* Posts an encoded request (frame and forks are taken) whose response
+ * completes fut (a reference is taken). Counts as a client call. */
+void drpc_agent_post_request(drpc_agent *a, int16_t dst, drpc_outframe *frame,
+                             drpc_fork_list *forks, uint64_t timeout_ms,
+                             drpc_future *fut);
+/* Waits (user thread) until pred(arg) holds or deadline_ns (0: none)
+ * passes; pred reads state the loop publishes with drpc_agent_notify. */
+int drpc_agent_wait(drpc_agent *a, bool (*pred)(void *arg), void *arg,
+                    uint64_t deadline_ns);
+/* Runs fn(arg) on the loop and waits for it (user thread). */
+int drpc_agent_run_on_loop(drpc_agent *a, void (*fn)(void *arg), void *arg);
+void drpc_agent_logf(drpc_agent *a, drpc_log_level lvl, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* agent.c, loop thread. */
+void drpc_agent_notify(drpc_agent *a);
+/* Encodes body as a request of type to dst, registers it and sends it;
+ * the response completes fut (a reference is taken; failures complete it
+ * too, also at once). Counts as a client call. */
+void drpc_agent_request(drpc_agent *a, int16_t dst, uint8_t type,
+                        const drpc_value *body, uint64_t timeout_ms,
+                        drpc_future *fut);
+/* Answers request id on conn (RRefs in body are forked to the peer). */
+void drpc_agent_reply(drpc_agent *a, uint64_t conn, uint8_t type, uint64_t id,
+                      const drpc_value *body);
+void drpc_agent_reply_error(drpc_agent *a, uint64_t conn, uint64_t id, int code,
+                            const char *msg);
+/* General timers beside the call timeouts: fn(arg, true) when deadline_ns
+ * passes, fn(arg, false) when the agent stops first (release arg). */
+typedef struct drpc_timer drpc_timer;
+drpc_timer *drpc_agent_timer_add(drpc_agent *a, uint64_t deadline_ns,
+                                 void (*fn)(void *arg, bool fired), void *arg);
+
+/* rref.c. */
+drpc_rctx *drpc_rctx_new(drpc_agent *a, const drpc_worker_info *self,
+                         const drpc_env *env);
+/* The agent's reference; the context lives on while handles use it. */
+void drpc_rctx_release(drpc_rctx *c);
+/* Loop thread: marks the context destroyed (handles stop sending), clears
+ * the tables and returns the leak report (malloc'd; NULL when none). */
+char *drpc_rctx_destroy(drpc_rctx *c);
+int drpc_rctx_debug_info(drpc_rctx *c, drpc_value *dict);
+
+/* Any thread: encodes a frame whose body may hold RRef handles, forking
+ * each; *forks (may stay NULL) must reach drpc_fork_list_apply on the loop
+ * before the frame is sent, or drpc_fork_list_drop. */
+int drpc_rref_encode(drpc_agent *a, uint8_t type, uint64_t id,
+                     const drpc_value *body, drpc_outframe **out,
+                     drpc_fork_list **forks, drpc_error *err);
+void drpc_fork_list_apply(drpc_agent *a, drpc_fork_list *l);
+void drpc_fork_list_drop(drpc_fork_list *l);
+/* Loop thread: turns the fork data in body (from worker `from`) into
+ * handles, running the receiver's side of the fork protocol. User RRefs
+ * still waiting for their owner add to w->pending (w may be NULL). */
+int drpc_rref_accept(drpc_agent *a, drpc_value *body, int16_t from,
+                     drpc_rref_waiter *w, drpc_error *err);
+/* Loop thread: a request of an RRef message type. */
+void drpc_rref_on_request(drpc_agent *a, uint64_t conn, int16_t from,
+                          drpc_msg *m);
+/* Loop thread, REMOTE_CALL on the owner: the owner RRef (a new reference)
+ * with fork registered. */
+drpc_rref *drpc_rref_remote_owner(drpc_agent *a, drpc_rref_id id,
+                                  drpc_rref_id fork);
+/* Loop thread: sets the owner's value (taken) or error. */
+void drpc_rref_owner_settle(drpc_rref *owner, drpc_value *value,
+                            const drpc_error *err);
+/* Loop thread: adds to w->pending until the owner's value is set. */
+void drpc_rref_wait_value(drpc_rref *owner, drpc_rref_waiter *w);
+/* The owner's value (borrowed) once set; NULL with err for a stored error. */
+const drpc_value *drpc_rref_peek_value(drpc_rref *owner, drpc_error *err);
+/* Any thread: drpc_remote_id with an internal call kind (proxies). */
+int drpc_rref_remote_kind(drpc_agent *a, int16_t dst, int kind, const char *fn,
+                          const drpc_value *args, const drpc_value *kwargs,
+                          double timeout_s, drpc_rref **out, drpc_error *err);
+/* User thread, graceful shutdown: drpc_rref_context_delete_all with a
+ * deadline. */
+int drpc_rref_shutdown_cleanup(drpc_agent *a, uint64_t deadline_ns,
+                               drpc_error *err);
 
 #endif

@@ -16,6 +16,7 @@ void drpc_options_default(drpc_options *o) {
   o->num_worker_threads = DRPC_DEFAULT_NUM_WORKER_THREADS;
   o->max_frame_bytes = DRPC_WIRE_DEFAULT_MAX_FRAME;
   o->shutdown_timeout_s = DRPC_DEFAULT_SHUTDOWN_TIMEOUT_SEC;
+  o->ignore_rref_leak = true;
 }
 
 static bool in_list(const char *const *list, const char *s) {

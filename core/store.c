@@ -131,8 +131,10 @@ int drpc_store_wait(drpc_store *s, const char *const *keys, size_t n,
                           "wait names %zu keys, more than the limit %d", n,
                           DRPC_STORE_MAX_WAIT_KEYS);
   for (size_t i = 0; i < n; i++)
-    if ((rc = check_ckey(keys[i], err)))
-      return drpc_error_prefix(err, "wait key %zu", i);
+    if ((rc = check_ckey(keys[i], err))) {
+      drpc_error_prefix(err, "wait key %zu", i);
+      return rc;
+    }
   return s->ops->wait(s, keys, n, drpc_store_resolve_timeout(s, timeout_s),
                       err);
 }

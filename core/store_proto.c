@@ -226,9 +226,11 @@ static int read_key(reader *r, const char *field, drpc_store_bytes *out) {
   int rc = read_bytes(r, field, DRPC_STORE_MAX_KEY, out);
   if (rc)
     return rc;
-  if ((rc =
-           drpc_store_check_key(field, (const char *)out->p, out->len, r->err)))
-    return drpc_error_prefix(r->err, "%s at offset %zu", r->what, at);
+  if ((rc = drpc_store_check_key(field, (const char *)out->p, out->len,
+                                 r->err))) {
+    drpc_error_prefix(r->err, "%s at offset %zu", r->what, at);
+    return rc;
+  }
   return 0;
 }
 
@@ -493,8 +495,10 @@ int drpc_store_proto_decode_table(const uint8_t *p, size_t len,
   for (uint32_t i = 0; i < n; i++) {
     drpc_store_bytes k, v;
     if ((rc = read_key(&r, "key", &k)) ||
-        (rc = read_bytes(&r, "value", DRPC_STORE_MAX_VALUE, &v)))
-      return drpc_error_prefix(err, "record %u", i);
+        (rc = read_bytes(&r, "value", DRPC_STORE_MAX_VALUE, &v))) {
+      drpc_error_prefix(err, "record %u", i);
+      return rc;
+    }
     if ((rc = drpc_store_table_set(t, (const char *)k.p, k.len, v.p, v.len,
                                    err)))
       return rc;

@@ -2,6 +2,7 @@
 #include "drpc/value.h"
 
 #include "drpc/error.h"
+#include "drpc/rref.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -280,6 +281,7 @@ void drpc_value_free(drpc_value *v) {
     break;
   case DRPC_VAL_RREF:
     free(v->u.r.type_name);
+    drpc_rref_decref(v->u.r.handle);
     break;
   default:
     break;
@@ -359,6 +361,8 @@ drpc_value *drpc_value_clone(const drpc_value *v) {
         return NULL;
       }
     }
+    if (c->u.r.handle)
+      drpc_rref_incref(c->u.r.handle);
     return c;
   }
   default:
@@ -417,6 +421,9 @@ bool drpc_value_equal(const drpc_value *a, const drpc_value *b) {
     return a->u.w.id == b->u.w.id &&
            str_equal_nullable(a->u.w.name, b->u.w.name);
   case DRPC_VAL_RREF:
+    if (a->u.r.handle || b->u.r.handle)
+      return a->u.r.handle && b->u.r.handle &&
+             drpc_rref_same(a->u.r.handle, b->u.r.handle);
     return a->u.r.owner == b->u.r.owner &&
            a->u.r.rref_created_on == b->u.r.rref_created_on &&
            a->u.r.rref_local_id == b->u.r.rref_local_id &&
@@ -590,6 +597,12 @@ static void format_value(writer *w, const drpc_value *v, int depth) {
     put(w, ")", 1);
     break;
   case DRPC_VAL_RREF:
+    if (v->u.r.handle) {
+      char hb[256];
+      drpc_rref_format(v->u.r.handle, hb, sizeof hb);
+      puts_(w, hb);
+      break;
+    }
     putf(w, "RRef(owner=%d, rref_id=(%d, %lld), fork_id=(%d, %lld), parent=%d",
          (int)v->u.r.owner, (int)v->u.r.rref_created_on,
          (long long)v->u.r.rref_local_id, (int)v->u.r.fork_created_on,

@@ -353,6 +353,7 @@ typedef struct reader {
   tensor_ref *refs;
   size_t nrefs;
   size_t refcap;
+  uint32_t nrrefs; /* rref nodes decoded */
 } reader;
 
 static size_t remaining(const reader *r) {
@@ -694,6 +695,80 @@ static int read_worker(reader *r, size_t at, drpc_value **out) {
   return 0;
 }
 
+/* A zigzag varint that must hold a worker id (0 .. INT16_MAX). */
+static int read_worker_id(reader *r, size_t at, const char *what,
+                          int16_t *out) {
+  uint64_t zz;
+  int rc = read_varint(r, &zz, what);
+  if (rc)
+    return rc;
+  int64_t id = unzigzag(zz);
+  if (id < 0 || id > INT16_MAX)
+    return drpc_error_set(r->err, DRPC_EPROTO,
+                          "rref %s %lld at offset %zu is not a worker id", what,
+                          (long long)id, at);
+  *out = (int16_t)id;
+  return 0;
+}
+
+/* A varint local id: below 2^48, so (created_on, local_id) packs into one
+ * 64-bit key. */
+static int read_local_id(reader *r, size_t at, const char *what, int64_t *out) {
+  uint64_t v;
+  int rc = read_varint(r, &v, what);
+  if (rc)
+    return rc;
+  if (v >= DRPC_RREF_MAX_LOCAL_ID)
+    return drpc_error_set(r->err, DRPC_EPROTO,
+                          "rref %s %llu at offset %zu exceeds 2^48", what,
+                          (unsigned long long)v, at);
+  *out = (int64_t)v;
+  return 0;
+}
+
+static int read_rref(reader *r, size_t at, drpc_value **out) {
+  drpc_value tmp;
+  memset(&tmp, 0, sizeof(tmp));
+  int rc;
+  if ((rc = read_worker_id(r, at, "owner", &tmp.u.r.owner)) ||
+      (rc = read_worker_id(r, at, "rref created_on",
+                           &tmp.u.r.rref_created_on)) ||
+      (rc = read_local_id(r, at, "rref local_id", &tmp.u.r.rref_local_id)) ||
+      (rc = read_worker_id(r, at, "fork created_on",
+                           &tmp.u.r.fork_created_on)) ||
+      (rc = read_local_id(r, at, "fork local_id", &tmp.u.r.fork_local_id)) ||
+      (rc = read_worker_id(r, at, "parent", &tmp.u.r.parent)))
+    return rc;
+  size_t tlen = 0;
+  if ((rc = read_len(r, at, "rref type name length", &tlen)))
+    return rc;
+  const uint8_t *tp = r->p + r->pos;
+  if (tlen && memchr(tp, 0, tlen))
+    return drpc_error_set(r->err, DRPC_EPROTO,
+                          "rref type name at offset %zu contains a NUL byte",
+                          at);
+  drpc_value *v = drpc_value_nil();
+  char *tn = tlen ? malloc(tlen + 1) : NULL;
+  if (!v || (tlen && !tn)) {
+    drpc_value_free(v);
+    free(tn);
+    return drpc_error_set(r->err, DRPC_ENOMEM,
+                          "out of memory decoding an rref");
+  }
+  if (tlen) {
+    memcpy(tn, tp, tlen);
+    tn[tlen] = '\0';
+  }
+  r->pos += tlen;
+  v->kind = DRPC_VAL_RREF;
+  v->u.r = tmp.u.r;
+  v->u.r.type_name = tn;
+  v->u.r.handle = NULL;
+  r->nrrefs++;
+  *out = v;
+  return 0;
+}
+
 static int read_value(reader *r, uint32_t depth, drpc_value **out) {
   *out = NULL;
   /* The depth is checked before recursing, so hostile nesting costs a
@@ -758,8 +833,7 @@ static int read_value(reader *r, uint32_t depth, drpc_value **out) {
   case TAG_WORKER:
     return read_worker(r, at, out);
   case TAG_RREF:
-    return drpc_error_set(r->err, DRPC_EUNSUPPORTED,
-                          "rref values are not supported yet (offset %zu)", at);
+    return read_rref(r, at, out);
   default:
     return drpc_error_set(r->err, DRPC_EPROTO,
                           "unknown value tag %u at offset %zu", (unsigned)tag,
@@ -876,6 +950,7 @@ int drpc_wire_decode_payload(const drpc_frame_header *h, const uint8_t *payload,
   out->flags = h->flags;
   out->id = h->id;
   out->body = body;
+  out->nrrefs = r.nrrefs;
   free(r.decls);
   free(r.refs);
   return 0;
@@ -973,6 +1048,10 @@ typedef struct encoder {
   uint64_t payload_len;
   uint8_t *out; /* pass two only */
   size_t pos;
+  drpc_wire_rref_fn rref_fn; /* NULL: rref nodes travel as they are */
+  void *rref_ctx;
+  drpc_value *forks; /* fork data chosen in pass one, in payload order */
+  size_t nforks, capforks, fork_pos;
 } encoder;
 
 static size_t slot_of(const encoder *e, const drpc_tensor *t) {
@@ -1064,6 +1143,49 @@ static int check_tensor(encoder *e, const drpc_tensor *t) {
 }
 
 /* Pass one: checks the tree, sizes its encoding and numbers its tensors. */
+static bool rref_fields_valid(const drpc_value *fd) {
+  return fd->u.r.owner >= 0 && fd->u.r.rref_created_on >= 0 &&
+         fd->u.r.fork_created_on >= 0 && fd->u.r.parent >= 0 &&
+         fd->u.r.rref_local_id >= 0 &&
+         fd->u.r.rref_local_id < (int64_t)DRPC_RREF_MAX_LOCAL_ID &&
+         fd->u.r.fork_local_id >= 0 &&
+         fd->u.r.fork_local_id < (int64_t)DRPC_RREF_MAX_LOCAL_ID;
+}
+
+/* Pass one of an rref node: asks the hook (when there is one) for the fork
+ * data to write and keeps it for pass two. A handle cannot travel without
+ * a hook: only an agent can run the fork protocol for it. */
+static int fork_of(encoder *e, const drpc_value *v) {
+  if (e->nforks == e->capforks) {
+    size_t cap = e->capforks ? e->capforks * 2 : 4;
+    drpc_value *p = realloc(e->forks, cap * sizeof(*p));
+    if (!p)
+      return drpc_error_set(e->err, DRPC_ENOMEM,
+                            "out of memory encoding an rref");
+    e->forks = p;
+    e->capforks = cap;
+  }
+  drpc_value *fd = &e->forks[e->nforks];
+  memset(fd, 0, sizeof(*fd));
+  fd->kind = DRPC_VAL_RREF;
+  if (e->rref_fn) {
+    int rc = e->rref_fn(e->rref_ctx, v, fd, e->err);
+    if (rc)
+      return rc;
+  } else if (v->u.r.handle) {
+    return drpc_error_set(e->err, DRPC_EUNSUPPORTED,
+                          "an RRef handle can only be sent through an agent");
+  } else {
+    fd->u.r = v->u.r;
+  }
+  if (!rref_fields_valid(fd))
+    return drpc_error_set(e->err, DRPC_EINVAL,
+                          "rref fork data out of range (worker ids must be "
+                          "0..32767, local ids 0..2^48-1)");
+  e->nforks++;
+  return 0;
+}
+
 static int measure(encoder *e, const drpc_value *v, uint32_t depth) {
   if (depth > e->lim->max_depth)
     return drpc_error_set(e->err, DRPC_EINVAL, "value nesting deeper than %u",
@@ -1120,9 +1242,20 @@ static int measure(encoder *e, const drpc_value *v, uint32_t depth) {
     n += varint_size(zigzag(v->u.w.id)) + varint_size(nlen) + nlen;
     break;
   }
-  case DRPC_VAL_RREF:
-    return drpc_error_set(e->err, DRPC_EUNSUPPORTED,
-                          "rref values are not supported yet");
+  case DRPC_VAL_RREF: {
+    int rc = fork_of(e, v);
+    if (rc)
+      return rc;
+    const drpc_value *fd = &e->forks[e->nforks - 1];
+    size_t tlen = fd->u.r.type_name ? strlen(fd->u.r.type_name) : 0;
+    n += varint_size(zigzag(fd->u.r.owner)) +
+         varint_size(zigzag(fd->u.r.rref_created_on)) +
+         varint_size((uint64_t)fd->u.r.rref_local_id) +
+         varint_size(zigzag(fd->u.r.fork_created_on)) +
+         varint_size((uint64_t)fd->u.r.fork_local_id) +
+         varint_size(zigzag(fd->u.r.parent)) + varint_size(tlen) + tlen;
+    break;
+  }
   default:
     return drpc_error_set(e->err, DRPC_EINVAL, "invalid value kind %d",
                           (int)v->kind);
@@ -1200,6 +1333,22 @@ static void emit(encoder *e, const drpc_value *v) {
     e->pos += nlen;
     break;
   }
+  case DRPC_VAL_RREF: {
+    const drpc_value *fd = &e->forks[e->fork_pos++];
+    size_t tlen = fd->u.r.type_name ? strlen(fd->u.r.type_name) : 0;
+    p[e->pos++] = TAG_RREF;
+    e->pos += put_varint(p + e->pos, zigzag(fd->u.r.owner));
+    e->pos += put_varint(p + e->pos, zigzag(fd->u.r.rref_created_on));
+    e->pos += put_varint(p + e->pos, (uint64_t)fd->u.r.rref_local_id);
+    e->pos += put_varint(p + e->pos, zigzag(fd->u.r.fork_created_on));
+    e->pos += put_varint(p + e->pos, (uint64_t)fd->u.r.fork_local_id);
+    e->pos += put_varint(p + e->pos, zigzag(fd->u.r.parent));
+    e->pos += put_varint(p + e->pos, tlen);
+    if (tlen)
+      memcpy(p + e->pos, fd->u.r.type_name, tlen);
+    e->pos += tlen;
+    break;
+  }
   default:
     assert(!"measure() rejects every other kind");
     break;
@@ -1209,6 +1358,13 @@ static void emit(encoder *e, const drpc_value *v) {
 int drpc_wire_encode(uint8_t type, uint16_t flags, uint64_t id,
                      const drpc_value *body, const drpc_wire_limits *lim,
                      drpc_outframe **out, drpc_error *err) {
+  return drpc_wire_encode_ex(type, flags, id, body, lim, NULL, NULL, out, err);
+}
+
+int drpc_wire_encode_ex(uint8_t type, uint16_t flags, uint64_t id,
+                        const drpc_value *body, const drpc_wire_limits *lim,
+                        drpc_wire_rref_fn rref_fn, void *rref_ctx,
+                        drpc_outframe **out, drpc_error *err) {
   *out = NULL;
   drpc_wire_limits defaults;
   lim = limits_or_default(lim, &defaults);
@@ -1225,6 +1381,8 @@ int drpc_wire_encode(uint8_t type, uint16_t flags, uint64_t id,
   memset(&e, 0, sizeof(e));
   e.lim = lim;
   e.err = err;
+  e.rref_fn = rref_fn;
+  e.rref_ctx = rref_ctx;
   drpc_outframe *f = NULL;
   int rc = measure(&e, body, 1);
   if (rc)
@@ -1297,8 +1455,10 @@ int drpc_wire_encode(uint8_t type, uint16_t flags, uint64_t id,
   e.pos = DRPC_WIRE_HEADER_SIZE;
   emit(&e, body);
   assert(e.pos == DRPC_WIRE_HEADER_SIZE + e.payload_len);
+  assert(e.fork_pos == e.nforks);
   free(e.list);
   free(e.slots);
+  free(e.forks);
   *out = f;
   return 0;
 
@@ -1308,6 +1468,7 @@ fail:
   drpc_outframe_free(f);
   free(e.list);
   free(e.slots);
+  free(e.forks);
   return rc;
 }
 

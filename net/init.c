@@ -1,6 +1,7 @@
 /* drpc_init / drpc_shutdown: the one-call set-up of a worker on the real
  * backend (store from the init method, backend, agent, default agent). */
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,8 +24,9 @@ static bundle *bundles;
 static int init_count; /* per-process, so re-initialising uses fresh keys */
 
 static void release(bundle *b) {
-  if (b->agent)
-    drpc_net_stop(b->net);
+  /* The loop and pool threads run from drpc_net_new on, agent or not: stop
+   * them before anything they might touch is freed. */
+  drpc_net_stop(b->net);
   drpc_agent_free(b->agent);
   drpc_net_free(b->net);
   if (b->store)
@@ -101,19 +103,44 @@ fail:
 }
 
 /* The store server lives in rank 0's process: it must outlast every other
- * worker's last store access, so rank 0 waits (bounded) for the others to
- * say they are done with it. */
+ * worker's last store access. Each worker counts itself in before its
+ * graceful shutdown and out after it, whatever the outcome (a survivor
+ * whose shutdown timed out still reads the store to name the workers
+ * that did not answer); rank 0 waits, bounded, until everyone else who
+ * came in has gone out. */
+#define ENTERED_KEY "shutdown/ENTERED"
+#define EXITED_KEY "shutdown/EXITED"
+#define ALL_EXITED_KEY "shutdown/ALL_EXITED"
+/* How long rank 0 waits for the others after its own graceful shutdown
+ * failed (they are normally failing at the same moment). */
+#define EXIT_GRACE_AFTER_ERROR_S 2.0
+
+static void note_entered(bundle *b) {
+  if (b->world_size > 1)
+    drpc_store_add(b->store, ENTERED_KEY, 1, NULL, NULL);
+}
+
+/* True when every worker that entered, rank 0 aside, has exited. */
+static bool others_exited(bundle *b, int64_t exited) {
+  int64_t entered = 0;
+  return drpc_store_add(b->store, ENTERED_KEY, 0, &entered, NULL) == 0 &&
+         exited >= entered - 1;
+}
+
 static void wait_for_exits(bundle *b, double timeout_s) {
-  int64_t count = 0;
+  int64_t exited = 0;
   if (b->world_size <= 1)
     return;
   if (!b->server) {
-    if (drpc_store_add(b->store, "shutdown/EXITED", 1, &count, NULL) == 0 &&
-        count == b->world_size - 1)
-      drpc_store_set_str(b->store, "shutdown/ALL_EXITED", "1", NULL);
+    if (drpc_store_add(b->store, EXITED_KEY, 1, &exited, NULL) == 0 &&
+        others_exited(b, exited))
+      drpc_store_set_str(b->store, ALL_EXITED_KEY, "1", NULL);
     return;
   }
-  const char *keys[1] = {"shutdown/ALL_EXITED"};
+  if (drpc_store_add(b->store, EXITED_KEY, 0, &exited, NULL) == 0 &&
+      others_exited(b, exited))
+    return;
+  const char *keys[1] = {ALL_EXITED_KEY};
   drpc_store_wait(b->store, keys, 1, timeout_s, NULL);
 }
 
@@ -138,9 +165,15 @@ int drpc_shutdown(drpc_agent *a, bool graceful, double timeout_s,
                           "agent was not created by drpc_init");
   if (timeout_s < 0)
     timeout_s = drpc_agent_options(a)->shutdown_timeout_s;
+  if (graceful)
+    note_entered(b);
   int rc = drpc_agent_shutdown(a, graceful, timeout_s, err);
-  if (graceful && rc == 0)
-    wait_for_exits(b, timeout_s > 0 && timeout_s < 10 ? timeout_s : 10);
+  if (graceful) {
+    double bound = timeout_s > 0 && timeout_s < 10 ? timeout_s : 10;
+    if (rc && bound > EXIT_GRACE_AFTER_ERROR_S)
+      bound = EXIT_GRACE_AFTER_ERROR_S;
+    wait_for_exits(b, bound);
+  }
   if (drpc_current_agent() == a)
     drpc_reset_current_agent();
   release(b);

@@ -1,6 +1,7 @@
 /* init_method strings as PyTorch reads them (tcp://, file://, env://):
  * parsing, rank and world_size resolution, and the store each one builds. */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,8 +175,32 @@ static int parse_host_port(const char *auth, size_t len, const char *url,
   return 0;
 }
 
+/* Whether a store server that answers on host:port is a standalone one
+ * (`drpc store`, which sets DRPC_STORE_STANDALONE_KEY); a client to it in
+ * *out when it is. Another group's rank 0 store, or any other program,
+ * is not. */
+#define STORE_PROBE_S 2.0
+
+static bool standalone_store(const char *host, int port, double timeout_s,
+                             drpc_store **out) {
+  drpc_store *c = NULL;
+  void *v = NULL;
+  size_t len = 0;
+  if (drpc_store_tcp_new(&c, host, port, STORE_PROBE_S, NULL))
+    return false;
+  if (drpc_store_get(c, DRPC_STORE_STANDALONE_KEY, 1e-3, &v, &len, NULL)) {
+    drpc_store_decref(c);
+    return false;
+  }
+  free(v);
+  c->timeout_s = timeout_s;
+  *out = c;
+  return true;
+}
+
 /* Rank 0 hosts the server; everyone, rank 0 included, then connects as a
- * client, so all ranks use the store the same way. */
+ * client, so all ranks use the store the same way. Where a standalone
+ * store already serves host:port, rank 0 uses it instead. */
 static int rendezvous_tcp(const char *host, int port, int64_t rank,
                           double timeout_s, drpc_store **out,
                           drpc_store_server **server, drpc_error *err) {
@@ -186,8 +211,14 @@ static int rendezvous_tcp(const char *host, int port, int64_t rank,
                           "rank 0 hosts the store server, so the server "
                           "output must not be NULL");
   if (rank == 0) {
-    if ((rc = drpc_store_server_start(&srv, host, port, err)))
-      return drpc_error_prefix(err, "rank 0 could not start the store server");
+    if ((rc = drpc_store_server_start(&srv, host, port, err))) {
+      if (rc == DRPC_EIO && standalone_store(host, port, timeout_s, out)) {
+        drpc_error_clear(err);
+        return 0;
+      }
+      drpc_error_prefix(err, "rank 0 could not start the store server");
+      return rc;
+    }
   }
   if ((rc = drpc_store_tcp_new(out, host, port, timeout_s, err))) {
     drpc_store_server_stop(srv);

@@ -118,8 +118,10 @@ out:
 static int file_save(file_store *f, const drpc_store_table *t,
                      drpc_error *err) {
   int rc = drpc_store_proto_encode_table(t, &f->img, err);
-  if (rc)
-    return drpc_error_prefix(err, "store file %s", f->path);
+  if (rc) {
+    drpc_error_prefix(err, "store file %s", f->path);
+    return rc;
+  }
   size_t done = 0;
   while (done < f->img.len) {
     ssize_t w =

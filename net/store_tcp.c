@@ -1127,10 +1127,11 @@ static int ping(tcp_store *t, double wait_s, drpc_error *err) {
   drpc_store_proto_put_u32(&t->req, DRPC_STORE_PROTO_VERSION);
   int rc = roundtrip(t, DRPC_STORE_OP_PING, wait_s, &r, err);
   end(t);
+  /* Not `return drpc_error_prefix(...)`: with a NULL err that is 0. */
   if (rc)
-    return drpc_error_prefix(err, "store at %s:%d did not answer PING", t->host,
-                             t->port);
-  return 0;
+    drpc_error_prefix(err, "store at %s:%d did not answer PING", t->host,
+                      t->port);
+  return rc;
 }
 
 int drpc_store_tcp_new(drpc_store **out, const char *host, int port,

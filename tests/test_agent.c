@@ -1073,7 +1073,7 @@ static void test_malformed_frames(void) {
 
   /* A response type on an incoming connection. */
   f = make_frame(DRPC_MSG_REMOTE_RET, 1, NULL, &len);
-  expect_close(f, len, true, "unexpected response type");
+  expect_close(f, len, true, "response on an incoming connection");
   f = make_frame(DRPC_MSG_RESPONSE, 1, drpc_value_int(1), &len);
   expect_close(f, len, true, "response on an incoming connection");
 
@@ -1117,7 +1117,10 @@ static void test_malformed_frames(void) {
       {DRPC_MSG_CALL, call_body(7, "aten::add", drpc_value_list()),
        "Error on Node 1: malformed CALL: unknown kind"},
       {DRPC_MSG_RREF_FETCH, drpc_value_list(),
-       "Error on Node 1: message type RREF_FETCH is not supported"},
+       "Error on Node 1: malformed RREF_FETCH"},
+      {DRPC_MSG_REMOTE_CALL, call_body(0, "aten::add", drpc_value_list()),
+       "Error on Node 1: malformed REMOTE_CALL: expected [kind, name, args, "
+       "kwargs, rref id, fork id]"},
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     int before = cap.n;

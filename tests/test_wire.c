@@ -849,13 +849,47 @@ static void test_encode_limits(void) {
   drpc_value_free(tv);
   drpc_tensor_decref(t);
 
-  /* Kinds that cannot travel yet. */
+  /* RRef fork data travels as is without a hook; out-of-range ids and
+   * handles (which need an agent to fork them) do not. */
   drpc_value *r = drpc_value_nil();
   r->kind = DRPC_VAL_RREF;
+  r->u.r.owner = 1;
+  r->u.r.rref_created_on = 2;
+  r->u.r.rref_local_id = 3;
+  r->u.r.fork_created_on = 2;
+  r->u.r.fork_local_id = 4;
+  r->u.r.parent = 2;
+  r->u.r.type_name = strdup("tensor");
   drpc_value *rl = drpc_value_list_of(1, r);
+  CHECK_EQ_INT(drpc_wire_encode(DRPC_MSG_CALL, 0, 1, rl, NULL, &f, &err), 0);
+  {
+    size_t flen = 0;
+    uint8_t *rflat = drpc_outframe_flatten(f, &flen);
+    drpc_msg rm = {0};
+    CHECK_EQ_INT(drpc_wire_decode(rflat, flen, NULL, &rm, &err), 0);
+    CHECK_EQ_INT(rm.nrrefs, 1);
+    CHECK(drpc_value_equal(rm.body, rl));
+    const drpc_value *back = drpc_list_at(rm.body, 0);
+    CHECK(back && back->u.r.handle == NULL);
+    CHECK_STR_EQ(back ? back->u.r.type_name : NULL, "tensor");
+    drpc_msg_clear(&rm);
+    free(rflat);
+  }
+  drpc_outframe_free(f);
+  r->u.r.rref_local_id = (int64_t)DRPC_RREF_MAX_LOCAL_ID;
+  CHECK_EQ_INT(drpc_wire_encode(DRPC_MSG_CALL, 0, 1, rl, NULL, &f, &err),
+               DRPC_EINVAL);
+  CHECK_CONTAINS(err.msg, "rref fork data out of range");
+  r->u.r.rref_local_id = 3;
+  r->u.r.parent = -1;
+  CHECK_EQ_INT(drpc_wire_encode(DRPC_MSG_CALL, 0, 1, rl, NULL, &f, &err),
+               DRPC_EINVAL);
+  r->u.r.parent = 2;
+  r->u.r.handle = (struct drpc_rref *)1; /* never dereferenced */
   CHECK_EQ_INT(drpc_wire_encode(DRPC_MSG_CALL, 0, 1, rl, NULL, &f, &err),
                DRPC_EUNSUPPORTED);
-  CHECK_CONTAINS(err.msg, "rref values are not supported yet");
+  CHECK_CONTAINS(err.msg, "an RRef handle can only be sent through an agent");
+  r->u.r.handle = NULL;
   drpc_value_free(rl);
 
   static float gpu_mem[4];
@@ -1064,11 +1098,33 @@ static void test_bad_payloads(void) {
   b_put(&p, 4, 10, 2, 9, 'w');
   expect_payload_fail(&p, 0, 0, DRPC_ETRUNC, "worker name length 9");
 
-  /* Tags. */
+  /* RRef fork data: owner, rref id, fork id, parent, type name. */
   RESET();
   b_put(&p, 1, 11);
-  expect_payload_fail(&p, 0, 0, DRPC_EUNSUPPORTED,
-                      "rref values are not supported yet");
+  expect_payload_fail(&p, 0, 0, DRPC_ETRUNC, "payload truncated: owner");
+  RESET();
+  b_put(&p, 9, 11, 2, 4, 6, 4, 8, 4, 1, 'x');
+  expect_payload_ok(&p, 0, 0);
+  RESET();
+  b_put(&p, 8, 11, 1, 4, 6, 4, 8, 4, 0); /* owner -1 */
+  expect_payload_fail(&p, 0, 0, DRPC_EPROTO, "rref owner -1");
+  RESET();
+  b_put(&p, 8, 11, 2, 4, 6, 4, 8, 3, 0); /* parent -2 */
+  expect_payload_fail(&p, 0, 0, DRPC_EPROTO, "rref parent -2");
+  RESET();
+  b_put(&p, 3, 11, 2, 4);
+  for (int i = 0; i < 6; i++)
+    b_put(&p, 1, 0x80);
+  b_put(&p, 1, 0x40); /* local id 2^48 */
+  b_put(&p, 4, 4, 8, 4, 0);
+  expect_payload_fail(&p, 0, 0, DRPC_EPROTO, "rref local_id 281474976710656");
+  RESET();
+  b_put(&p, 10, 11, 2, 4, 6, 4, 8, 4, 2, 'x', 0);
+  expect_payload_fail(&p, 0, 0, DRPC_EPROTO, "rref type name");
+  RESET();
+  b_put(&p, 8, 11, 2, 4, 6, 4, 8, 4, 9);
+  expect_payload_fail(&p, 0, 0, DRPC_ETRUNC, "rref type name length 9");
+  /* Tags. */
   RESET();
   b_put(&p, 1, 12);
   expect_payload_fail(&p, 0, 0, DRPC_EPROTO, "unknown value tag 12");

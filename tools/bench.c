@@ -39,20 +39,100 @@ static long rss_kib(pid_t pid) {
 }
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: drpc bench [latency|throughput|bandwidth|all] [--json]\n"
+  fprintf(f, "usage: drpc bench [latency|throughput|bandwidth|rref|all] "
+             "[--json]\n"
              "                  [--iters N] [--calls N] [--max-bytes B]\n"
              "                  [--threads N]\n"
              "\n"
              "Starts two workers (two processes) over loopback and prints\n"
              "noop_sync_p50_us, noop_sync_p99_us, async_calls_per_s and\n"
              "echo_<bytes>_GBps (GB/s = 2 x size / time) for 1 KiB .. 128 "
-             "MiB,\nplus the idle worker's resident memory.\n");
+             "MiB,\nplus the idle worker's resident memory. rref: "
+             "remote_to_here_us\n(remote() of aten::ones([4]) then to_here, "
+             "p50) and forks_per_s (RRefs\nforked to the peer and deleted "
+             "again).\n");
 }
 
 typedef struct result {
   char key[64];
   double value;
 } result;
+
+static long rref_counter(drpc_agent *a, const char *key) {
+  drpc_value *d = drpc_rref_context_debug_info(a);
+  const drpc_value *v = drpc_dict_get(d, key);
+  long r = v && v->kind == DRPC_VAL_STR ? atol(v->u.s.data) : -1;
+  drpc_value_free(d);
+  return r;
+}
+
+/* remote(w1, aten::ones([4])).to_here() latency, and forks per second: an
+ * owner RRef of w0 sent to w1's noop (early fork registration on w0, the
+ * user RRef's delete and its ACK back), until every fork is gone again. */
+static int bench_rref(drpc_agent *a, long long iters, result *res, int *nres) {
+  drpc_error err = DRPC_ERROR_INIT;
+  drpc_value *args = drpc_value_list_of(1, drpc_value_int(4));
+  double *l = malloc((size_t)iters * sizeof *l);
+  int failed = 0;
+  for (long long i = -300; i < iters && !failed; i++) {
+    double t0 = now_s();
+    drpc_rref *r = NULL;
+    drpc_value *v = NULL;
+    if (drpc_remote(a, "w1", DRPC_BUILTIN, "aten::ones", args, NULL, -1, &r,
+                    &err) ||
+        drpc_rref_to_here(r, -1, &v, &err)) {
+      fprintf(stderr, "drpc bench: rref: %s\n", drpc_error_message(&err));
+      failed = 1;
+    }
+    if (i >= 0)
+      l[i] = now_s() - t0;
+    drpc_value_free(v);
+    drpc_rref_decref(r);
+  }
+  if (!failed) {
+    qsort(l, (size_t)iters, sizeof *l, cmp_d);
+    snprintf(res[*nres].key, sizeof res[*nres].key, "remote_to_here_us");
+    res[(*nres)++].value = l[iters / 2] * 1e6;
+  }
+  free(l);
+  drpc_value_free(args);
+  drpc_rref *own = NULL;
+  if (!failed && drpc_rref_new_local(a, drpc_value_int(1), &own, &err)) {
+    fprintf(stderr, "drpc bench: rref: %s\n", drpc_error_message(&err));
+    failed = 1;
+  }
+  const long long forks = 20000, window = 500;
+  drpc_future **fs = malloc((size_t)window * sizeof *fs);
+  double t0 = now_s();
+  for (long long done = 0; !failed && done < forks; done += window) {
+    drpc_value *fa = drpc_value_list_of(1, drpc_value_rref(own));
+    for (long long k = 0; k < window; k++)
+      if (drpc_rpc_async(a, "w1", DRPC_FUNCTION, "noop", fa, NULL, -1, &fs[k],
+                         &err)) {
+        fprintf(stderr, "drpc bench: rref: %s\n", drpc_error_message(&err));
+        failed = 1;
+        fs[k] = NULL;
+      }
+    drpc_value_free(fa);
+    for (long long k = 0; k < window; k++) {
+      if (fs[k] && drpc_future_get(fs[k], -1, NULL, &err))
+        failed = 1;
+      drpc_future_decref(fs[k]);
+    }
+  }
+  /* A fork is done when w1's delete has reached w0. */
+  while (!failed && rref_counter(a, "num_forks") > 0 && now_s() - t0 < 60)
+    usleep(50);
+  double dt = now_s() - t0;
+  free(fs);
+  drpc_rref_decref(own);
+  if (!failed) {
+    snprintf(res[*nres].key, sizeof res[*nres].key, "forks_per_s");
+    res[(*nres)++].value = (double)forks / dt;
+  }
+  drpc_error_clear(&err);
+  return failed;
+}
 
 int drpc_cmd_bench(int argc, char **argv) {
   static const struct option opts[] = {{"json", no_argument, 0, 'j'},
@@ -96,7 +176,8 @@ int drpc_cmd_bench(int argc, char **argv) {
   bool lat = !strcmp(what, "all") || !strcmp(what, "latency");
   bool thr = !strcmp(what, "all") || !strcmp(what, "throughput");
   bool bw = !strcmp(what, "all") || !strcmp(what, "bandwidth");
-  if (!lat && !thr && !bw) {
+  bool rr = !strcmp(what, "all") || !strcmp(what, "rref");
+  if (!lat && !thr && !bw && !rr) {
     fprintf(stderr, "drpc bench: unknown benchmark '%s'\n", what);
     usage(stderr);
     return 2;
@@ -234,6 +315,8 @@ int drpc_cmd_bench(int argc, char **argv) {
       res[nres++].value = dt * 1e6;
     }
   }
+  if (rr && bench_rref(a, iters, res, &nres) != 0)
+    failed = 1;
 done:
   drpc_error_clear(&err);
   if (drpc_shutdown(a, true, 60, &err)) {

@@ -1,4 +1,4 @@
-/* The drpc command line: worker, store, bench, demo. */
+/* The drpc command line: worker, store, bench, demo, sim, run. */
 #include <dlfcn.h>
 #include <errno.h>
 #include <getopt.h>
@@ -23,6 +23,8 @@ static void usage_main(FILE *f) {
              "  bench    measure latency, throughput and bandwidth over "
              "loopback\n"
              "  demo     run a 4-worker cluster over loopback and report\n"
+             "  sim      run a scenario in the deterministic simulator\n"
+             "  run      run a scenario as real processes over loopback\n"
              "\n"
              "`drpc <command> --help` describes each command.\n");
 }
@@ -104,16 +106,34 @@ static void usage_worker(FILE *f) {
 }
 
 typedef struct worker_state {
+  const char *name;
+  int64_t rank, world;
+  const drpc_options *opts;
   drpc_agent *agent;
   double shutdown_timeout_s;
   int rc;
   drpc_error err;
-  volatile sig_atomic_t done;
+  volatile sig_atomic_t started, done;
 } worker_state;
 
-static void *worker_shutdown_thread(void *arg) {
+/* Starts the worker and then waits in the graceful shutdown until the
+ * group agrees to stop. It runs off the main thread so that the main
+ * thread can answer SIGINT / SIGTERM at any time, rendezvous included. */
+static void *worker_thread(void *arg) {
   worker_state *w = arg;
-  w->rc = drpc_shutdown(w->agent, true, w->shutdown_timeout_s, &w->err);
+  if (drpc_init(&w->agent, w->name, w->rank, w->world, w->opts, &w->err)) {
+    w->rc = DRPC_EINVAL;
+    fprintf(stderr, "drpc worker %s: %s\n", w->name,
+            drpc_error_message(&w->err));
+  } else {
+    fprintf(stderr, "drpc worker %s (rank %lld) serving\n", w->name,
+            (long long)drpc_agent_self(w->agent)->id);
+    w->started = 1;
+    w->rc = drpc_shutdown(w->agent, true, w->shutdown_timeout_s, &w->err);
+    if (w->rc)
+      fprintf(stderr, "drpc worker %s: shutdown: %s\n", w->name,
+              drpc_error_message(&w->err));
+  }
   w->done = 1;
   kill(getpid(), SIGUSR1); /* wake the main thread */
   return NULL;
@@ -224,25 +244,31 @@ int drpc_cmd_worker(int argc, char **argv) {
   sigaddset(&set, SIGUSR1);
   pthread_sigmask(SIG_BLOCK, &set, NULL);
 
-  drpc_error err = DRPC_ERROR_INIT;
   worker_state w = {0};
-  if (drpc_init(&w.agent, name, rank, world, &o, &err)) {
-    fprintf(stderr, "drpc worker %s: %s\n", name, drpc_error_message(&err));
-    drpc_error_clear(&err);
-    return 1;
-  }
-  fprintf(stderr, "drpc worker %s (rank %lld) serving\n", name,
-          (long long)drpc_agent_self(w.agent)->id);
+  w.name = name;
+  w.rank = rank;
+  w.world = world;
+  w.opts = &o;
   w.shutdown_timeout_s = shutdown_s;
   pthread_t th;
-  pthread_create(&th, NULL, worker_shutdown_thread, &w);
+  if (pthread_create(&th, NULL, worker_thread, &w)) {
+    fprintf(stderr, "drpc worker %s: cannot start a thread\n", name);
+    return 1;
+  }
   for (;;) {
     int sig = 0;
     sigwait(&set, &sig);
     if (w.done)
       break;
     if (sig == SIGINT || sig == SIGTERM) {
-      /* The shutdown thread is already in the graceful protocol; give it a
+      if (!w.started) {
+        /* Still in rendezvous: there is nothing to shut down yet. */
+        fprintf(stderr, "drpc worker %s: signal %d during start-up; exiting\n",
+                name, sig);
+        fflush(stderr);
+        _exit(1);
+      }
+      /* The worker thread is already in the graceful protocol; give it a
        * bounded time, then leave. */
       double grace = shutdown_s > 0 ? shutdown_s : 10;
       fprintf(stderr,
@@ -270,12 +296,9 @@ int drpc_cmd_worker(int argc, char **argv) {
     }
   }
   pthread_join(th, NULL);
-  if (w.rc) {
-    fprintf(stderr, "drpc worker %s: shutdown: %s\n", name,
-            drpc_error_message(&w.err));
-    drpc_error_clear(&w.err);
+  drpc_error_clear(&w.err);
+  if (w.rc)
     return 1;
-  }
   fprintf(stderr, "drpc worker %s: shut down cleanly\n", name);
   return 0;
 }
@@ -286,7 +309,9 @@ static void usage_store(FILE *f) {
   fprintf(f, "usage: drpc store --port P [--host H]\n"
              "\n"
              "Runs a standalone TCP rendezvous store until SIGINT/SIGTERM. "
-             "Workers\nreach it with --init-method tcp://H:P.\n");
+             "Workers\nreach it with --init-method tcp://H:P; rank 0 then "
+             "uses it instead of\nstarting its own. One store serves one "
+             "group.\n");
 }
 
 int drpc_cmd_store(int argc, char **argv) {
@@ -330,6 +355,21 @@ int drpc_cmd_store(int argc, char **argv) {
     drpc_error_clear(&err);
     return 1;
   }
+  /* Mark the store as standalone, so that rank 0 uses it. */
+  drpc_store *self = NULL;
+  const char *self_host = *host && strcmp(host, "0.0.0.0") && strcmp(host, "::")
+                              ? host
+                              : "127.0.0.1";
+  if (drpc_store_tcp_new(&self, self_host, drpc_store_server_port(s), 5,
+                         &err) ||
+      drpc_store_set_str(self, DRPC_STORE_STANDALONE_KEY, "1", &err)) {
+    fprintf(stderr, "drpc store: %s\n", drpc_error_message(&err));
+    drpc_error_clear(&err);
+    drpc_store_decref(self);
+    drpc_store_server_stop(s);
+    return 1;
+  }
+  drpc_store_decref(self);
   printf("drpc store listening on %s:%d\n", host, drpc_store_server_port(s));
   fflush(stdout);
   int sig;
@@ -357,8 +397,14 @@ int main(int argc, char **argv) {
     return drpc_cmd_worker(argc - 1, argv + 1);
   if (!strcmp(cmd, "store"))
     return drpc_cmd_store(argc - 1, argv + 1);
+  if (!strcmp(cmd, "bench") && argc > 2 && !strcmp(argv[2], "sim"))
+    return drpc_cmd_bench_sim(argc - 2, argv + 2);
   if (!strcmp(cmd, "bench"))
     return drpc_cmd_bench(argc - 1, argv + 1);
+  if (!strcmp(cmd, "sim"))
+    return drpc_cmd_sim(argc - 1, argv + 1);
+  if (!strcmp(cmd, "run"))
+    return drpc_cmd_run(argc - 1, argv + 1);
   if (!strcmp(cmd, "demo"))
     return drpc_cmd_demo(argc - 1, argv + 1);
   fprintf(stderr, "drpc: unknown command '%s'\n\n", cmd);

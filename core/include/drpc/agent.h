@@ -67,6 +67,10 @@ typedef struct drpc_options {
   const char *transports[4];      /* NULL-terminated; "tcp" */
   const char *channels[4];        /* NULL-terminated; "basic" */
   struct drpc_registry *registry; /* NULL: the process-global registry */
+  /* Graceful shutdown ends with the RRef leak check; when false, RRefs
+   * still forked then make shutdown fail with "Leaking RRef <id> with fork
+   * Id <id>" lines (as PyTorch's _ignore_rref_leak, default true). */
+  bool ignore_rref_leak;
 } drpc_options;
 
 void drpc_options_default(drpc_options *o);

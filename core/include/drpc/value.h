@@ -23,7 +23,7 @@ typedef enum drpc_value_kind {
   DRPC_VAL_DICT = 7,
   DRPC_VAL_TENSOR = 8,
   DRPC_VAL_WORKER = 9,
-  DRPC_VAL_RREF = 10, /* reserved for remote references */
+  DRPC_VAL_RREF = 10, /* a remote reference (see drpc/rref.h) */
   DRPC_VAL_KIND_COUNT
 } drpc_value_kind;
 
@@ -36,6 +36,7 @@ typedef enum drpc_value_kind {
  * root frees everything, dropping one reference to each tensor. Strings and
  * bytes are NUL-terminated copies (len excludes the NUL). */
 typedef struct drpc_value drpc_value;
+struct drpc_rref;
 struct drpc_value {
   drpc_value_kind kind;
   union {
@@ -65,6 +66,11 @@ struct drpc_value {
       int64_t fork_local_id;
       int16_t parent;
       char *type_name;
+      /* The RRef handle this node holds one reference to (built with
+       * drpc_value_rref, or accepted by an agent from the wire), or NULL
+       * for bare fork data (what the decoder produces). The fields above
+       * are the fork data; for a handle they are informational. */
+      struct drpc_rref *handle;
     } r;
   } u;
 };

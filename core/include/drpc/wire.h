@@ -17,7 +17,10 @@
  *   9 tensor: dtype u8, device type u8, device index i8, ndim u8,
  *     ndim shape varints, varint tensor index (into the data section)
  *   10 worker: zigzag varint id, varint length, name bytes
- *   11 rref: reserved; rejected until remote references land.
+ *   11 rref (fork data): zigzag owner, zigzag rref created_on, varint rref
+ *     local_id, zigzag fork created_on, varint fork local_id, zigzag
+ *     parent, varint type-name length, type-name bytes (0: unknown).
+ *     Worker ids are 0..32767, local ids below 2^48.
  */
 #ifndef DRPC_WIRE_H
 #define DRPC_WIRE_H
@@ -44,6 +47,8 @@ extern "C" {
 #define DRPC_WIRE_DEFAULT_MAX_PAYLOAD (64u << 20)
 /* Bound on tensors in one frame. */
 #define DRPC_WIRE_MAX_TENSORS 4096
+/* Local ids of RRefs and forks stay below this (ids pack into 64 bits). */
+#define DRPC_RREF_MAX_LOCAL_ID (1ull << 48)
 
 typedef enum drpc_msg_type {
   DRPC_MSG_HELLO = 1,    /* connection opener: [version, id, name] */
@@ -112,6 +117,7 @@ typedef struct drpc_msg {
   drpc_value *body;
   drpc_tensor **tensors; /* ntensors references, owned */
   uint32_t ntensors;
+  uint32_t nrrefs; /* rref nodes (fork data) in the body */
 } drpc_msg;
 
 void drpc_msg_clear(drpc_msg *m);
@@ -154,6 +160,19 @@ typedef struct drpc_outframe {
 int drpc_wire_encode(uint8_t type, uint16_t flags, uint64_t id,
                      const drpc_value *body, const drpc_wire_limits *lim,
                      drpc_outframe **out, drpc_error *err);
+/* Supplies the fork data written for an rref node (the encoder's caller
+ * runs the fork protocol; see core/rref.c). Called once per rref node, in
+ * payload order, before anything is written; fills out->u.r (type_name
+ * borrowed until the encode returns). Non-zero fails the encode. */
+typedef int (*drpc_wire_rref_fn)(void *ctx, const drpc_value *node,
+                                 drpc_value *out, drpc_error *err);
+/* drpc_wire_encode with an rref hook. Without a hook (NULL), rref nodes
+ * travel as the fork data they hold, and a node holding a handle fails
+ * with DRPC_EUNSUPPORTED. */
+int drpc_wire_encode_ex(uint8_t type, uint16_t flags, uint64_t id,
+                        const drpc_value *body, const drpc_wire_limits *lim,
+                        drpc_wire_rref_fn rref_fn, void *rref_ctx,
+                        drpc_outframe **out, drpc_error *err);
 /* Changes the request id in an encoded frame. */
 void drpc_outframe_set_id(drpc_outframe *f, uint64_t id);
 /* Fills iov with the frame's pieces starting at byte offset `from`; returns

@@ -95,7 +95,12 @@ int drpc_store_file_new(drpc_store **out, const char *path, double timeout_s,
  * For tcp:// and env:// rank 0 starts the server on host:port (returned in
  * *server, NULL otherwise; stop it after the store is released; server
  * may be NULL only for ranks other than 0) and then connects to it as a client
- * like every other rank; others connect with retries up to timeout_s.
+ * like every other rank; others connect with retries up to timeout_s. When
+ * a standalone store (one holding DRPC_STORE_STANDALONE_KEY, as `drpc
+ * store` does) already serves host:port, rank 0 uses it instead and
+ * *server stays NULL; any other holder of the port is an error. A
+ * standalone store should serve one group: the keys a group leaves behind
+ * would confuse the next one.
  * *rank >= 0 is given (< 0: from the URL or RANK). *world_size > 0 is
  * given; 0 asks for a static group whose size the URL or WORLD_SIZE must
  * give; < 0 is a dynamic group that takes a size only if one is there (-1
@@ -108,6 +113,10 @@ int drpc_store_file_new(drpc_store **out, const char *path, double timeout_s,
  * MASTER_PORT, RANK, WORLD_SIZE), "unsupported init_method scheme
  * 'foo://'", "rank 3 is out of range for world_size 2"; the server's
  * DRPC_EIO when rank 0 cannot bind; the client's connect errors. */
+/* The key a standalone store server (`drpc store`) sets in itself, so that
+ * rank 0 of a tcp:// or env:// group uses it instead of starting one. */
+#define DRPC_STORE_STANDALONE_KEY "drpc/standalone_store"
+
 int drpc_store_from_init_method(const char *init_method, int64_t *rank,
                                 int64_t *world_size, double timeout_s,
                                 drpc_store **out, drpc_store_server **server,

@@ -1,0 +1,83 @@
+/* Scenarios: distributed programs written once against the public API that
+ * run as real processes over loopback (`drpc run`) or inside the simulator
+ * (`drpc sim`). A scenario never sees which: the host hands it the few
+ * things that differ (spending CPU time, reporting a broken expectation). */
+#ifndef DRPC_SCENARIO_H
+#define DRPC_SCENARIO_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "drpc/drpc.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct drpc_scn_host drpc_scn_host;
+struct drpc_scn_host {
+  /* Spends ns of CPU on the worker that runs agent a, from a worker
+   * program or a function: a real process sleeps; the simulator moves the
+   * node's virtual time on, scaled by the node's slowness. */
+  void (*compute)(const drpc_scn_host *h, drpc_agent *a, uint64_t ns);
+  /* Reports a broken expectation (a wrong value, an error no fault can
+   * explain); the run fails with msg. */
+  void (*violation)(const drpc_scn_host *h, drpc_agent *a, const char *msg);
+  /* Faults may be injected: lost connections and timeouts are then
+   * expected outcomes of a call, not failures. */
+  bool faults;
+  int iters; /* work per worker, in the scenario's own unit */
+  /* CPU time a worker spends between rounds (a training step, say); 0
+   * unless a bench asks for it. */
+  uint64_t think_ns;
+  void *user; /* the host's state */
+};
+
+typedef struct drpc_scenario {
+  const char *name;
+  const char *summary;
+  int min_workers, max_workers, default_workers;
+  int default_iters;
+  /* Needs remote references (not runnable until RRefs land). */
+  bool needs_rrefs;
+  double rpc_timeout_s;      /* the agents' default call timeout */
+  double shutdown_timeout_s; /* bound on the graceful shutdown */
+  /* Registers the functions every worker serves (h is their user data). */
+  int (*register_fns)(drpc_registry *r, const drpc_scn_host *h);
+  /* One worker's program. The host starts the agent before and shuts it
+   * down gracefully after (a program may shut down itself; the second
+   * shutdown is then a no-op). Returns 0, or non-zero with err set when
+   * the program could not do its work for a reason faults do not explain
+   * (violations go through h->violation as well). */
+  int (*run)(drpc_agent *a, int rank, int world, const drpc_scn_host *h,
+             drpc_error *err);
+} drpc_scenario;
+
+/* Every known scenario, runnable or not, in a fixed order. */
+const drpc_scenario *const *drpc_scenario_list(size_t *n);
+/* NULL when name is unknown. */
+const drpc_scenario *drpc_scenario_find(const char *name);
+/* ---- helpers shared by the scenarios ---------------------------------- */
+
+/* True when err is what a fault can cause: a lost or refused connection,
+ * a timeout, a peer that shut down. */
+bool drpc_scn_fault_error(const drpc_error *err);
+/* Reports "rank R: what: message" through h->violation unless the error
+ * is a fault outcome and faults are on; returns true when it reported. */
+bool drpc_scn_check_error(const drpc_scn_host *h, drpc_agent *a,
+                          const drpc_error *err, const char *what);
+/* Reports a formatted violation. */
+void drpc_scn_violation(const drpc_scn_host *h, drpc_agent *a, const char *fmt,
+                        ...) __attribute__((format(printf, 3, 4)));
+/* The name of worker rank r ("w<r>"). */
+void drpc_scn_worker_name(int r, char *buf, size_t n);
+
+extern const drpc_scenario drpc_scn_echo;
+extern const drpc_scenario drpc_scn_fanout;
+extern const drpc_scenario drpc_scn_timeouts;
+extern const drpc_scenario drpc_scn_shutdown_storm;
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,427 @@
+/* Running a scenario in the simulator: the worker harness on fibers, the
+ * event loop, the fault schedule, and the safety and liveness checkers. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+/* ---- checkers fed by the core's record output ---------------------------
+ */
+
+/* Grows a per-request-id table (ids are dense: counters from 1). */
+static bool grow(void **v, size_t *cap, uint64_t id, size_t size) {
+  if (id < *cap)
+    return true;
+  if (id >= SIM_MAX_CALL_IDS)
+    return false;
+  size_t n = *cap ? *cap : 256;
+  while (n <= id)
+    n *= 2;
+  char *p = realloc(*v, n * size);
+  if (!p)
+    return false;
+  memset(p + *cap * size, 0, (n - *cap) * size);
+  *v = p;
+  *cap = n;
+  return true;
+}
+
+void sim_check_record(sim *s, sim_node *n, const drpc_event *ev) {
+  if (n->index < 0 || n->state == NODE_DEAD)
+    return;
+  switch (ev->kind) {
+  case DRPC_EV_RPC_BEGIN:
+    s->res->calls++;
+    n->calls_begun++;
+    if (grow((void **)&n->calls, &n->call_cap, ev->id, sizeof *n->calls))
+      n->calls[ev->id] = (sim_call){sim_rel(s, s->now), ev->peer, 1};
+    break;
+  case DRPC_EV_OUT_FUTURE:
+    n->calls_done++;
+    if (grow((void **)&n->calls, &n->call_cap, ev->id, sizeof *n->calls)) {
+      if (n->calls[ev->id].state == 2)
+        sim_violation(s,
+                      "safety: the future of request %llu on %s (a call to "
+                      "w%d) completed twice",
+                      (unsigned long long)ev->id, n->name, ev->peer);
+      n->calls[ev->id].state = 2;
+    }
+    break;
+  case DRPC_EV_OUT_EXECUTE:
+    /* The executor hook: the core records each request right before it
+     * hands it to env.execute. Request ids are per caller (callers never
+     * restart in a run), so (caller, id) names a request. */
+    s->res->executions++;
+    if (ev->peer >= 0 && ev->peer < s->nnodes &&
+        grow((void **)&n->execs[ev->peer], &n->exec_cap[ev->peer], ev->id, 1)) {
+      uint8_t *c = &n->execs[ev->peer][ev->id];
+      if (*c < 255)
+        (*c)++;
+      if (*c > 1)
+        sim_violation(s, "safety: request %llu from w%d ran %d times on %s",
+                      (unsigned long long)ev->id, ev->peer, *c, n->name);
+    }
+    break;
+  default:
+    break;
+  }
+  sim_hash(s, EV_RECORD, n->index,
+           (uint64_t)ev->kind << 16 | (uint16_t)ev->peer, ev->id, NULL, 0);
+}
+
+/* ---- the host the scenarios see ------------------------------------------
+ */
+
+static sim_node *node_of_agent(drpc_agent *a) {
+  return drpc_agent_env(a)->ctx;
+}
+
+static void host_compute(const drpc_scn_host *h, drpc_agent *a, uint64_t ns) {
+  sim *s = h->user;
+  sim_node *n = node_of_agent(a);
+  if (!s->cur) {
+    sim_violation(s, "compute called outside a fiber");
+    return;
+  }
+  sim_fiber_sleep(s, s->now + (uint64_t)((double)ns * n->slow));
+}
+
+static void host_violation(const drpc_scn_host *h, drpc_agent *a,
+                           const char *msg) {
+  (void)a;
+  sim_violation(h->user, "%s", msg);
+}
+
+/* One worker: start the agent (a rendezvous through the shared store),
+ * run the program, shut down gracefully. */
+static void node_main(void *arg) {
+  sim_node *n = arg;
+  sim *s = n->s;
+  drpc_agent *a = NULL;
+  drpc_error err = DRPC_ERROR_INIT;
+  n->state = NODE_STARTING;
+  int rc = drpc_agent_start(&a, s->store, n->name, n->index, s->nnodes,
+                            &s->opts, &n->env, &err);
+  if (rc) {
+    if (!s->host.faults || !drpc_scn_fault_error(&err))
+      sim_violation(s, "%s: agent start failed: %s", n->name,
+                    drpc_error_message(&err));
+  } else {
+    sim_attach(s, n, a);
+    rc = s->scn->run(a, n->index, s->nnodes, &s->host, &err);
+    if (rc)
+      sim_violation(s, "%s: program failed: %s", n->name,
+                    drpc_error_message(&err));
+    drpc_error_clear(&err);
+    rc = drpc_agent_shutdown(a, true, s->scn->shutdown_timeout_s, &err);
+    if (rc && (!s->host.faults || !drpc_scn_fault_error(&err)))
+      sim_violation(s, "%s: graceful shutdown failed: %s", n->name,
+                    drpc_error_message(&err));
+  }
+  drpc_error_clear(&err);
+  n->main_done = true;
+  n->finish_ns = s->now;
+}
+
+/* ---- faults ----------------------------------------------------------------
+ */
+
+static void apply_fault(sim *s, const drpc_sim_fault *f, bool end) {
+  uint64_t all = s->nnodes >= 64 ? ~0ull : (1ull << s->nnodes) - 1;
+  uint64_t a = f->a & all, b = f->b & all;
+  if (!end)
+    s->res->faults_applied++;
+  switch (f->kind) {
+  case DRPC_SIM_PARTITION:
+  case DRPC_SIM_ONEWAY: {
+    bool oneway = f->kind == DRPC_SIM_ONEWAY;
+    for (int x = 0; x < s->nnodes; x++)
+      for (int y = 0; y < s->nnodes; y++) {
+        if (x == y || !((a >> x) & 1) || !((b >> y) & 1))
+          continue;
+        sim_link *l[2] = {&s->links[x][y], oneway ? NULL : &s->links[y][x]};
+        for (int i = 0; i < 2; i++) {
+          if (!l[i])
+            continue;
+          if (!end) {
+            l[i]->block++;
+            l[i]->oneway += oneway;
+          } else if (l[i]->block) {
+            l[i]->block--;
+            if (oneway && l[i]->oneway)
+              l[i]->oneway--;
+          }
+        }
+      }
+    if (!end)
+      sim_break_links(s, a, b, oneway);
+    break;
+  }
+  case DRPC_SIM_CLOG:
+    if (end)
+      break;
+    for (int x = 0; x < s->nnodes; x++)
+      for (int y = 0; y < s->nnodes; y++)
+        if (x != y && ((a >> x) & 1) && ((b >> y) & 1) &&
+            s->links[x][y].clog_until < s->now + f->dur_ns)
+          s->links[x][y].clog_until = s->now + f->dur_ns;
+    break;
+  case DRPC_SIM_RESET:
+    if (!end)
+      sim_reset_between(s, a, b);
+    break;
+  case DRPC_SIM_CRASH:
+    if (!end && f->node >= 0 && f->node < s->nnodes)
+      sim_crash(s, (int16_t)f->node);
+    break;
+  case DRPC_SIM_SLOW:
+    if (f->node >= 0 && f->node < s->nnodes)
+      s->nodes[f->node].slow =
+          s->cfg->slow[f->node] * (end ? 1.0 : (f->factor > 0 ? f->factor : 1));
+    break;
+  default:
+    break;
+  }
+}
+
+/* Faults off: partitions heal, clogs clear, slow nodes recover. Crashed
+ * nodes stay down (they are excluded from the liveness check). */
+static void end_fault_phase(sim *s) {
+  s->phase_over = true;
+  for (int x = 0; x < s->nnodes; x++) {
+    s->nodes[x].slow = s->cfg->slow[x];
+    for (int y = 0; y < s->nnodes; y++) {
+      s->links[x][y].block = 0;
+      s->links[x][y].oneway = 0;
+      if (s->links[x][y].clog_until > s->now)
+        s->links[x][y].clog_until = s->now;
+    }
+  }
+}
+
+/* ---- the loop ----------------------------------------------------------- */
+
+static void dispatch(sim *s, sim_event *ev) {
+  switch (ev->kind) {
+  case EV_WAKE:
+    sim_fiber_wake_event(s, ev->a, ev->b);
+    return;
+  case EV_FAULT:
+    if (s->phase_over && ev->b == 0)
+      return;
+    sim_hash(s, EV_FAULT, -1, ev->a, ev->b, NULL, 0);
+    apply_fault(s, &s->cfg->faults[ev->a], ev->b != 0);
+    return;
+  case EV_PHASE_END:
+    sim_hash(s, EV_PHASE_END, -1, 0, 0, NULL, 0);
+    end_fault_phase(s);
+    return;
+  case EV_START: {
+    sim_node *n = &s->nodes[ev->node];
+    if (n->state != NODE_IDLE)
+      return;
+    sim_fiber *f = NULL;
+    if (sim_fiber_spawn(s, n->index, node_main, n, &f))
+      return;
+    f->is_main = true;
+    sim_hash(s, EV_START, n->index, 0, 0, NULL, 0);
+    sim_fiber_resume(s, f);
+    return;
+  }
+  default:
+    sim_deliver(s, ev);
+    return;
+  }
+}
+
+/* Names what keeps the unfinished workers from finishing: their pending
+ * calls first (the usual culprit), then the workers themselves. */
+static void describe_stuck(sim *s, char *buf, size_t len) {
+  size_t used = 0;
+  int shown = 0;
+  buf[0] = 0;
+  for (int i = 0; i < s->nnodes && used + 1 < len; i++) {
+    sim_node *n = &s->nodes[i];
+    if (n->state == NODE_DEAD || n->state == NODE_FINISHED)
+      continue;
+    for (size_t id = 1; id < n->call_cap && shown < 4 && used + 1 < len; id++) {
+      if (n->calls[id].state != 1)
+        continue;
+      int w = snprintf(buf + used, len - used,
+                       "%sthe future of request %zu on %s (a call to w%d "
+                       "begun at t=%.6fs) never completed",
+                       shown ? "; " : "", id, n->name, n->calls[id].dst,
+                       (double)n->calls[id].begin_ns / 1e9);
+      if (w > 0)
+        used += (size_t)w;
+      shown++;
+    }
+  }
+  for (int i = 0; i < s->nnodes && used + 1 < len; i++) {
+    sim_node *n = &s->nodes[i];
+    if (n->state == NODE_DEAD || n->state == NODE_FINISHED)
+      continue;
+    int w =
+        snprintf(buf + used, len - used, "%s%s %s", used ? "; " : "", n->name,
+                 n->main_done ? "finished its program but still runs "
+                                "functions"
+                              : "did not finish its program");
+    if (w > 0)
+      used += (size_t)w;
+  }
+}
+
+static double wall_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int drpc_sim_run(const drpc_sim_config *c, drpc_sim_result *r,
+                 drpc_error *err) {
+  memset(r, 0, sizeof *r);
+  const drpc_scenario *scn = drpc_scenario_find(c->scenario);
+  if (!scn)
+    return drpc_error_set(err, DRPC_ENOTFOUND, "unknown scenario '%s'",
+                          c->scenario);
+  if (scn->needs_rrefs || !scn->run)
+    return drpc_error_set(err, DRPC_EUNSUPPORTED,
+                          "scenario '%s' needs remote references, which the "
+                          "core does not have yet",
+                          scn->name);
+  if (c->workers < scn->min_workers || c->workers > scn->max_workers ||
+      c->workers > DRPC_SIM_MAX_NODES)
+    return drpc_error_set(
+        err, DRPC_EINVAL, "scenario '%s' runs with %d to %d workers, not %d",
+        scn->name, scn->min_workers, scn->max_workers, c->workers);
+  if (sim_current)
+    return drpc_error_set(err, DRPC_ESTATE,
+                          "a simulation is already running on this thread");
+  for (size_t i = 0; i < c->nfaults; i++)
+    if (c->faults[i].kind < 0 || c->faults[i].kind >= DRPC_SIM_FAULT_KINDS)
+      return drpc_error_set(err, DRPC_EINVAL, "fault %zu has no known kind", i);
+  sim *s = calloc(1, sizeof *s);
+  if (!s)
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  double wall0 = wall_now();
+  r->ok = true;
+  s->cfg = c;
+  s->scn = scn;
+  s->res = r;
+  s->now = SIM_BASE_NS;
+  s->free_fiber = UINT32_MAX;
+  s->nnodes = c->workers;
+  s->nodes_left = c->workers;
+  s->net_rng = sim_stream(c->seed, 1);
+  uint64_t lst = sim_stream(c->seed, 2);
+  for (int x = 0; x < s->nnodes; x++)
+    for (int y = 0; y < s->nnodes; y++)
+      s->links[x][y].factor = 1.0 + c->link_spread * sim_unit(&lst);
+
+  s->reg = drpc_registry_new();
+  s->host.compute = host_compute;
+  s->host.violation = host_violation;
+  s->host.faults = c->nfaults > 0;
+  s->host.iters = c->iters > 0 ? c->iters : scn->default_iters;
+  s->host.think_ns = c->think_ns;
+  s->host.user = s;
+  drpc_options_default(&s->opts);
+  s->opts.rpc_timeout_s = scn->rpc_timeout_s;
+  s->opts.shutdown_timeout_s = scn->shutdown_timeout_s;
+  s->opts.num_worker_threads = c->threads > 0 ? c->threads : 4;
+  s->opts.registry = s->reg;
+  sim_node_init(s, &s->store_node, -1);
+  s->store = drpc_store_memory_new(&s->store_node.env);
+  if (!s->reg || !s->store || scn->register_fns(s->reg, &s->host)) {
+    drpc_store_decref(s->store);
+    drpc_registry_free(s->reg);
+    free(s);
+    return drpc_error_set(err, DRPC_ENOMEM, "could not set the run up");
+  }
+  sim_current = s;
+
+  uint64_t start_st = sim_stream(c->seed, 3);
+  for (int i = 0; i < s->nnodes; i++) {
+    sim_node *n = &s->nodes[i];
+    sim_node_init(s, n, (int16_t)i);
+    n->rng = sim_stream(c->seed, 100 + (uint64_t)i);
+    n->clock_offset_ns = c->clock_offset_ns[i];
+    n->drift_ppm = c->drift_ppm[i];
+    n->slow = c->slow[i] > 0 ? c->slow[i] : 1.0;
+    n->threads = s->opts.num_worker_threads;
+    /* Workers start up to 1 ms apart, as processes launched together do. */
+    sim_push(s, EV_START, n->index, SIM_BASE_NS + sim_rand(&start_st) % 1000000,
+             0, 0, NULL, 0);
+  }
+  for (size_t i = 0; i < c->nfaults; i++) {
+    const drpc_sim_fault *f = &c->faults[i];
+    sim_push(s, EV_FAULT, -1, SIM_BASE_NS + f->at_ns, (uint32_t)i, 0, NULL, 0);
+    if (f->dur_ns)
+      sim_push(s, EV_FAULT, -1, SIM_BASE_NS + f->at_ns + f->dur_ns, (uint32_t)i,
+               1, NULL, 0);
+  }
+  s->fault_end = SIM_BASE_NS + c->fault_end_ns;
+  s->deadline = s->fault_end + c->liveness_ns;
+  if (c->nfaults)
+    sim_push(s, EV_PHASE_END, -1, s->fault_end, 0, 0, NULL, 0);
+
+  /* The loop: bounded by the liveness deadline in virtual time and by the
+   * event queue's bound. */
+  sim_event ev;
+  while (!s->stop && s->nodes_left > 0) {
+    if (!sim_pop(s, &ev)) {
+      char stuck[700];
+      describe_stuck(s, stuck, sizeof stuck);
+      sim_violation(s, "deadlock: no event left to run; %s", stuck);
+      break;
+    }
+    if (ev.time > s->deadline) {
+      s->now = s->deadline;
+      char stuck[700];
+      describe_stuck(s, stuck, sizeof stuck);
+      sim_violation(s,
+                    "liveness: not finished %.1f s after the fault phase "
+                    "ended; %s",
+                    (double)c->liveness_ns / 1e9, stuck);
+      sim_event_drop(s, &ev);
+      break;
+    }
+    s->now = ev.time;
+    dispatch(s, &ev);
+  }
+  r->sim_ns = sim_rel(s, s->now);
+
+  /* Tear down. Nodes still running hold fibers that will never resume:
+   * their agents and what those fibers own are abandoned. */
+  while (sim_pop(s, &ev))
+    sim_event_drop(s, &ev);
+  for (int i = 0; i < s->nnodes; i++) {
+    sim_node *n = &s->nodes[i];
+    if (n->state == NODE_RUNNING || n->state == NODE_STARTING)
+      r->abandoned = true;
+    for (size_t k = 0; k < n->ndeferred; k++)
+      sim_event_drop(s, &n->deferred[k]);
+    free(n->deferred);
+    free(n->calls);
+    for (int p = 0; p < DRPC_SIM_MAX_NODES; p++)
+      free(n->execs[p]);
+  }
+  sim_fiber_free_all(s);
+  drpc_store_decref(s->store);
+  /* Abandoned agents keep a pointer to it but never run again. */
+  drpc_registry_free(s->reg);
+  free(s->heap);
+  free(s->conns);
+  sim_current = NULL;
+  free(s);
+  r->wall_s = wall_now() - wall0;
+  return 0;
+}
+
+void drpc_sim_result_clear(drpc_sim_result *r) {
+  free(r->trace);
+  r->trace = NULL;
+  r->ntrace = 0;
+}

@@ -1,0 +1,996 @@
+/* `drpc sim` (scenarios in the simulator: single seeds, determinism checks,
+ * sweeps over many seeds in parallel, shrinking), `drpc run` (the same
+ * scenarios as real processes over loopback) and `drpc bench sim`. */
+#include <errno.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "drpc/sim.h"
+#include "scenario.h"
+#include "tools.h"
+
+/* The planted bug of the simulator's self-test (core/agent.c). */
+extern int drpc_test_fault_skip_fail_on_reset;
+
+/* Most seeds one sweep runs; most parallel jobs. */
+#define MAX_SWEEP_SEEDS 100000000ull
+#define MAX_JOBS 256
+/* Runs one shrink may spend. */
+#define SHRINK_BUDGET 300
+
+static double wall(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+typedef struct sim_opts {
+  const char *scenario;
+  int workers, iters;
+  uint64_t seed, seed_to;
+  bool have_seed, sweep, swarm, faults, determinism, shrink, verbose;
+  bool plant, quiet;
+  int jobs;
+  const char *schedule, *shrink_out, *dump;
+} sim_opts;
+
+static void usage_sim(FILE *f) {
+  fprintf(
+      f,
+      "usage: drpc sim <scenario> [--workers N] [--iters N]\n"
+      "                [--seed S | --seeds A..B [--jobs J]] [--swarm]\n"
+      "                [--no-faults] [--schedule FILE] [--dump-schedule FILE]\n"
+      "                [--check-determinism] [--shrink [--shrink-out FILE]]\n"
+      "                [--verbose] [--plant-bug]\n"
+      "       drpc sim --list\n"
+      "\n"
+      "Runs a scenario in the deterministic simulator: every worker, its\n"
+      "agent and its functions in one process on virtual time, with a\n"
+      "modelled network and faults drawn from the seed (--swarm: some fault\n"
+      "kinds off, the rest at very different rates). Checks: no future\n"
+      "completes twice or never, no request runs twice, every worker's\n"
+      "work is done, and workers finish within a bound once faults stop.\n"
+      "A violation prints the seed, the virtual time and the command that\n"
+      "reproduces it. --seeds sweeps a range (forking J jobs); --shrink\n"
+      "reduces a failing seed's faults to a minimal schedule, written as\n"
+      "JSON that --schedule replays. --plant-bug turns on the core's\n"
+      "test-only bug (lost connections do not fail their calls).\n");
+}
+
+static void list_scenarios(FILE *f) {
+  size_t n;
+  const drpc_scenario *const *all = drpc_scenario_list(&n);
+  for (size_t i = 0; i < n; i++)
+    fprintf(f, "  %-15s %s\n", all[i]->name, all[i]->summary);
+}
+
+static void repro(const sim_opts *o, uint64_t seed, char *buf, size_t n) {
+  if (o->schedule) {
+    snprintf(buf, n, "drpc sim %s --schedule %s%s", o->scenario, o->schedule,
+             o->plant ? " --plant-bug" : "");
+    return;
+  }
+  char iters[32] = "";
+  if (o->iters)
+    snprintf(iters, sizeof iters, " --iters %d", o->iters);
+  snprintf(buf, n, "drpc sim %s --workers %d%s --seed %llu%s%s%s", o->scenario,
+           o->workers, iters, (unsigned long long)seed,
+           o->swarm ? " --swarm" : "", o->faults ? "" : " --no-faults",
+           o->plant ? " --plant-bug" : "");
+}
+
+static char *read_file(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f)
+    return NULL;
+  size_t cap = 4096, len = 0;
+  char *buf = malloc(cap);
+  size_t got;
+  while (buf && (got = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+    len += got;
+    if (len + 1 == cap) {
+      if (cap >= (64u << 20)) {
+        free(buf);
+        buf = NULL;
+        break;
+      }
+      char *nb = realloc(buf, cap * 2);
+      if (!nb) {
+        free(buf);
+        buf = NULL;
+        break;
+      }
+      buf = nb;
+      cap *= 2;
+    }
+  }
+  fclose(f);
+  if (buf)
+    buf[len] = 0;
+  return buf;
+}
+
+static int write_file(const char *path, const char *text) {
+  FILE *f = fopen(path, "w");
+  if (!f)
+    return -1;
+  int rc = fputs(text, f) < 0 ? -1 : 0;
+  if (fputc('\n', f) == EOF)
+    rc = -1;
+  if (fclose(f))
+    rc = -1;
+  return rc;
+}
+
+/* The configuration of seed under o: drawn, or the schedule file's. */
+static int make_config(const sim_opts *o, uint64_t seed, drpc_sim_config *c,
+                       drpc_error *err) {
+  if (o->schedule) {
+    char *text = read_file(o->schedule);
+    if (!text)
+      return drpc_error_set(err, DRPC_EIO, "cannot read %s: %s", o->schedule,
+                            strerror(errno));
+    int rc = drpc_sim_config_from_json(c, text, err);
+    free(text);
+    return rc;
+  }
+  return drpc_sim_config_draw(c, o->scenario, o->workers, o->iters, seed,
+                              o->swarm, o->faults, err);
+}
+
+static int run_config(const sim_opts *o, drpc_sim_config *c, drpc_sim_result *r,
+                      drpc_error *err) {
+  c->verbose = o->verbose;
+  drpc_test_fault_skip_fail_on_reset = o->plant;
+  int rc = drpc_sim_run(c, r, err);
+  drpc_test_fault_skip_fail_on_reset = 0;
+  return rc;
+}
+
+static void print_result(const sim_opts *o, const drpc_sim_config *c,
+                         const drpc_sim_result *r, FILE *f) {
+  double ratio = r->wall_s > 0 ? (double)r->sim_ns / 1e9 / r->wall_s : 0;
+  fprintf(f,
+          "run: %s  sim %.6f s in %.3f s wall (%.0fx), %llu events, %llu "
+          "deliveries, %llu calls, %llu executions, %llu faults, %d "
+          "crashed, hash %016llx\n",
+          r->ok ? "ok" : "FAIL", (double)r->sim_ns / 1e9, r->wall_s, ratio,
+          (unsigned long long)r->events, (unsigned long long)r->deliveries,
+          (unsigned long long)r->calls, (unsigned long long)r->executions,
+          (unsigned long long)r->faults_applied, r->crashed,
+          (unsigned long long)r->hash);
+  if (!r->ok) {
+    char cmd[512];
+    repro(o, c->seed, cmd, sizeof cmd);
+    fprintf(f, "VIOLATION seed=%llu t=%.9fs: %s\n  reproduce: %s\n",
+            (unsigned long long)c->seed, (double)r->violation_ns / 1e9, r->what,
+            cmd);
+  }
+}
+
+/* Runs c twice and compares the event traces. */
+static int check_determinism(const sim_opts *o, drpc_sim_config *c, FILE *f) {
+  drpc_sim_result r1, r2;
+  drpc_error err = DRPC_ERROR_INIT;
+  c->trace = true;
+  if (run_config(o, c, &r1, &err) || run_config(o, c, &r2, &err)) {
+    fprintf(stderr, "drpc sim: %s\n", drpc_error_message(&err));
+    drpc_error_clear(&err);
+    return 2;
+  }
+  int rc = 0;
+  size_t i = drpc_sim_trace_diff(&r1, &r2);
+  if (i == SIZE_MAX) {
+    fprintf(f, "determinism: ok, %llu events twice, hash %016llx\n",
+            (unsigned long long)r1.events, (unsigned long long)r1.hash);
+  } else {
+    char a[256] = "(no event)", b[256] = "(no event)";
+    if (i < r1.ntrace)
+      drpc_sim_trace_format(&r1.trace[i], a, sizeof a);
+    if (i < r2.ntrace)
+      drpc_sim_trace_format(&r2.trace[i], b, sizeof b);
+    fprintf(f,
+            "determinism: MISMATCH seed=%llu at event #%zu\n  run 1: %s\n  "
+            "run 2: %s\n",
+            (unsigned long long)c->seed, i, a, b);
+    rc = 1;
+  }
+  print_result(o, c, &r1, f);
+  if (!r1.ok)
+    rc = 1;
+  drpc_sim_result_clear(&r1);
+  drpc_sim_result_clear(&r2);
+  return rc;
+}
+
+/* ---- shrinking ---------------------------------------------------------- */
+
+/* Reduces c's fault schedule to a smaller one that still fails: drop
+ * chunks of faults, halving the chunk size (delta debugging), then single
+ * faults, within SHRINK_BUDGET runs. */
+static int shrink(const sim_opts *o, drpc_sim_config *c, FILE *f) {
+  drpc_error err = DRPC_ERROR_INIT;
+  int runs = 0;
+  size_t start = c->nfaults;
+  drpc_sim_fault *cur = c->faults;
+  size_t n = c->nfaults;
+  drpc_sim_fault *trial = malloc((n ? n : 1) * sizeof *trial);
+  if (!trial)
+    return 2;
+  for (size_t chunk = n / 2 ? n / 2 : 1; chunk >= 1 && runs < SHRINK_BUDGET;
+       chunk /= 2) {
+    for (size_t i = 0; i < n && runs < SHRINK_BUDGET;) {
+      size_t end = i + chunk < n ? i + chunk : n;
+      size_t m = 0;
+      for (size_t k = 0; k < n; k++)
+        if (k < i || k >= end)
+          trial[m++] = cur[k];
+      c->faults = trial;
+      c->nfaults = m;
+      drpc_sim_result r;
+      runs++;
+      bool fails = run_config(o, c, &r, &err) == 0 && !r.ok;
+      drpc_sim_result_clear(&r);
+      drpc_error_clear(&err);
+      if (fails) {
+        /* Keep the smaller schedule; the same i now names the next chunk. */
+        memcpy(cur, trial, m * sizeof *cur);
+        n = m;
+      } else {
+        i = end;
+      }
+    }
+    if (chunk == 1)
+      break;
+  }
+  free(trial);
+  c->faults = cur;
+  c->nfaults = n;
+  fprintf(f, "shrink: %zu faults -> %zu in %d runs\n", start, n, runs);
+  return 0;
+}
+
+static int shrink_and_write(const sim_opts *o, drpc_sim_config *c, FILE *f) {
+  if (shrink(o, c, f))
+    return 2;
+  char path[512];
+  if (o->shrink_out)
+    snprintf(path, sizeof path, "%s", o->shrink_out);
+  else
+    snprintf(path, sizeof path, "drpc-sim-%s-%llu-shrunk.json", c->scenario,
+             (unsigned long long)c->seed);
+  char *text = drpc_sim_config_to_json(c);
+  if (!text || write_file(path, text)) {
+    free(text);
+    fprintf(stderr, "drpc sim: cannot write %s\n", path);
+    return 2;
+  }
+  free(text);
+  drpc_sim_result r;
+  drpc_error err = DRPC_ERROR_INIT;
+  if (run_config(o, c, &r, &err) == 0)
+    fprintf(f,
+            "shrunk schedule: %s (%zu faults, %s: %s)\n  replay: drpc sim %s "
+            "--schedule %s%s\n",
+            path, c->nfaults, r.ok ? "passes" : "fails", r.ok ? "-" : r.what,
+            c->scenario, path, o->plant ? " --plant-bug" : "");
+  drpc_sim_result_clear(&r);
+  drpc_error_clear(&err);
+  return 0;
+}
+
+/* ---- sweeps ---------------------------------------------------------------
+ */
+
+typedef struct job_pipe {
+  pid_t pid;
+  int fd;
+  char buf[4096];
+  size_t len;
+  uint64_t running_seed;
+  bool has_running;
+} job_pipe;
+
+typedef struct failure {
+  uint64_t seed;
+  char what[600];
+} failure;
+
+/* A child's share: seeds first, first + jobs, ... each reported on one
+ * line ("S seed" when it starts, "R seed ok sim_ns wall_s what" after). */
+static void sweep_child(const sim_opts *o, int fd, uint64_t first,
+                        uint64_t step) {
+  bool abandoned = false;
+  for (uint64_t seed = first; seed <= o->seed_to; seed += step) {
+    char line[1024];
+    int len = snprintf(line, sizeof line, "S %llu\n", (unsigned long long)seed);
+    if (write(fd, line, (size_t)len) < 0)
+      _exit(3);
+    drpc_sim_config c;
+    drpc_sim_result r;
+    memset(&r, 0, sizeof r);
+    drpc_error err = DRPC_ERROR_INIT;
+    bool ok = false;
+    const char *what = "";
+    uint64_t sim_ns = 0;
+    double wall_s = 0;
+    if (make_config(o, seed, &c, &err) == 0) {
+      if (run_config(o, &c, &r, &err) == 0) {
+        ok = r.ok;
+        what = r.what;
+        sim_ns = r.sim_ns;
+        wall_s = r.wall_s;
+        abandoned |= r.abandoned;
+        if (ok && o->determinism) {
+          drpc_sim_result r2;
+          if (run_config(o, &c, &r2, &err) == 0 && r2.hash != r.hash) {
+            ok = false;
+            snprintf(r.what, sizeof r.what,
+                     "determinism: two runs hashed %016llx and %016llx "
+                     "(rerun with --check-determinism for the first "
+                     "differing event)",
+                     (unsigned long long)r.hash, (unsigned long long)r2.hash);
+          }
+          abandoned |= r2.abandoned;
+        }
+      } else {
+        what = drpc_error_message(&err);
+      }
+      drpc_sim_config_clear(&c);
+    } else {
+      what = drpc_error_message(&err);
+    }
+    len = snprintf(line, sizeof line, "R %llu %d %llu %.6f t=%.6fs %s\n",
+                   (unsigned long long)seed, ok ? 1 : 0,
+                   (unsigned long long)sim_ns, wall_s,
+                   ok ? 0.0 : (double)r.violation_ns / 1e9, what);
+    for (char *p = line; p < line + len - 1; p++)
+      if (*p == '\n')
+        *p = ' ';
+    if (write(fd, line, (size_t)len) < 0)
+      _exit(3);
+    drpc_error_clear(&err);
+  }
+  close(fd);
+  /* Objects held by killed or stuck fibers were abandoned on purpose (see
+   * drpc_sim_result.abandoned): skip the leak check then. */
+  if (abandoned)
+    _exit(0);
+  exit(0);
+}
+
+static int sweep(const sim_opts *o) {
+  uint64_t nseeds = o->seed_to - o->seed + 1;
+  int jobs = o->jobs > 0 ? o->jobs : 1;
+  if ((uint64_t)jobs > nseeds)
+    jobs = (int)nseeds;
+  job_pipe *jp = calloc((size_t)jobs, sizeof *jp);
+  size_t fcap = 64, nfail = 0;
+  failure *fails = malloc(fcap * sizeof *fails);
+  if (!jp || !fails) {
+    free(jp);
+    free(fails);
+    return 2;
+  }
+  double t0 = wall(), last = 0;
+  fflush(NULL);
+  for (int j = 0; j < jobs; j++) {
+    int p[2];
+    if (pipe(p)) {
+      perror("pipe");
+      return 2;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+      perror("fork");
+      return 2;
+    }
+    if (pid == 0) {
+      close(p[0]);
+      for (int k = 0; k < j; k++)
+        close(jp[k].fd);
+      sweep_child(o, p[1], o->seed + (uint64_t)j, (uint64_t)jobs);
+    }
+    close(p[1]);
+    jp[j].pid = pid;
+    jp[j].fd = p[0];
+  }
+  uint64_t done = 0, sim_ns = 0;
+  double wall_sum = 0;
+  int open = jobs;
+  bool tty = isatty(2);
+  struct pollfd *pfd = calloc((size_t)jobs, sizeof *pfd);
+  while (open > 0 && pfd) {
+    for (int j = 0; j < jobs; j++) {
+      pfd[j].fd = jp[j].fd;
+      pfd[j].events = POLLIN;
+    }
+    if (poll(pfd, (nfds_t)jobs, 500) < 0 && errno != EINTR)
+      break;
+    for (int j = 0; j < jobs; j++) {
+      if (jp[j].fd < 0 || !(pfd[j].revents & (POLLIN | POLLHUP | POLLERR)))
+        continue;
+      ssize_t got = read(jp[j].fd, jp[j].buf + jp[j].len,
+                         sizeof jp[j].buf - 1 - jp[j].len);
+      if (got <= 0) {
+        close(jp[j].fd);
+        jp[j].fd = -1;
+        open--;
+        int st = 0;
+        waitpid(jp[j].pid, &st, 0);
+        if (jp[j].has_running) {
+          /* The child died inside a run: that seed crashed the process. */
+          if (nfail == fcap) {
+            fcap *= 2;
+            failure *nf = realloc(fails, fcap * sizeof *fails);
+            if (nf)
+              fails = nf;
+          }
+          if (nfail < fcap) {
+            fails[nfail].seed = jp[j].running_seed;
+            snprintf(fails[nfail].what, sizeof fails[nfail].what,
+                     "the simulator process died (%s %d)",
+                     WIFSIGNALED(st) ? "signal" : "exit status",
+                     WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+            nfail++;
+          }
+          done++;
+        }
+        continue;
+      }
+      jp[j].len += (size_t)got;
+      jp[j].buf[jp[j].len] = 0;
+      char *line = jp[j].buf, *nl;
+      while ((nl = strchr(line, '\n'))) {
+        *nl = 0;
+        unsigned long long seed = 0, sns = 0;
+        int ok = 0, off = 0;
+        double ws = 0;
+        if (line[0] == 'S' && sscanf(line, "S %llu", &seed) == 1) {
+          jp[j].running_seed = seed;
+          jp[j].has_running = true;
+        } else if (line[0] == 'R' && sscanf(line, "R %llu %d %llu %lf %n",
+                                            &seed, &ok, &sns, &ws, &off) == 4) {
+          jp[j].has_running = false;
+          done++;
+          sim_ns += sns;
+          wall_sum += ws;
+          if (!ok) {
+            if (nfail == fcap) {
+              fcap *= 2;
+              failure *nf = realloc(fails, fcap * sizeof *fails);
+              if (nf)
+                fails = nf;
+            }
+            if (nfail < fcap) {
+              fails[nfail].seed = seed;
+              snprintf(fails[nfail].what, sizeof fails[nfail].what, "%s",
+                       line + off);
+              nfail++;
+            }
+          }
+        }
+        line = nl + 1;
+      }
+      jp[j].len = strlen(line);
+      memmove(jp[j].buf, line, jp[j].len + 1);
+    }
+    double now = wall();
+    if (!o->quiet && (now - last >= (tty ? 0.2 : 2.0) || open == 0)) {
+      last = now;
+      double ratio = wall_sum > 0 ? (double)sim_ns / 1e9 / wall_sum : 0;
+      fprintf(stderr,
+              "%s[sweep %s] %llu/%llu seeds, %zu failing, sim/wall %.0fx, "
+              "%.1f s%s",
+              tty ? "\r" : "", o->scenario, (unsigned long long)done,
+              (unsigned long long)nseeds, nfail, ratio, now - t0,
+              tty ? "" : "\n");
+    }
+  }
+  if (tty && !o->quiet)
+    fprintf(stderr, "\n");
+  free(pfd);
+  double elapsed = wall() - t0;
+  double ratio = wall_sum > 0 ? (double)sim_ns / 1e9 / wall_sum : 0;
+  printf("sweep %s seeds %llu..%llu%s, %d workers, %d jobs, commit %s: %llu "
+         "done, %zu failing; sim %.3f s in %.3f s of runs (%.0fx), %.2f s "
+         "elapsed\n",
+         o->scenario, (unsigned long long)o->seed,
+         (unsigned long long)o->seed_to, o->swarm ? " (swarm)" : "", o->workers,
+         jobs, drpc_sim_commit(), (unsigned long long)done, nfail,
+         (double)sim_ns / 1e9, wall_sum, ratio, elapsed);
+  /* Children report in their own order: list failures by seed. */
+  for (size_t i = 1; i < nfail; i++)
+    for (size_t k = i; k > 0 && fails[k - 1].seed > fails[k].seed; k--) {
+      failure t = fails[k];
+      fails[k] = fails[k - 1];
+      fails[k - 1] = t;
+    }
+  if (nfail)
+    printf("failing seeds:\n");
+  for (size_t i = 0; i < nfail; i++) {
+    char cmd[512];
+    repro(o, fails[i].seed, cmd, sizeof cmd);
+    printf("  seed %llu: %s\n    reproduce: %s\n",
+           (unsigned long long)fails[i].seed, fails[i].what, cmd);
+  }
+  int rc = nfail ? 1 : 0;
+  if (nfail && o->shrink) {
+    drpc_sim_config c;
+    drpc_error err = DRPC_ERROR_INIT;
+    if (make_config(o, fails[0].seed, &c, &err) == 0) {
+      printf("shrinking seed %llu\n", (unsigned long long)fails[0].seed);
+      shrink_and_write(o, &c, stdout);
+      drpc_sim_config_clear(&c);
+    }
+    drpc_error_clear(&err);
+  }
+  free(fails);
+  free(jp);
+  return rc;
+}
+
+/* ---- drpc sim -------------------------------------------------------------
+ */
+
+static int parse_seeds(const char *s, uint64_t *a, uint64_t *b) {
+  char *end;
+  errno = 0;
+  unsigned long long x = strtoull(s, &end, 10);
+  if (errno || end == s || strncmp(end, "..", 2) != 0)
+    return -1;
+  const char *t = end + 2;
+  unsigned long long y = strtoull(t, &end, 10);
+  if (errno || end == t || *end || y < x || y - x >= MAX_SWEEP_SEEDS)
+    return -1;
+  *a = x;
+  *b = y;
+  return 0;
+}
+
+int drpc_cmd_sim(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"workers", required_argument, 0, 'w'},
+      {"iters", required_argument, 0, 'i'},
+      {"seed", required_argument, 0, 's'},
+      {"seeds", required_argument, 0, 'S'},
+      {"swarm", no_argument, 0, 'W'},
+      {"no-faults", no_argument, 0, 'n'},
+      {"jobs", required_argument, 0, 'j'},
+      {"schedule", required_argument, 0, 'f'},
+      {"dump-schedule", required_argument, 0, 'd'},
+      {"check-determinism", no_argument, 0, 'D'},
+      {"shrink", no_argument, 0, 'k'},
+      {"shrink-out", required_argument, 0, 'o'},
+      {"verbose", no_argument, 0, 'v'},
+      {"quiet", no_argument, 0, 'q'},
+      {"plant-bug", no_argument, 0, 'P'},
+      {"list", no_argument, 0, 'l'},
+      {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
+  sim_opts o = {0};
+  o.faults = true;
+  o.jobs = 1;
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    switch (c) {
+    case 'w':
+      o.workers =
+          (int)drpc_tools_parse_int("--workers", optarg, 1, DRPC_SIM_MAX_NODES);
+      break;
+    case 'i':
+      o.iters = (int)drpc_tools_parse_int("--iters", optarg, 1, 100000000);
+      break;
+    case 's':
+      o.seed = (uint64_t)drpc_tools_parse_int("--seed", optarg, 0, INT64_MAX);
+      o.have_seed = true;
+      break;
+    case 'S':
+      if (parse_seeds(optarg, &o.seed, &o.seed_to)) {
+        fprintf(stderr, "drpc sim: --seeds expects A..B, got '%s'\n", optarg);
+        return 2;
+      }
+      o.sweep = o.have_seed = true;
+      break;
+    case 'W':
+      o.swarm = true;
+      break;
+    case 'n':
+      o.faults = false;
+      break;
+    case 'j':
+      o.jobs = (int)drpc_tools_parse_int("--jobs", optarg, 1, MAX_JOBS);
+      break;
+    case 'f':
+      o.schedule = optarg;
+      break;
+    case 'd':
+      o.dump = optarg;
+      break;
+    case 'D':
+      o.determinism = true;
+      break;
+    case 'k':
+      o.shrink = true;
+      break;
+    case 'o':
+      o.shrink_out = optarg;
+      break;
+    case 'v':
+      o.verbose = true;
+      break;
+    case 'q':
+      o.quiet = true;
+      break;
+    case 'P':
+      o.plant = true;
+      break;
+    case 'l':
+      list_scenarios(stdout);
+      return 0;
+    case 'h':
+      usage_sim(stdout);
+      printf("\nscenarios:\n");
+      list_scenarios(stdout);
+      return 0;
+    default:
+      usage_sim(stderr);
+      return 2;
+    }
+  }
+  if (optind + 1 != argc) {
+    usage_sim(stderr);
+    return 2;
+  }
+  o.scenario = argv[optind];
+  const drpc_scenario *scn = drpc_scenario_find(o.scenario);
+  if (!scn) {
+    fprintf(stderr, "drpc sim: unknown scenario '%s'; scenarios:\n",
+            o.scenario);
+    list_scenarios(stderr);
+    return 2;
+  }
+  if (scn->needs_rrefs) {
+    fprintf(stderr,
+            "drpc sim: scenario '%s' needs remote references, which the core "
+            "does not have yet\n",
+            o.scenario);
+    return 2;
+  }
+  if (!o.workers)
+    o.workers = scn->default_workers;
+  if (!o.have_seed) {
+    /* No seed given: pick one, and say which, so the run can be repeated. */
+    o.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 20);
+    o.seed &= INT64_MAX;
+  }
+  if (o.sweep)
+    return sweep(&o);
+
+  drpc_sim_config cfg;
+  drpc_error err = DRPC_ERROR_INIT;
+  if (make_config(&o, o.seed, &cfg, &err)) {
+    fprintf(stderr, "drpc sim: %s\n", drpc_error_message(&err));
+    drpc_error_clear(&err);
+    return 2;
+  }
+  if (o.schedule) {
+    o.scenario = cfg.scenario;
+    o.workers = cfg.workers;
+  }
+  printf("drpc sim %s: seed=%llu workers=%d commit=%s\n", cfg.scenario,
+         (unsigned long long)cfg.seed, cfg.workers, drpc_sim_commit());
+  drpc_sim_config_describe(&cfg, stdout);
+  if (o.dump) {
+    char *text = drpc_sim_config_to_json(&cfg);
+    if (!text || write_file(o.dump, text))
+      fprintf(stderr, "drpc sim: cannot write %s\n", o.dump);
+    free(text);
+  }
+  int rc;
+  bool abandoned = false;
+  if (o.determinism) {
+    rc = check_determinism(&o, &cfg, stdout);
+    abandoned = true; /* two runs: either may have abandoned objects */
+  } else {
+    drpc_sim_result r;
+    if (run_config(&o, &cfg, &r, &err)) {
+      fprintf(stderr, "drpc sim: %s\n", drpc_error_message(&err));
+      drpc_error_clear(&err);
+      drpc_sim_config_clear(&cfg);
+      return 2;
+    }
+    print_result(&o, &cfg, &r, stdout);
+    rc = r.ok ? 0 : 1;
+    abandoned = r.abandoned;
+    drpc_sim_result_clear(&r);
+    if (!r.ok && o.shrink) {
+      shrink_and_write(&o, &cfg, stdout);
+      abandoned = true;
+    }
+  }
+  drpc_sim_config_clear(&cfg);
+  fflush(NULL);
+  /* Runs that killed or stranded fibers abandon what those fibers owned,
+   * as the OS reclaims a killed process: skip the exit-time leak check. */
+  if (abandoned)
+    _exit(rc);
+  return rc;
+}
+
+/* ---- drpc run: the same scenario as real processes ------------------------
+ */
+
+static atomic_int real_violations;
+
+static void real_compute(const drpc_scn_host *h, drpc_agent *a, uint64_t ns) {
+  (void)h;
+  (void)a;
+  struct timespec ts = {(time_t)(ns / 1000000000u), (long)(ns % 1000000000u)};
+  while (nanosleep(&ts, &ts) && errno == EINTR)
+    ;
+}
+
+static void real_violation(const drpc_scn_host *h, drpc_agent *a,
+                           const char *msg) {
+  (void)h;
+  (void)a;
+  atomic_fetch_add(&real_violations, 1);
+  fprintf(stderr, "VIOLATION: %s\n", msg);
+}
+
+static void usage_run(FILE *f) {
+  fprintf(f, "usage: drpc run <scenario> [--workers N] [--iters N] "
+             "[--timeout S]\n"
+             "\n"
+             "Runs a scenario as N real processes over loopback TCP (rank 0 "
+             "hosts\nthe store on a free port), with the scenario's own "
+             "checks, and\nreports each worker's outcome. --timeout bounds "
+             "the whole run\n(default 120 s).\n");
+}
+
+static int run_worker(const drpc_scenario *scn, int rank, int world, int iters,
+                      const char *init) {
+  drpc_scn_host h = {real_compute, real_violation, false, iters, 0, NULL};
+  drpc_registry *reg = drpc_registry_default();
+  if (scn->register_fns(reg, &h))
+    return 1;
+  drpc_options o;
+  drpc_options_default(&o);
+  o.init_method = init;
+  o.rpc_timeout_s = scn->rpc_timeout_s;
+  o.shutdown_timeout_s = scn->shutdown_timeout_s;
+  char name[16];
+  drpc_scn_worker_name(rank, name, sizeof name);
+  drpc_agent *a = NULL;
+  drpc_error err = DRPC_ERROR_INIT;
+  if (drpc_init(&a, name, rank, world, &o, &err)) {
+    fprintf(stderr, "%s: %s\n", name, drpc_error_message(&err));
+    return 1;
+  }
+  int rc = scn->run(a, rank, world, &h, &err);
+  if (rc)
+    fprintf(stderr, "%s: program failed: %s\n", name, drpc_error_message(&err));
+  drpc_error_clear(&err);
+  if (drpc_shutdown(a, true, scn->shutdown_timeout_s, &err)) {
+    fprintf(stderr, "%s: shutdown: %s\n", name, drpc_error_message(&err));
+    rc = 1;
+  }
+  drpc_error_clear(&err);
+  return rc || atomic_load(&real_violations) ? 1 : 0;
+}
+
+int drpc_cmd_run(int argc, char **argv) {
+  static const struct option opts[] = {{"workers", required_argument, 0, 'w'},
+                                       {"iters", required_argument, 0, 'i'},
+                                       {"timeout", required_argument, 0, 't'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+  int workers = 0, iters = 0;
+  double timeout_s = 120;
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    switch (c) {
+    case 'w':
+      workers = (int)drpc_tools_parse_int("--workers", optarg, 1, 256);
+      break;
+    case 'i':
+      iters = (int)drpc_tools_parse_int("--iters", optarg, 1, 100000000);
+      break;
+    case 't':
+      timeout_s = drpc_tools_parse_double("--timeout", optarg, 0.1, 1e6);
+      break;
+    case 'h':
+      usage_run(stdout);
+      return 0;
+    default:
+      usage_run(stderr);
+      return 2;
+    }
+  }
+  if (optind + 1 != argc) {
+    usage_run(stderr);
+    return 2;
+  }
+  const drpc_scenario *scn = drpc_scenario_find(argv[optind]);
+  if (!scn || scn->needs_rrefs || !scn->run) {
+    fprintf(stderr, "drpc run: %s scenario '%s'\n",
+            scn ? "not yet runnable:" : "unknown", argv[optind]);
+    return 2;
+  }
+  if (!workers)
+    workers = scn->default_workers;
+  if (workers < scn->min_workers || workers > scn->max_workers) {
+    fprintf(stderr, "drpc run: %s runs with %d to %d workers\n", scn->name,
+            scn->min_workers, scn->max_workers);
+    return 2;
+  }
+  if (!iters)
+    iters = scn->default_iters;
+  char init[64];
+  snprintf(init, sizeof init, "tcp://127.0.0.1:%d", drpc_tools_free_port());
+  pid_t *pids = calloc((size_t)workers, sizeof *pids);
+  int *status = calloc((size_t)workers, sizeof *status);
+  if (!pids || !status)
+    return 2;
+  double t0 = wall();
+  fflush(NULL);
+  for (int r = 0; r < workers; r++) {
+    pids[r] = fork();
+    if (pids[r] == 0)
+      _exit(run_worker(scn, r, workers, iters, init));
+    if (pids[r] < 0) {
+      perror("fork");
+      workers = r;
+      break;
+    }
+  }
+  int left = workers;
+  bool timed_out = false;
+  while (left > 0) {
+    for (int r = 0; r < workers; r++) {
+      if (pids[r] <= 0)
+        continue;
+      int st;
+      if (waitpid(pids[r], &st, WNOHANG) == pids[r]) {
+        status[r] = st;
+        pids[r] = 0;
+        left--;
+      }
+    }
+    if (left > 0 && wall() - t0 > timeout_s) {
+      timed_out = true;
+      for (int r = 0; r < workers; r++)
+        if (pids[r] > 0) {
+          kill(pids[r], SIGKILL);
+          waitpid(pids[r], &status[r], 0);
+          pids[r] = -1;
+        }
+      break;
+    }
+    struct timespec tick = {0, 5 * 1000 * 1000};
+    nanosleep(&tick, NULL);
+  }
+  int failed = 0;
+  for (int r = 0; r < workers; r++) {
+    int st = status[r];
+    bool ok = pids[r] == 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+    if (!ok) {
+      failed++;
+      fprintf(stderr, "drpc run %s: w%d %s\n", scn->name, r,
+              pids[r] < 0       ? "killed at the timeout"
+              : WIFSIGNALED(st) ? "died of a signal"
+                                : "failed");
+    }
+  }
+  printf("drpc run %s: %d workers over %s, %d iters: %s in %.3f s%s\n",
+         scn->name, workers, init, iters, failed ? "FAIL" : "ok", wall() - t0,
+         timed_out ? " (timed out)" : "");
+  free(pids);
+  free(status);
+  return failed ? 1 : 0;
+}
+
+/* ---- drpc bench sim ------------------------------------------------------ */
+
+static void usage_bench_sim(FILE *f) {
+  fprintf(f, "usage: drpc bench sim [--json] [--workers N] [--iters N]\n"
+             "                      [--think-ms M]\n"
+             "\n"
+             "Runs the fanout scenario (default 16 workers, no faults) in the "
+             "simulator\ntwice: dense (workers call again at once) for "
+             "simulated message\ndeliveries per wall second, and with M ms "
+             "of work between rounds\n(default 100, a training step) for the "
+             "simulated-to-wall time ratio.\n(The ps scenario replaces "
+             "fanout once RRefs land.)\n");
+}
+
+int drpc_cmd_bench_sim(int argc, char **argv) {
+  static const struct option opts[] = {{"json", no_argument, 0, 'j'},
+                                       {"workers", required_argument, 0, 'w'},
+                                       {"iters", required_argument, 0, 'i'},
+                                       {"think-ms", required_argument, 0, 't'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+  bool json = false;
+  int workers = 16, iters = 200;
+  double think_ms = 100;
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    switch (c) {
+    case 'j':
+      json = true;
+      break;
+    case 'w':
+      workers =
+          (int)drpc_tools_parse_int("--workers", optarg, 1, DRPC_SIM_MAX_NODES);
+      break;
+    case 'i':
+      iters = (int)drpc_tools_parse_int("--iters", optarg, 1, 10000000);
+      break;
+    case 't':
+      think_ms = drpc_tools_parse_double("--think-ms", optarg, 0, 1e6);
+      break;
+    case 'h':
+      usage_bench_sim(stdout);
+      return 0;
+    default:
+      usage_bench_sim(stderr);
+      return 2;
+    }
+  }
+  drpc_sim_result r[2];
+  for (int k = 0; k < 2; k++) {
+    drpc_sim_config cfg;
+    drpc_error err = DRPC_ERROR_INIT;
+    if (drpc_sim_config_draw(&cfg, "fanout", workers, iters, 1, false, false,
+                             &err) ||
+        (cfg.threads = 16, cfg.think_ns = k ? (uint64_t)(think_ms * 1e6) : 0,
+         drpc_sim_run(&cfg, &r[k], &err)) ||
+        !r[k].ok) {
+      fprintf(stderr, "drpc bench sim: %s\n",
+              err.code ? drpc_error_message(&err) : r[k].what);
+      drpc_error_clear(&err);
+      drpc_sim_config_clear(&cfg);
+      return 1;
+    }
+    drpc_sim_config_clear(&cfg);
+  }
+  double dps = (double)r[0].deliveries / r[0].wall_s;
+  double eps = (double)r[0].events / r[0].wall_s;
+  double ratio_dense = (double)r[0].sim_ns / 1e9 / r[0].wall_s;
+  double ratio = (double)r[1].sim_ns / 1e9 / r[1].wall_s;
+  if (json) {
+    printf("{\"scenario\": \"fanout\", \"workers\": %d, \"iters\": %d, "
+           "\"commit\": \"%s\", \"deliveries_per_s\": %.0f, "
+           "\"events_per_s\": %.0f, \"dense_sim_to_wall\": %.2f, "
+           "\"think_ms\": %.1f, \"sim_to_wall\": %.1f, "
+           "\"dense_deliveries\": %llu, \"dense_wall_s\": %.3f, "
+           "\"stepped_sim_s\": %.3f, \"stepped_wall_s\": %.3f}\n",
+           workers, iters, drpc_sim_commit(), dps, eps, ratio_dense, think_ms,
+           ratio, (unsigned long long)r[0].deliveries, r[0].wall_s,
+           (double)r[1].sim_ns / 1e9, r[1].wall_s);
+  } else {
+    printf("bench sim (fanout, %d workers, %d rounds, commit %s)\n", workers,
+           iters, drpc_sim_commit());
+    printf("  dense:   %llu deliveries in %.3f s wall: %.0f deliveries/s, "
+           "%.0f events/s; sim/wall %.2fx\n",
+           (unsigned long long)r[0].deliveries, r[0].wall_s, dps, eps,
+           ratio_dense);
+    printf("  stepped: %.0f ms of work per round: %.3f s simulated in %.3f s "
+           "wall: sim/wall %.0fx\n",
+           think_ms, (double)r[1].sim_ns / 1e9, r[1].wall_s, ratio);
+  }
+  return 0;
+}
