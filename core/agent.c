@@ -330,16 +330,19 @@ static void notify_idle(drpc_agent *a) {
 }
 
 /* Removes the call from every table; the caller completes its future. */
+/* The call stops counting as active before its future completes, so code
+ * that sees the future done also sees the metrics say so. */
 static void call_detach(drpc_agent *a, pcall *c) {
   drpc_map_remove(&a->calls, c->id);
   heap_remove(a, c);
+  atomic_fetch_sub(&a->client_active, 1);
 }
 
 static void call_finish(drpc_agent *a, pcall *c) {
   rec(a, DRPC_EV_OUT_FUTURE, c->dst, c->id, 0);
   drpc_future_decref(c->fut);
   free(c);
-  if (atomic_fetch_sub(&a->client_active, 1) == 1)
+  if (atomic_load(&a->client_active) == 0)
     notify_idle(a);
 }
 
@@ -1668,8 +1671,10 @@ static int rendezvous(drpc_agent *a, int64_t rank, drpc_error *err) {
   const char *mode = a->world_size > 0 ? "true" : "false";
   rc = drpc_store_compare_set(a->store, "rpcIsStaticGroup", "", 0, mode,
                               strlen(mode), &actual, &alen, err);
-  if (rc)
-    return drpc_error_prefix(err, "rendezvous failed");
+  if (rc) {
+    drpc_error_prefix(err, "rendezvous failed");
+    return rc;
+  }
   if (alen != strlen(mode) || memcmp(actual, mode, alen) != 0) {
     rc = drpc_error_set(
         err, DRPC_EINVAL,
@@ -1703,9 +1708,10 @@ static int rendezvous(drpc_agent *a, int64_t rank, drpc_error *err) {
   for (size_t r = 0; r < n; r++) {
     char *name = NULL;
     snprintf(key, sizeof key, "names/%zu", r);
-    if ((rc = store_get_str(a->store, key, wait_s, &name, err)))
-      return drpc_error_prefix(err, "rendezvous: waiting for worker rank %zu",
-                               r);
+    if ((rc = store_get_str(a->store, key, wait_s, &name, err))) {
+      drpc_error_prefix(err, "rendezvous: waiting for worker rank %zu", r);
+      return rc;
+    }
     rc = drpc_worker_info_init(&a->peers[r].info, name, (int64_t)r, err);
     free(name);
     if (rc)
@@ -1720,9 +1726,11 @@ static int rendezvous(drpc_agent *a, int64_t rank, drpc_error *err) {
   }
   for (size_t r = 0; r < n; r++) {
     snprintf(key, sizeof key, "addrs/%s", a->peers[r].info.name);
-    if ((rc = store_get_str(a->store, key, wait_s, &a->peers[r].addr, err)))
-      return drpc_error_prefix(err, "rendezvous: address of %s",
-                               a->peers[r].info.name);
+    if ((rc = store_get_str(a->store, key, wait_s, &a->peers[r].addr, err))) {
+      drpc_error_prefix(err, "rendezvous: address of %s",
+                        a->peers[r].info.name);
+      return rc;
+    }
   }
   qsort(a->peers, n, sizeof *a->peers, cmp_peer);
   for (size_t r = 0; r < n; r++)
@@ -1900,11 +1908,15 @@ static int barrier_round(drpc_agent *a, int64_t active, int64_t *sum,
   int rc;
   if ((rc = drpc_store_set_str(a->store, karr, "1", err)) ||
       (rc = drpc_store_add(a->store, kact, active, &total, err)) ||
-      (rc = drpc_store_add(a->store, kcnt, 1, &count, err)))
-    return drpc_error_prefix(err, "%s", what);
+      (rc = drpc_store_add(a->store, kcnt, 1, &count, err))) {
+    drpc_error_prefix(err, "%s", what);
+    return rc;
+  }
   if (count == a->world_size &&
-      (rc = drpc_store_set_str(a->store, krdy, "", err)))
-    return drpc_error_prefix(err, "%s", what);
+      (rc = drpc_store_set_str(a->store, krdy, "", err))) {
+    drpc_error_prefix(err, "%s", what);
+    return rc;
+  }
   const char *keys[1] = {krdy};
   drpc_error werr = DRPC_ERROR_INIT;
   rc = drpc_store_wait(a->store, keys, 1, seconds_left(a, deadline), &werr);
@@ -1919,8 +1931,10 @@ static int barrier_round(drpc_agent *a, int64_t active, int64_t *sum,
     drpc_error_clear(&werr);
     return rc;
   }
-  if (drpc_store_add(a->store, kact, 0, sum, err))
-    return drpc_error_prefix(err, "%s", what);
+  if ((rc = drpc_store_add(a->store, kact, 0, sum, err))) {
+    drpc_error_prefix(err, "%s", what);
+    return rc;
+  }
   return 0;
 }
 

@@ -84,6 +84,12 @@ struct drpc_rctx {
   /* Published for debug info and shutdown waits (written on the loop). */
   _Atomic int64_t n_owners, n_forks, n_pending_users, n_pending_futures,
       n_children;
+  /* The four debug-info counters as the teardown found them (set once,
+   * by drpc_rctx_destroy, before it drops the tables and zeroes the live
+   * counters), so a check after shutdown sees what was left rather than
+   * the zeroes teardown leaves. at_stop_set publishes them. */
+  _Atomic int64_t at_stop[4];
+  atomic_bool at_stop_set;
 };
 
 static void ctx_incref(drpc_rctx *c) {
@@ -406,6 +412,13 @@ static void add_fork(drpc_rctx *c, drpc_rref_id id, uint64_t fk) {
   atomic_fetch_add(&c->n_forks, 1);
 }
 
+/* A test-only fault switch, for the simulator's self-test alone
+ * (tests/test_sim_rref.c): when non-zero, a deleted fork is not taken off
+ * the num_forks counter (the tables stay right, so shutdown still
+ * succeeds). The simulator's RRef checker must report the count left at
+ * shutdown. Nothing else may set it. */
+int drpc_test_fault_miscount_forks = 0;
+
 /* Removes fork fk; the owner leaves the table with its last fork. Returns
  * whether the fork was there. */
 static bool del_fork(drpc_rctx *c, drpc_rref_id id, uint64_t fk) {
@@ -419,7 +432,8 @@ static bool del_fork(drpc_rctx *c, drpc_rref_id id, uint64_t fk) {
     return false;
   memmove(s->keys + i, s->keys + i + 1, (s->len - i - 1) * sizeof *s->keys);
   s->len--;
-  atomic_fetch_sub(&c->n_forks, 1);
+  if (!drpc_test_fault_miscount_forks)
+    atomic_fetch_sub(&c->n_forks, 1);
   if (s->len == 0) {
     drpc_map_remove(&c->forks, k);
     free(s->keys);
@@ -1470,6 +1484,11 @@ static bool append(char **s, size_t *len, size_t *cap, const char *fmt, ...) {
 char *drpc_rctx_destroy(drpc_rctx *c) {
   if (atomic_exchange(&c->destroyed, true))
     return NULL;
+  atomic_store(&c->at_stop[0], atomic_load(&c->n_owners));
+  atomic_store(&c->at_stop[1], atomic_load(&c->n_pending_futures));
+  atomic_store(&c->at_stop[2], atomic_load(&c->n_pending_users));
+  atomic_store(&c->at_stop[3], atomic_load(&c->n_forks));
+  atomic_store(&c->at_stop_set, true);
   char *leaks = NULL;
   size_t len = 0, cap = 0;
   size_t n = 0;
@@ -1539,6 +1558,14 @@ int drpc_rctx_debug_info(drpc_rctx *c, drpc_value *d) {
       put_count(d, "num_pending_users", atomic_load(&c->n_pending_users)) ||
       put_count(d, "num_forks", atomic_load(&c->n_forks)))
     return DRPC_ENOMEM;
+  if (!atomic_load(&c->at_stop_set))
+    return 0;
+  static const char *const keys[4] = {
+      "num_owner_rrefs_at_shutdown", "num_pending_futures_at_shutdown",
+      "num_pending_users_at_shutdown", "num_forks_at_shutdown"};
+  for (int i = 0; i < 4; i++)
+    if (put_count(d, keys[i], atomic_load(&c->at_stop[i])))
+      return DRPC_ENOMEM;
   return 0;
 }
 

@@ -1,33 +1,14 @@
 /* The scenario table and the helpers every scenario shares. */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "scenario.h"
 
-/* Remote-reference scenarios, listed so `drpc sim --list` shows them;
- * they get programs when RRefs land in the core. */
-static const drpc_scenario scn_ps = {
-    .name = "ps",
-    .summary = "parameter server over RRefs (needs RRefs; not yet runnable)",
-    .min_workers = 2,
-    .max_workers = 64,
-    .default_workers = 4,
-    .needs_rrefs = true,
-};
-static const drpc_scenario scn_rref_chain = {
-    .name = "rref_chain",
-    .summary = "RRefs forwarded along a chain of workers (needs RRefs; not "
-               "yet runnable)",
-    .min_workers = 2,
-    .max_workers = 64,
-    .default_workers = 4,
-    .needs_rrefs = true,
-};
-
 static const drpc_scenario *const all[] = {
     &drpc_scn_echo,           &drpc_scn_fanout, &drpc_scn_timeouts,
-    &drpc_scn_shutdown_storm, &scn_ps,          &scn_rref_chain,
+    &drpc_scn_shutdown_storm, &drpc_scn_ps,     &drpc_scn_rref_chain,
 };
 
 const drpc_scenario *const *drpc_scenario_list(size_t *n) {
@@ -65,8 +46,11 @@ void drpc_scn_violation(const drpc_scn_host *h, drpc_agent *a, const char *fmt,
 
 bool drpc_scn_check_error(const drpc_scn_host *h, drpc_agent *a,
                           const drpc_error *err, const char *what) {
-  if (h->faults && drpc_scn_fault_error(err))
+  if (h->faults && drpc_scn_fault_error(err)) {
+    if (h->tolerated)
+      h->tolerated(h, a, err);
     return false;
+  }
   drpc_scn_violation(h, a, "%s: %s: %s", drpc_agent_self(a)->name, what,
                      drpc_error_message(err));
   return true;
@@ -74,4 +58,38 @@ bool drpc_scn_check_error(const drpc_scn_host *h, drpc_agent *a,
 
 void drpc_scn_worker_name(int r, char *buf, size_t n) {
   snprintf(buf, n, "w%d", r);
+}
+
+const char *const drpc_scn_rref_counters[4] = {
+    "num_owner_rrefs", "num_pending_futures", "num_pending_users", "num_forks"};
+
+int64_t drpc_scn_debug_count(drpc_agent *a, const char *key) {
+  drpc_value *d = drpc_agent_debug_info(a);
+  const drpc_value *v = drpc_dict_get(d, key);
+  int64_t n =
+      v && v->kind == DRPC_VAL_STR ? strtoll(v->u.s.data, NULL, 10) : INT64_MIN;
+  drpc_value_free(d);
+  return n;
+}
+
+void drpc_scn_rref_shutdown(drpc_agent *a, const drpc_scn_host *h,
+                            double timeout_s) {
+  drpc_error e = DRPC_ERROR_INIT;
+  if (drpc_agent_shutdown(a, true, timeout_s, &e))
+    drpc_scn_check_error(h, a, &e, "graceful shutdown");
+  drpc_error_clear(&e);
+  if (h->faults)
+    return;
+  for (int k = 0; k < 4; k++) {
+    char key[64];
+    snprintf(key, sizeof key, "%s_at_shutdown", drpc_scn_rref_counters[k]);
+    int64_t now = drpc_scn_debug_count(a, drpc_scn_rref_counters[k]);
+    int64_t left = drpc_scn_debug_count(a, key);
+    if (now != 0 || left != 0)
+      drpc_scn_violation(h, a,
+                         "%s: after graceful shutdown %s is %lld (%lld when "
+                         "the agent stopped)",
+                         drpc_agent_self(a)->name, drpc_scn_rref_counters[k],
+                         (long long)now, (long long)left);
+  }
 }

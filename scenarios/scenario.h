@@ -31,6 +31,10 @@ struct drpc_scn_host {
    * unless a bench asks for it. */
   uint64_t think_ns;
   void *user; /* the host's state */
+  /* Told of each call failure a fault explains (so a run can say how
+   * many it tolerated); may be NULL. */
+  void (*tolerated)(const drpc_scn_host *h, drpc_agent *a,
+                    const drpc_error *err);
 };
 
 typedef struct drpc_scenario {
@@ -63,7 +67,8 @@ const drpc_scenario *drpc_scenario_find(const char *name);
  * a timeout, a peer that shut down. */
 bool drpc_scn_fault_error(const drpc_error *err);
 /* Reports "rank R: what: message" through h->violation unless the error
- * is a fault outcome and faults are on; returns true when it reported. */
+ * is a fault outcome and faults are on (then h->tolerated hears of it);
+ * returns true when it reported. */
 bool drpc_scn_check_error(const drpc_scn_host *h, drpc_agent *a,
                           const drpc_error *err, const char *what);
 /* Reports a formatted violation. */
@@ -71,11 +76,23 @@ void drpc_scn_violation(const drpc_scn_host *h, drpc_agent *a, const char *fmt,
                         ...) __attribute__((format(printf, 3, 4)));
 /* The name of worker rank r ("w<r>"). */
 void drpc_scn_worker_name(int r, char *buf, size_t n);
+/* The four RRef debug-info counters (num_owner_rrefs, ...). */
+extern const char *const drpc_scn_rref_counters[4];
+/* The debug-info entry key of a (a count kept as a string), INT64_MIN
+ * when absent. */
+int64_t drpc_scn_debug_count(drpc_agent *a, const char *key);
+/* Shuts a down gracefully within timeout_s (errors go through
+ * drpc_scn_check_error); without faults, reports any RRef counter that is
+ * not zero afterwards, or was not when the agent stopped. */
+void drpc_scn_rref_shutdown(drpc_agent *a, const drpc_scn_host *h,
+                            double timeout_s);
 
 extern const drpc_scenario drpc_scn_echo;
 extern const drpc_scenario drpc_scn_fanout;
 extern const drpc_scenario drpc_scn_timeouts;
 extern const drpc_scenario drpc_scn_shutdown_storm;
+extern const drpc_scenario drpc_scn_ps;
+extern const drpc_scenario drpc_scn_rref_chain;
 
 #ifdef __cplusplus
 }

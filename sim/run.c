@@ -94,6 +94,57 @@ static void host_violation(const drpc_scn_host *h, drpc_agent *a,
   sim_violation(h->user, "%s", msg);
 }
 
+/* The RRef checker, after a worker's graceful shutdown: the counters as
+ * the agent found them when it stopped. A clean run leaves nothing: no
+ * owner RRef, no control message waiting, no user waiting for its owner,
+ * no fork. Under faults leftovers are expected (a lost USER_DELETE gives
+ * up after its retries) and only counted. */
+static void check_rrefs(sim *s, sim_node *n, drpc_agent *a) {
+  char what[300];
+  size_t used = 0;
+  bool dirty = false;
+  what[0] = 0;
+  for (int k = 0; k < 4; k++) {
+    char key[64];
+    snprintf(key, sizeof key, "%s_at_shutdown", drpc_scn_rref_counters[k]);
+    int64_t left = drpc_scn_debug_count(a, key);
+    int64_t now = drpc_scn_debug_count(a, drpc_scn_rref_counters[k]);
+    if (left == INT64_MIN) {
+      if (!s->host.faults)
+        sim_violation(s,
+                      "rref: %s reports no RRef counters after its "
+                      "graceful shutdown",
+                      n->name);
+      return;
+    }
+    s->res->rref_left[k] += left;
+    if (left == 0 && now == 0)
+      continue;
+    dirty = true;
+    int w =
+        snprintf(what + used, sizeof what - used, "%s%s=%lld", used ? ", " : "",
+                 drpc_scn_rref_counters[k], (long long)(left ? left : now));
+    if (w > 0 && (size_t)w < sizeof what - used)
+      used += (size_t)w;
+  }
+  if (!dirty)
+    return;
+  s->res->rref_nodes_left++;
+  if (!s->host.faults)
+    sim_violation(s,
+                  "rref: %s left %s after a graceful shutdown without "
+                  "faults",
+                  n->name, what);
+}
+
+static void host_tolerated(const drpc_scn_host *h, drpc_agent *a,
+                           const drpc_error *err) {
+  (void)a;
+  (void)err;
+  sim *s = h->user;
+  s->res->tolerated++;
+}
+
 /* One worker: start the agent (a rendezvous through the shared store),
  * run the program, shut down gracefully. */
 static void node_main(void *arg) {
@@ -119,6 +170,7 @@ static void node_main(void *arg) {
     if (rc && (!s->host.faults || !drpc_scn_fault_error(&err)))
       sim_violation(s, "%s: graceful shutdown failed: %s", n->name,
                     drpc_error_message(&err));
+    check_rrefs(s, n, a);
   }
   drpc_error_clear(&err);
   n->main_done = true;
@@ -323,6 +375,7 @@ int drpc_sim_run(const drpc_sim_config *c, drpc_sim_result *r,
   s->reg = drpc_registry_new();
   s->host.compute = host_compute;
   s->host.violation = host_violation;
+  s->host.tolerated = host_tolerated;
   s->host.faults = c->nfaults > 0;
   s->host.iters = c->iters > 0 ? c->iters : scn->default_iters;
   s->host.think_ns = c->think_ns;
@@ -332,6 +385,8 @@ int drpc_sim_run(const drpc_sim_config *c, drpc_sim_result *r,
   s->opts.shutdown_timeout_s = scn->shutdown_timeout_s;
   s->opts.num_worker_threads = c->threads > 0 ? c->threads : 4;
   s->opts.registry = s->reg;
+  /* Without faults a leaked RRef fails the graceful shutdown itself. */
+  s->opts.ignore_rref_leak = s->host.faults;
   sim_node_init(s, &s->store_node, -1);
   s->store = drpc_store_memory_new(&s->store_node.env);
   if (!s->reg || !s->store || scn->register_fns(s->reg, &s->host)) {

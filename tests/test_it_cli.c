@@ -104,8 +104,6 @@ static char store_init[128];
 /* Starts `drpc store --port 0` and reads the port it printed. */
 static pid_t start_store(int *port, char *out_path, size_t n) {
   it_tmp_path(out_path, n, "store.out");
-  char err_path[200];
-  it_tmp_path(err_path, sizeof err_path, "store.err");
   const char *argv[] = {it_drpc_bin(), "store", "--port", "0", NULL};
   pid_t pid = it_spawn((char *const *)argv, NULL, out_path, NULL, 50);
   *port = 0;
@@ -160,6 +158,7 @@ static void test_store_serves_workers(void) {
   CHECK(store > 0 && port > 0);
   if (port <= 0) {
     it_kill(store);
+    unlink(store_out);
     return;
   }
   snprintf(store_init, sizeof store_init, "tcp://127.0.0.1:%d", port);

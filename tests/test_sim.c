@@ -168,9 +168,11 @@ static void test_bad_input(void) {
   CHECK_CONTAINS(drpc_error_message(&err), "unknown scenario");
   drpc_error_clear(&err);
   drpc_sim_config_clear(&c);
+  /* ps runs with 2 to 64 workers. */
   CHECK_EQ_INT(draw(&c, "ps", 2, 1, false, false), 0);
-  CHECK_EQ_INT(drpc_sim_run(&c, &r, &err), DRPC_EUNSUPPORTED);
-  CHECK_CONTAINS(drpc_error_message(&err), "remote references");
+  c.workers = 1;
+  CHECK_EQ_INT(drpc_sim_run(&c, &r, &err), DRPC_EINVAL);
+  CHECK_CONTAINS(drpc_error_message(&err), "2 to 64 workers");
   drpc_error_clear(&err);
   drpc_sim_config_clear(&c);
 }

@@ -161,12 +161,19 @@ static void print_result(const sim_opts *o, const drpc_sim_config *c,
   fprintf(f,
           "run: %s  sim %.6f s in %.3f s wall (%.0fx), %llu events, %llu "
           "deliveries, %llu calls, %llu executions, %llu faults, %d "
-          "crashed, hash %016llx\n",
+          "crashed, %llu failed calls tolerated, hash %016llx\n",
           r->ok ? "ok" : "FAIL", (double)r->sim_ns / 1e9, r->wall_s, ratio,
           (unsigned long long)r->events, (unsigned long long)r->deliveries,
           (unsigned long long)r->calls, (unsigned long long)r->executions,
           (unsigned long long)r->faults_applied, r->crashed,
-          (unsigned long long)r->hash);
+          (unsigned long long)r->tolerated, (unsigned long long)r->hash);
+  if (r->rref_nodes_left)
+    fprintf(f,
+            "rrefs left at shutdown on %d workers: %lld owner RRefs, %lld "
+            "pending futures, %lld pending users, %lld forks\n",
+            r->rref_nodes_left, (long long)r->rref_left[0],
+            (long long)r->rref_left[1], (long long)r->rref_left[2],
+            (long long)r->rref_left[3]);
   if (!r->ok) {
     char cmd[512];
     repro(o, c->seed, cmd, sizeof cmd);
@@ -907,12 +914,34 @@ static void usage_bench_sim(FILE *f) {
   fprintf(f, "usage: drpc bench sim [--json] [--workers N] [--iters N]\n"
              "                      [--think-ms M]\n"
              "\n"
-             "Runs the fanout scenario (default 16 workers, no faults) in the "
-             "simulator\ntwice: dense (workers call again at once) for "
-             "simulated message\ndeliveries per wall second, and with M ms "
-             "of work between rounds\n(default 100, a training step) for the "
-             "simulated-to-wall time ratio.\n(The ps scenario replaces "
-             "fanout once RRefs land.)\n");
+             "Runs the ps scenario (a parameter server over RRefs; default 16 "
+             "workers,\nno faults) in the simulator twice: dense (trainers "
+             "update again at once)\nfor simulated message deliveries per "
+             "wall second, and with M ms of\nwork per round (default 100, a "
+             "training step) for the simulated-to-wall\ntime ratio. A third, "
+             "dense run of fanout gives a line for comparison.\n");
+}
+
+/* One fault-free bench run of scn. */
+static int bench_run(const char *scn, int workers, int iters, uint64_t think_ns,
+                     drpc_sim_result *r) {
+  drpc_sim_config cfg;
+  drpc_error err = DRPC_ERROR_INIT;
+  int rc =
+      drpc_sim_config_draw(&cfg, scn, workers, iters, 1, false, false, &err);
+  if (rc == 0) {
+    cfg.threads = 16;
+    cfg.think_ns = think_ns;
+    rc = drpc_sim_run(&cfg, r, &err);
+    drpc_sim_config_clear(&cfg);
+  }
+  if (rc || !r->ok) {
+    fprintf(stderr, "drpc bench sim: %s: %s\n", scn,
+            rc ? drpc_error_message(&err) : r->what);
+    rc = 1;
+  }
+  drpc_error_clear(&err);
+  return rc;
 }
 
 int drpc_cmd_bench_sim(int argc, char **argv) {
@@ -934,10 +963,10 @@ int drpc_cmd_bench_sim(int argc, char **argv) {
       break;
     case 'w':
       workers =
-          (int)drpc_tools_parse_int("--workers", optarg, 1, DRPC_SIM_MAX_NODES);
+          (int)drpc_tools_parse_int("--workers", optarg, 2, DRPC_SIM_MAX_NODES);
       break;
     case 'i':
-      iters = (int)drpc_tools_parse_int("--iters", optarg, 1, 10000000);
+      iters = (int)drpc_tools_parse_int("--iters", optarg, 1, 512);
       break;
     case 't':
       think_ms = drpc_tools_parse_double("--think-ms", optarg, 0, 1e6);
@@ -950,40 +979,33 @@ int drpc_cmd_bench_sim(int argc, char **argv) {
       return 2;
     }
   }
-  drpc_sim_result r[2];
-  for (int k = 0; k < 2; k++) {
-    drpc_sim_config cfg;
-    drpc_error err = DRPC_ERROR_INIT;
-    if (drpc_sim_config_draw(&cfg, "fanout", workers, iters, 1, false, false,
-                             &err) ||
-        (cfg.threads = 16, cfg.think_ns = k ? (uint64_t)(think_ms * 1e6) : 0,
-         drpc_sim_run(&cfg, &r[k], &err)) ||
-        !r[k].ok) {
-      fprintf(stderr, "drpc bench sim: %s\n",
-              err.code ? drpc_error_message(&err) : r[k].what);
-      drpc_error_clear(&err);
-      drpc_sim_config_clear(&cfg);
-      return 1;
-    }
-    drpc_sim_config_clear(&cfg);
-  }
+  /* r[0]: ps dense, r[1]: ps stepped, r[2]: fanout dense. */
+  drpc_sim_result r[3];
+  if (bench_run("ps", workers, iters, 0, &r[0]) ||
+      bench_run("ps", workers, iters, (uint64_t)(think_ms * 1e6), &r[1]) ||
+      bench_run("fanout", workers, iters, 0, &r[2]))
+    return 1;
   double dps = (double)r[0].deliveries / r[0].wall_s;
   double eps = (double)r[0].events / r[0].wall_s;
   double ratio_dense = (double)r[0].sim_ns / 1e9 / r[0].wall_s;
   double ratio = (double)r[1].sim_ns / 1e9 / r[1].wall_s;
+  double fdps = (double)r[2].deliveries / r[2].wall_s;
   if (json) {
-    printf("{\"scenario\": \"fanout\", \"workers\": %d, \"iters\": %d, "
+    printf("{\"scenario\": \"ps\", \"workers\": %d, \"iters\": %d, "
            "\"commit\": \"%s\", \"deliveries_per_s\": %.0f, "
            "\"events_per_s\": %.0f, \"dense_sim_to_wall\": %.2f, "
            "\"think_ms\": %.1f, \"sim_to_wall\": %.1f, "
            "\"dense_deliveries\": %llu, \"dense_wall_s\": %.3f, "
-           "\"stepped_sim_s\": %.3f, \"stepped_wall_s\": %.3f}\n",
+           "\"stepped_sim_s\": %.3f, \"stepped_wall_s\": %.3f, "
+           "\"fanout_deliveries_per_s\": %.0f, \"fanout_deliveries\": %llu, "
+           "\"fanout_wall_s\": %.3f}\n",
            workers, iters, drpc_sim_commit(), dps, eps, ratio_dense, think_ms,
            ratio, (unsigned long long)r[0].deliveries, r[0].wall_s,
-           (double)r[1].sim_ns / 1e9, r[1].wall_s);
+           (double)r[1].sim_ns / 1e9, r[1].wall_s, fdps,
+           (unsigned long long)r[2].deliveries, r[2].wall_s);
   } else {
-    printf("bench sim (fanout, %d workers, %d rounds, commit %s)\n", workers,
-           iters, drpc_sim_commit());
+    printf("bench sim (ps, %d workers, %d rounds, commit %s)\n", workers, iters,
+           drpc_sim_commit());
     printf("  dense:   %llu deliveries in %.3f s wall: %.0f deliveries/s, "
            "%.0f events/s; sim/wall %.2fx\n",
            (unsigned long long)r[0].deliveries, r[0].wall_s, dps, eps,
@@ -991,6 +1013,9 @@ int drpc_cmd_bench_sim(int argc, char **argv) {
     printf("  stepped: %.0f ms of work per round: %.3f s simulated in %.3f s "
            "wall: sim/wall %.0fx\n",
            think_ms, (double)r[1].sim_ns / 1e9, r[1].wall_s, ratio);
+    printf("  fanout dense: %llu deliveries in %.3f s wall: %.0f "
+           "deliveries/s\n",
+           (unsigned long long)r[2].deliveries, r[2].wall_s, fdps);
   }
   return 0;
 }

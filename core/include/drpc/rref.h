@@ -166,7 +166,12 @@ int drpc_rref_remote(drpc_rref *r, drpc_call_kind kind, const char *fn,
 int drpc_rref_context_delete_all(drpc_agent *a, double timeout_s,
                                  drpc_error *err);
 /* The reference's counters as a dict of strings: num_owner_rrefs,
- * num_pending_futures, num_pending_users, num_forks. Any thread. */
+ * num_pending_futures, num_pending_users, num_forks. Once the agent has
+ * shut down (teardown zeroes the live counters) the dict also holds the
+ * four as teardown found them, under the same names with the suffix
+ * "_at_shutdown": all zero after a clean graceful shutdown, non-zero when
+ * RRefs or control messages were left behind. Any thread; the caller
+ * frees the dict. */
 drpc_value *drpc_rref_context_debug_info(drpc_agent *a);
 
 #ifdef __cplusplus

@@ -122,8 +122,17 @@ typedef struct drpc_sim_result {
   uint64_t sim_ns;       /* virtual time the run lasted */
   double wall_s;
   uint64_t events, deliveries, bytes, calls, executions, faults_applied;
+  /* Call failures the scenario put down to faults (and tolerated). */
+  uint64_t tolerated;
   uint64_t hash; /* running hash of every event */
   int crashed;
+  /* The RRef checker: the four RRef counters (num_owner_rrefs,
+   * num_pending_futures, num_pending_users, num_forks) as each worker's
+   * graceful shutdown left them, summed over the workers that shut down,
+   * and how many workers left any. Without faults every one must be zero
+   * (a violation otherwise); with faults they are reported only. */
+  int64_t rref_left[4];
+  int rref_nodes_left;
   /* Heap objects held by killed or stuck fibers were left behind, as the
    * OS would reclaim a killed process (leak checkers will see them). */
   bool abandoned;
