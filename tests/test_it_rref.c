@@ -420,9 +420,12 @@ static long dbg(drpc_agent *a, const char *key) {
   return r;
 }
 
+/* The counters as the RRef context's teardown found them: the live ones
+ * are reset by the teardown itself, so only these can show a leak. */
 static void check_counters_zero(drpc_agent *a, const char *who) {
-  static const char *const keys[] = {"num_owner_rrefs", "num_pending_futures",
-                                     "num_pending_users", "num_forks"};
+  static const char *const keys[] = {
+      "num_owner_rrefs_at_shutdown", "num_pending_futures_at_shutdown",
+      "num_pending_users_at_shutdown", "num_forks_at_shutdown"};
   for (int k = 0; k < 4; k++) {
     long v = dbg(a, keys[k]);
     if (v != 0)
