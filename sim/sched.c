@@ -165,9 +165,8 @@ void drpc_sim_trace_format(const drpc_sim_trace_entry *e, char *buf, size_t n) {
            (unsigned long long)e->hash);
 }
 
-#ifndef DRPC_GIT_COMMIT
-#define DRPC_GIT_COMMIT "unknown"
-#endif
+/* Written by the build (cmake/commit.cmake) at every build. */
+#include "drpc_commit.h"
 
 const char *drpc_sim_commit(void) {
   return DRPC_GIT_COMMIT;
