@@ -10,6 +10,7 @@
 #include "drpc/agent.h"
 #include "drpc/ops.h"
 #include "drpc/rref.h"
+#include "heap.h"
 #include "internal.h"
 #include "map.h"
 
@@ -42,19 +43,17 @@ typedef struct conn_entry {
 
 /* A general timer (RRef control-message retries). */
 struct drpc_timer {
-  uint64_t deadline_ns, seq;
+  drpc_heap_node hn; /* first: the heap hands back this pointer */
   void (*fn)(void *arg, bool fired);
   void *arg;
-  size_t idx;
 };
 
 typedef struct pcall {
+  drpc_heap_node hn; /* first; deadline (0: none), the call id breaks ties */
   uint64_t id;
   int16_t dst;
   drpc_future *fut;
-  uint64_t deadline_ns; /* 0: none */
   uint64_t timeout_ms;
-  size_t heap_idx;
 } pcall;
 
 struct drpc_agent {
@@ -78,12 +77,10 @@ struct drpc_agent {
   /* Owned by the loop (the thread that feeds inputs). */
   uint64_t next_id;
   drpc_map calls;
-  pcall **heap;
-  size_t heap_len, heap_cap;
+  drpc_heap calls_heap; /* call timeouts */
   uint64_t armed_deadline;
   drpc_map conns;
-  drpc_timer **theap; /* general timers, min-heap on (deadline, seq) */
-  size_t theap_len, theap_cap;
+  drpc_heap timers; /* general timers; ties by creation order */
   uint64_t timer_seq;
 
   /* The RRef context (core/rref.c); outlives the agent while handles hold
@@ -158,163 +155,42 @@ static uint64_t timeout_ms_of(double timeout_s) {
   return r == 0 && timeout_s > 0 ? 1 : r;
 }
 
-/* ---- timeout heap (min-heap on deadline, then id) ---------------------- */
-
-static bool heap_less(const pcall *x, const pcall *y) {
-  return x->deadline_ns != y->deadline_ns ? x->deadline_ns < y->deadline_ns
-                                          : x->id < y->id;
-}
-
-static void heap_swap(drpc_agent *a, size_t i, size_t j) {
-  pcall *t = a->heap[i];
-  a->heap[i] = a->heap[j];
-  a->heap[j] = t;
-  a->heap[i]->heap_idx = i;
-  a->heap[j]->heap_idx = j;
-}
-
-static void heap_up(drpc_agent *a, size_t i) {
-  while (i > 0) {
-    size_t p = (i - 1) / 2;
-    if (!heap_less(a->heap[i], a->heap[p]))
-      break;
-    heap_swap(a, i, p);
-    i = p;
-  }
-}
-
-static void heap_down(drpc_agent *a, size_t i) {
-  for (;;) {
-    size_t l = 2 * i + 1, r = l + 1, m = i;
-    if (l < a->heap_len && heap_less(a->heap[l], a->heap[m]))
-      m = l;
-    if (r < a->heap_len && heap_less(a->heap[r], a->heap[m]))
-      m = r;
-    if (m == i)
-      return;
-    heap_swap(a, i, m);
-    i = m;
-  }
-}
-
-static int heap_push(drpc_agent *a, pcall *c) {
-  if (a->heap_len == a->heap_cap) {
-    size_t cap = a->heap_cap ? a->heap_cap * 2 : 64;
-    pcall **p = realloc(a->heap, cap * sizeof *p);
-    if (!p)
-      return DRPC_ENOMEM;
-    a->heap = p;
-    a->heap_cap = cap;
-  }
-  c->heap_idx = a->heap_len;
-  a->heap[a->heap_len++] = c;
-  heap_up(a, c->heap_idx);
-  return 0;
-}
-
-static void heap_remove(drpc_agent *a, pcall *c) {
-  size_t i = c->heap_idx;
-  if (i == SIZE_MAX)
-    return;
-  a->heap_len--;
-  if (i != a->heap_len) {
-    a->heap[i] = a->heap[a->heap_len];
-    a->heap[i]->heap_idx = i;
-    heap_down(a, i);
-    heap_up(a, i);
-  }
-  c->heap_idx = SIZE_MAX;
-}
-
-/* ---- general timers (min-heap on deadline, then insertion order) ------- */
-
-static bool theap_less(const drpc_timer *x, const drpc_timer *y) {
-  return x->deadline_ns != y->deadline_ns ? x->deadline_ns < y->deadline_ns
-                                          : x->seq < y->seq;
-}
-
-static void theap_swap(drpc_agent *a, size_t i, size_t j) {
-  drpc_timer *t = a->theap[i];
-  a->theap[i] = a->theap[j];
-  a->theap[j] = t;
-  a->theap[i]->idx = i;
-  a->theap[j]->idx = j;
-}
-
-static void theap_up(drpc_agent *a, size_t i) {
-  while (i > 0) {
-    size_t p = (i - 1) / 2;
-    if (!theap_less(a->theap[i], a->theap[p]))
-      break;
-    theap_swap(a, i, p);
-    i = p;
-  }
-}
-
-static void theap_down(drpc_agent *a, size_t i) {
-  for (;;) {
-    size_t l = 2 * i + 1, r = l + 1, m = i;
-    if (l < a->theap_len && theap_less(a->theap[l], a->theap[m]))
-      m = l;
-    if (r < a->theap_len && theap_less(a->theap[r], a->theap[m]))
-      m = r;
-    if (m == i)
-      return;
-    theap_swap(a, i, m);
-    i = m;
-  }
-}
-
-static drpc_timer *theap_pop(drpc_agent *a) {
-  drpc_timer *t = a->theap[0];
-  a->theap_len--;
-  if (a->theap_len) {
-    a->theap[0] = a->theap[a->theap_len];
-    a->theap[0]->idx = 0;
-    theap_down(a, 0);
-  }
-  return t;
-}
-
 static void rearm(drpc_agent *a);
 
 drpc_timer *drpc_agent_timer_add(drpc_agent *a, uint64_t deadline_ns,
                                  void (*fn)(void *arg, bool fired), void *arg) {
-  if (a->theap_len == a->theap_cap) {
-    size_t cap = a->theap_cap ? a->theap_cap * 2 : 16;
-    drpc_timer **p = realloc(a->theap, cap * sizeof *p);
-    if (!p)
-      return NULL;
-    a->theap = p;
-    a->theap_cap = cap;
-  }
   drpc_timer *t = calloc(1, sizeof *t);
   if (!t)
     return NULL;
-  t->deadline_ns = deadline_ns ? deadline_ns : 1;
-  t->seq = ++a->timer_seq;
+  t->hn.deadline_ns = deadline_ns ? deadline_ns : 1;
+  t->hn.tie = ++a->timer_seq;
   t->fn = fn;
   t->arg = arg;
-  t->idx = a->theap_len;
-  a->theap[a->theap_len++] = t;
-  theap_up(a, t->idx);
+  if (drpc_heap_push(&a->timers, &t->hn)) {
+    free(t);
+    return NULL;
+  }
   rearm(a);
   return t;
 }
 
 /* Hands every timer back unfired (the agent stopped). */
 static void drop_timers(drpc_agent *a) {
-  while (a->theap_len) {
-    drpc_timer *t = theap_pop(a);
+  drpc_heap_node *n;
+  while ((n = drpc_heap_top(&a->timers))) {
+    drpc_timer *t = (drpc_timer *)n;
+    drpc_heap_remove(&a->timers, n);
     t->fn(t->arg, false);
     free(t);
   }
 }
 
 static void rearm(drpc_agent *a) {
-  uint64_t d = a->heap_len ? a->heap[0]->deadline_ns : 0;
-  if (a->theap_len && (!d || a->theap[0]->deadline_ns < d))
-    d = a->theap[0]->deadline_ns;
+  drpc_heap_node *c = drpc_heap_top(&a->calls_heap);
+  drpc_heap_node *t = drpc_heap_top(&a->timers);
+  uint64_t d = c ? c->deadline_ns : 0;
+  if (t && (!d || t->deadline_ns < d))
+    d = t->deadline_ns;
   if (d != a->armed_deadline && a->env.ops->timer_arm) {
     a->armed_deadline = d;
     a->env.ops->timer_arm(a->env.ctx, d);
@@ -334,7 +210,7 @@ static void notify_idle(drpc_agent *a) {
  * that sees the future done also sees the metrics say so. */
 static void call_detach(drpc_agent *a, pcall *c) {
   drpc_map_remove(&a->calls, c->id);
-  heap_remove(a, c);
+  drpc_heap_remove(&a->calls_heap, &c->hn);
   atomic_fetch_sub(&a->client_active, 1);
 }
 
@@ -1176,8 +1052,9 @@ void drpc_agent_on_timer(drpc_agent *a) {
   uint64_t now = drpc_env_now(&a->env);
   rec(a, DRPC_EV_IN_TIMER, -1, 0, now);
   a->armed_deadline = 0;
-  while (a->heap_len && a->heap[0]->deadline_ns <= now) {
-    pcall *c = a->heap[0];
+  drpc_heap_node *n;
+  while ((n = drpc_heap_top(&a->calls_heap)) && n->deadline_ns <= now) {
+    pcall *c = (pcall *)n;
     char msg[160];
     snprintf(msg, sizeof msg,
              "RPC ran for more than set timeout (%llu ms) and will now be "
@@ -1186,8 +1063,9 @@ void drpc_agent_on_timer(drpc_agent *a) {
     atomic_fetch_add(&a->timeouts, 1);
     call_fail(a, c, DRPC_ETIMEOUT, msg);
   }
-  while (a->theap_len && a->theap[0]->deadline_ns <= now) {
-    drpc_timer *t = theap_pop(a);
+  while ((n = drpc_heap_top(&a->timers)) && n->deadline_ns <= now) {
+    drpc_timer *t = (drpc_timer *)n;
+    drpc_heap_remove(&a->timers, n);
     t->fn(t->arg, true);
     free(t);
   }
@@ -1234,12 +1112,13 @@ static void call_cmd_apply(drpc_cmd *cmd) {
   c->dst = cc->dst;
   c->fut = cc->fut;
   c->timeout_ms = cc->timeout_ms;
-  c->heap_idx = SIZE_MAX;
+  c->hn.idx = SIZE_MAX;
+  c->hn.tie = c->id;
   drpc_outframe_set_id(cc->frame, c->id);
   bool tracked = drpc_map_put(&a->calls, c->id, c) == 0;
   if (tracked && cc->timeout_ms) {
-    c->deadline_ns = drpc_env_now(&a->env) + cc->timeout_ms * 1000000ull;
-    tracked = heap_push(a, c) == 0;
+    c->hn.deadline_ns = drpc_env_now(&a->env) + cc->timeout_ms * 1000000ull;
+    tracked = drpc_heap_push(&a->calls_heap, &c->hn) == 0;
     rearm(a);
   }
   if (!tracked) {
@@ -1752,8 +1631,8 @@ static void agent_release(drpc_agent *a) {
   free(keys);
   drpc_map_free(&a->conns);
   drpc_map_free(&a->calls);
-  free(a->heap);
-  free(a->theap);
+  drpc_heap_free(&a->calls_heap);
+  drpc_heap_free(&a->timers);
   free(a->rref_leaks);
   drpc_rctx_release(a->rctx);
   if (a->store)
