@@ -1495,13 +1495,10 @@ char *drpc_rctx_destroy(drpc_rctx *c) {
   uint64_t *keys = drpc_map_sorted_keys(&c->forks, &n);
   if (keys && n)
     append(&leaks, &len, &cap,
-           "Detected RRef Leaks during shutdown. This usually occurs when the "
-           "application code still holds references to RRef instances when "
-           "calling shutdown(). If the program has completed correctly and "
-           "the process is exiting, it is OK to ignore these leaks. However, "
-           "if your program will keep running after this, these leaks could "
-           "result in memory leaks on RRef owners. Please make sure all "
-           "RRefs are released before calling shutdown(): \n");
+           "Detected RRef Leaks during shutdown: users still held these "
+           "RRefs when their owner stopped (release every RRef before "
+           "shutdown, or set ignore_rref_leak when the process is exiting "
+           "anyway):\n");
   for (size_t i = 0; keys && i < n; i++) {
     forkset *s = drpc_map_remove(&c->forks, keys[i]);
     char id[96], fork[96];
