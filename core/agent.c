@@ -1196,7 +1196,7 @@ int drpc_agent_check_call(drpc_agent *a, int16_t dst, int kind, const char *fn,
                           "Node %d tried to send() a message of type CALL but "
                           "RPC is no longer running on this node.",
                           a->self.id);
-  drpc_worker_info wi;
+  drpc_worker_info wi = {0};
   int rc;
   if ((rc = drpc_agent_resolve_id(a, dst, &wi, err)))
     return rc;
@@ -1333,7 +1333,7 @@ int drpc_rpc_async(drpc_agent *a, const char *dst, drpc_call_kind kind,
   int rc = get_agent(&a, err);
   if (rc)
     return rc;
-  drpc_worker_info wi;
+  drpc_worker_info wi = {0};
   if ((rc = drpc_agent_resolve(a, dst, &wi, err)))
     return rc;
   return drpc_rpc_async_id(a, wi.id, kind, fn, args, kwargs, timeout_s, fut,

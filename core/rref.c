@@ -1200,7 +1200,7 @@ int drpc_remote(drpc_agent *a, const char *dst, drpc_call_kind kind,
   int rc = 0;
   if (!a && (rc = drpc_get_current_agent(&a, err)))
     return rc;
-  drpc_worker_info wi;
+  drpc_worker_info wi = {0};
   if ((rc = drpc_agent_resolve(a, dst, &wi, err)))
     return rc;
   return drpc_remote_id(a, wi.id, kind, fn, args, kwargs, timeout_s, out, err);

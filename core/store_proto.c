@@ -248,7 +248,7 @@ static int read_key_list(reader *r, const char *field, size_t limit, size_t *n,
                           r->what, count, at, limit);
   range->p = r->p + r->at;
   for (uint32_t i = 0; i < count; i++) {
-    drpc_store_bytes k;
+    drpc_store_bytes k = {0};
     if ((rc = read_key(r, field, &k)))
       return rc;
   }

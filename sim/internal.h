@@ -77,7 +77,9 @@ typedef struct sim_waitlist {
 enum { F_FREE = 0, F_RUNNING = 1, F_PARKED = 2, F_DONE = 3 };
 
 typedef struct sim_fiber {
-  ucontext_t uc;
+  ucontext_t uc; /* first entry (and every switch without fast switches) */
+  void *sp;      /* saved stack pointer while switched out (fast switches) */
+  bool started;  /* fiber_main runs on the stack (else uc enters it) */
   void *map;   /* the mapping: guard page, then the stack */
   void *stack; /* usable stack, above the guard page */
   size_t stack_size;
@@ -186,6 +188,7 @@ struct sim {
   uint32_t nfibers, free_fiber, live_fibers;
   sim_fiber *cur;
   ucontext_t sched_uc;
+  void *sched_sp; /* the scheduler's saved stack pointer (fast switches) */
   const void *sched_bottom;
   size_t sched_size;
   uint64_t net_rng;

@@ -12,7 +12,7 @@
 /* core/rref.c: the switch exists only for the checker's self-test. */
 extern int drpc_test_fault_miscount_forks;
 
-#define SWARM_SEEDS 40
+#define SWARM_SEEDS 200
 #define PLAIN_SEEDS 15
 
 static int draw_run(const char *scn, int workers, uint64_t seed, bool swarm,

@@ -1,4 +1,4 @@
-/* Swarm sweeps: every scenario under 50 swarm seeds (some fault kinds off,
+/* Swarm sweeps: every scenario under 200 swarm seeds (some fault kinds off,
  * the rest at very different rates) and 25 plain-fault seeds must pass
  * every safety and liveness check. A failure prints the command that
  * reproduces it. */
@@ -8,7 +8,7 @@
 #include "sim_child.h"
 #include "test.h"
 
-#define SWARM_SEEDS 50
+#define SWARM_SEEDS 200
 #define PLAIN_SEEDS 25
 
 static void sweep(const char *scn, uint64_t first, int n, bool swarm) {
