@@ -71,7 +71,7 @@ static double expo(uint64_t *st, double mean) {
 }
 
 static uint64_t random_mask(uint64_t *st, int n, uint64_t *rest) {
-  /* A non-empty proper subset when n > 1. */
+  /* A non-empty proper subset when n > 1 (of the first 64 nodes). */
   uint64_t all = n >= 64 ? ~0ull : (1ull << n) - 1;
   uint64_t m = 0;
   for (int tries = 0; tries < 16 && (m == 0 || m == all); tries++)
@@ -172,9 +172,10 @@ int drpc_sim_config_draw(drpc_sim_config *c, const char *scenario, int workers,
           /* One direction: a single node to a single other node half the
            * time, whole sides otherwise. */
           if (sim_unit(&st) < 0.5) {
-            int x = (int)(sim_rand(&st) % (uint64_t)workers);
-            int y = (x + 1 + (int)(sim_rand(&st) % (uint64_t)(workers - 1))) %
-                    workers;
+            /* Masks name the first 64 nodes only. */
+            int mw = workers < 64 ? workers : 64;
+            int x = (int)(sim_rand(&st) % (uint64_t)mw);
+            int y = (x + 1 + (int)(sim_rand(&st) % (uint64_t)(mw - 1))) % mw;
             f.a = 1ull << x;
             f.b = 1ull << y;
           }

@@ -52,7 +52,7 @@ static uint64_t latency(sim *s, int src, int dst) {
     lat += sim_unit(&s->net_rng) * (double)c->lat_jitter_ns;
   if (c->tail_p > 0 && sim_unit(&s->net_rng) < c->tail_p)
     lat += -(double)c->tail_mean_ns * log(1.0 - sim_unit(&s->net_rng));
-  lat *= s->links[src][dst].factor;
+  lat *= SIM_LINK(s, src, dst).factor;
   if (c->lat_max_ns && lat > (double)c->lat_max_ns)
     lat = (double)c->lat_max_ns;
   return (uint64_t)lat;
@@ -61,7 +61,7 @@ static uint64_t latency(sim *s, int src, int dst) {
 /* When bytes sent now on src -> dst arrive: after the link has carried
  * what was queued before them (bandwidth), a latency, and any clog. */
 static uint64_t arrival(sim *s, int src, int dst, size_t len) {
-  sim_link *l = &s->links[src][dst];
+  sim_link *l = &SIM_LINK(s, src, dst);
   uint64_t depart = s->now;
   if (s->cfg->bandwidth_Bps > 0) {
     if (l->busy_until > depart)
@@ -77,7 +77,7 @@ static uint64_t arrival(sim *s, int src, int dst, size_t len) {
 }
 
 static bool blocked(sim *s, int a, int b) {
-  return s->links[a][b].block || s->links[b][a].block;
+  return SIM_LINK(s, a, b).block || SIM_LINK(s, b, a).block;
 }
 
 static sim_conn *conn_of(sim *s, uint64_t id, int *end) {
@@ -119,8 +119,8 @@ void sim_reset_between(sim *s, uint64_t a, uint64_t b) {
     sim_conn *c = &s->conns[k];
     if (c->broken)
       continue;
-    uint64_t f = 1ull << c->from, t = 1ull << c->to;
-    if (((f & a) && (t & b)) || ((f & b) && (t & a)))
+    if ((sim_in_mask(a, c->from) && sim_in_mask(b, c->to)) ||
+        (sim_in_mask(b, c->from) && sim_in_mask(a, c->to)))
       conn_reset(s, k, latency(s, c->from, c->to));
   }
 }
@@ -135,8 +135,8 @@ void sim_break_links(sim *s, uint64_t a, uint64_t b, bool oneway) {
     sim_conn *c = &s->conns[k];
     if (c->broken)
       continue;
-    uint64_t f = 1ull << c->from, t = 1ull << c->to;
-    if (((f & a) && (t & b)) || ((f & b) && (t & a)))
+    if ((sim_in_mask(a, c->from) && sim_in_mask(b, c->to)) ||
+        (sim_in_mask(b, c->from) && sim_in_mask(a, c->to)))
       conn_reset(s, k, s->cfg->rto_ns);
   }
 }
@@ -196,7 +196,7 @@ static void e_send(void *ctx, uint64_t id, drpc_outframe *f) {
   size_t k = (size_t)(c - s->conns);
   sim_hash(s, EV_SEND, n->index, id, len, buf, len);
   s->res->bytes += len;
-  if (s->links[src][dst].block) {
+  if (SIM_LINK(s, src, dst).block) {
     /* Lost: TCP retransmits into the void until it gives up. */
     free(buf);
     if (!c->reset_pending) {

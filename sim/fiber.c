@@ -243,6 +243,9 @@ int sim_fiber_spawn(sim *s, int16_t node, void (*fn)(void *), void *arg,
     sim_violation(s, "fiber limit reached (%u fibers alive)", s->live_fibers);
     return DRPC_ETOOBIG;
   }
+  /* New, or abandoned mid-run: enter fiber_main afresh. Otherwise the
+   * fiber sits in fiber_main's loop, ready for the next fn. */
+  bool fresh = f->dirty || !f->started;
 #ifdef SIM_ASAN
   if (f->dirty)
     ASAN_UNPOISON_MEMORY_REGION(f->stack, f->stack_size);
@@ -255,11 +258,9 @@ int sim_fiber_spawn(sim *s, int16_t node, void (*fn)(void *), void *arg,
   f->is_job = f->is_main = false;
   f->waiter = NULL;
   f->signaled = false;
-  f->fake_stack = NULL;
   f->next_free = NO_SLOT;
-  if (f->dirty || !f->started) {
-    /* New, or abandoned mid-run: enter fiber_main afresh. Otherwise the
-     * fiber sits in fiber_main's loop, ready for the next fn. */
+  if (fresh) {
+    f->fake_stack = NULL;
     if (init_context(&f->uc)) {
       sim_violation(s, "getcontext failed");
       return DRPC_ETOOBIG;
@@ -288,9 +289,30 @@ void sim_fiber_resume(sim *s, sim_fiber *f) {
   f->state = F_RUNNING;
 #ifdef SIM_ASAN
   void *fake = NULL;
+#endif
+#ifdef SIM_FAST_SWITCH
+  if (!f->started) {
+    /* First entry: fiber_main parks at once (boot_return). */
+    f->started = true;
+#ifdef SIM_ASAN
+    __sanitizer_start_switch_fiber(&fake, f->stack, f->stack_size);
+#endif
+    swapcontext(&s->sched_uc, &f->uc);
+#ifdef SIM_ASAN
+    __sanitizer_finish_switch_fiber(fake, NULL, NULL);
+#endif
+  }
+#ifdef SIM_ASAN
+  __sanitizer_start_switch_fiber(&fake, f->stack, f->stack_size);
+#endif
+  sim_ctx_swap(&s->sched_sp, f->sp);
+#else
+  f->started = true;
+#ifdef SIM_ASAN
   __sanitizer_start_switch_fiber(&fake, f->stack, f->stack_size);
 #endif
   swapcontext(&s->sched_uc, &f->uc);
+#endif
 #ifdef SIM_ASAN
   __sanitizer_finish_switch_fiber(fake, NULL, NULL);
 #endif
@@ -309,15 +331,7 @@ void sim_fiber_resume(sim *s, sim_fiber *f) {
 void sim_fiber_park(sim *s) {
   sim_fiber *f = s->cur;
   f->state = F_PARKED;
-#ifdef SIM_ASAN
-  __sanitizer_start_switch_fiber(&f->fake_stack, s->sched_bottom,
-                                 s->sched_size);
-#endif
-  swapcontext(&f->uc, &s->sched_uc);
-#ifdef SIM_ASAN
-  __sanitizer_finish_switch_fiber(f->fake_stack, &s->sched_bottom,
-                                  &s->sched_size);
-#endif
+  to_sched(s, f);
 }
 
 void sim_fiber_sleep(sim *s, uint64_t t) {

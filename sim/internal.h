@@ -80,8 +80,8 @@ typedef struct sim_fiber {
   ucontext_t uc; /* first entry (and every switch without fast switches) */
   void *sp;      /* saved stack pointer while switched out (fast switches) */
   bool started;  /* fiber_main runs on the stack (else uc enters it) */
-  void *map;   /* the mapping: guard page, then the stack */
-  void *stack; /* usable stack, above the guard page */
+  void *map;     /* the mapping: guard page, then the stack */
+  void *stack;   /* usable stack, above the guard page */
   size_t stack_size;
   uint32_t slot;
   uint32_t next_free;
@@ -159,8 +159,8 @@ struct sim_node {
    * 2 completed; per caller, executions per request id. */
   sim_call *calls;
   size_t call_cap;
-  uint8_t *execs[DRPC_SIM_MAX_NODES];
-  size_t exec_cap[DRPC_SIM_MAX_NODES];
+  uint8_t **execs;  /* per caller, made at the first execution seen */
+  size_t *exec_cap; /* per caller, with execs */
   int16_t last_exec_peer;
   uint64_t last_exec_id;
   bool last_exec_valid;
@@ -175,13 +175,13 @@ struct sim {
   sim_event *heap;
   size_t nheap, capheap;
   int nnodes;
-  sim_node nodes[DRPC_SIM_MAX_NODES];
+  sim_node *nodes; /* nnodes of them */
   sim_node store_node;
   drpc_store *store;
   drpc_registry *reg;
   drpc_scn_host host;
   drpc_options opts;
-  sim_link links[DRPC_SIM_MAX_NODES][DRPC_SIM_MAX_NODES];
+  sim_link *links; /* nnodes x nnodes, row-major: SIM_LINK(s, from, to) */
   sim_conn *conns;
   size_t nconns, capconns;
   sim_fiber **fibers;
@@ -198,6 +198,15 @@ struct sim {
   int nodes_left; /* not finished and not dead */
   size_t trace_cap;
 };
+
+/* The link from node x to node y. */
+#define SIM_LINK(s, x, y)                                                      \
+  ((s)->links[(size_t)(x) * (size_t)(s)->nnodes + (size_t)(y)])
+/* Fault masks name the first 64 nodes only. */
+#define SIM_MASK_NODES 64
+static inline bool sim_in_mask(uint64_t mask, int node) {
+  return node >= 0 && node < SIM_MASK_NODES && ((mask >> node) & 1);
+}
 
 /* The simulator running on this thread (one at a time). */
 extern sim *sim_current;

@@ -54,7 +54,19 @@ void sim_check_record(sim *s, sim_node *n, const drpc_event *ev) {
      * hands it to env.execute. Request ids are per caller (callers never
      * restart in a run), so (caller, id) names a request. */
     s->res->executions++;
-    if (ev->peer >= 0 && ev->peer < s->nnodes &&
+    if (!n->execs) {
+      /* Per caller: made at the first execution, so that nodes that never
+       * serve a call hold nothing. A failure leaves the check off. */
+      n->execs = calloc((size_t)s->nnodes, sizeof *n->execs);
+      n->exec_cap = calloc((size_t)s->nnodes, sizeof *n->exec_cap);
+      if (!n->execs || !n->exec_cap) {
+        free(n->execs);
+        free(n->exec_cap);
+        n->execs = NULL;
+        n->exec_cap = NULL;
+      }
+    }
+    if (n->execs && ev->peer >= 0 && ev->peer < s->nnodes &&
         grow((void **)&n->execs[ev->peer], &n->exec_cap[ev->peer], ev->id, 1)) {
       uint8_t *c = &n->execs[ev->peer][ev->id];
       if (*c < 255)
@@ -191,9 +203,10 @@ static void apply_fault(sim *s, const drpc_sim_fault *f, bool end) {
     bool oneway = f->kind == DRPC_SIM_ONEWAY;
     for (int x = 0; x < s->nnodes; x++)
       for (int y = 0; y < s->nnodes; y++) {
-        if (x == y || !((a >> x) & 1) || !((b >> y) & 1))
+        if (x == y || !sim_in_mask(a, x) || !sim_in_mask(b, y))
           continue;
-        sim_link *l[2] = {&s->links[x][y], oneway ? NULL : &s->links[y][x]};
+        sim_link *l[2] = {&SIM_LINK(s, x, y),
+                          oneway ? NULL : &SIM_LINK(s, y, x)};
         for (int i = 0; i < 2; i++) {
           if (!l[i])
             continue;
@@ -216,9 +229,9 @@ static void apply_fault(sim *s, const drpc_sim_fault *f, bool end) {
       break;
     for (int x = 0; x < s->nnodes; x++)
       for (int y = 0; y < s->nnodes; y++)
-        if (x != y && ((a >> x) & 1) && ((b >> y) & 1) &&
-            s->links[x][y].clog_until < s->now + f->dur_ns)
-          s->links[x][y].clog_until = s->now + f->dur_ns;
+        if (x != y && sim_in_mask(a, x) && sim_in_mask(b, y) &&
+            SIM_LINK(s, x, y).clog_until < s->now + f->dur_ns)
+          SIM_LINK(s, x, y).clog_until = s->now + f->dur_ns;
     break;
   case DRPC_SIM_RESET:
     if (!end)
@@ -245,10 +258,10 @@ static void end_fault_phase(sim *s) {
   for (int x = 0; x < s->nnodes; x++) {
     s->nodes[x].slow = s->cfg->slow[x];
     for (int y = 0; y < s->nnodes; y++) {
-      s->links[x][y].block = 0;
-      s->links[x][y].oneway = 0;
-      if (s->links[x][y].clog_until > s->now)
-        s->links[x][y].clog_until = s->now;
+      SIM_LINK(s, x, y).block = 0;
+      SIM_LINK(s, x, y).oneway = 0;
+      if (SIM_LINK(s, x, y).clog_until > s->now)
+        SIM_LINK(s, x, y).clog_until = s->now;
     }
   }
 }
@@ -355,8 +368,19 @@ int drpc_sim_run(const drpc_sim_config *c, drpc_sim_result *r,
     if (c->faults[i].kind < 0 || c->faults[i].kind >= DRPC_SIM_FAULT_KINDS)
       return drpc_error_set(err, DRPC_EINVAL, "fault %zu has no known kind", i);
   sim *s = calloc(1, sizeof *s);
-  if (!s)
+  size_t nn = (size_t)c->workers;
+  if (s) {
+    s->nodes = calloc(nn, sizeof *s->nodes);
+    s->links = calloc(nn * nn, sizeof *s->links);
+  }
+  if (!s || !s->nodes || !s->links) {
+    if (s) {
+      free(s->nodes);
+      free(s->links);
+    }
+    free(s);
     return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  }
   double wall0 = wall_now();
   r->ok = true;
   s->cfg = c;
@@ -370,7 +394,7 @@ int drpc_sim_run(const drpc_sim_config *c, drpc_sim_result *r,
   uint64_t lst = sim_stream(c->seed, 2);
   for (int x = 0; x < s->nnodes; x++)
     for (int y = 0; y < s->nnodes; y++)
-      s->links[x][y].factor = 1.0 + c->link_spread * sim_unit(&lst);
+      SIM_LINK(s, x, y).factor = 1.0 + c->link_spread * sim_unit(&lst);
 
   s->reg = drpc_registry_new();
   s->host.compute = host_compute;
@@ -392,6 +416,8 @@ int drpc_sim_run(const drpc_sim_config *c, drpc_sim_result *r,
   if (!s->reg || !s->store || scn->register_fns(s->reg, &s->host)) {
     drpc_store_decref(s->store);
     drpc_registry_free(s->reg);
+    free(s->nodes);
+    free(s->links);
     free(s);
     return drpc_error_set(err, DRPC_ENOMEM, "could not set the run up");
   }
@@ -460,8 +486,10 @@ int drpc_sim_run(const drpc_sim_config *c, drpc_sim_result *r,
       sim_event_drop(s, &n->deferred[k]);
     free(n->deferred);
     free(n->calls);
-    for (int p = 0; p < DRPC_SIM_MAX_NODES; p++)
+    for (int p = 0; n->execs && p < s->nnodes; p++)
       free(n->execs[p]);
+    free(n->execs);
+    free(n->exec_cap);
   }
   sim_fiber_free_all(s);
   drpc_store_decref(s->store);
@@ -469,6 +497,8 @@ int drpc_sim_run(const drpc_sim_config *c, drpc_sim_result *r,
   drpc_registry_free(s->reg);
   free(s->heap);
   free(s->conns);
+  free(s->nodes);
+  free(s->links);
   sim_current = NULL;
   free(s);
   r->wall_s = wall_now() - wall0;

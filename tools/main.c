@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,7 +114,7 @@ typedef struct worker_state {
   double shutdown_timeout_s;
   int rc;
   drpc_error err;
-  volatile sig_atomic_t started, done;
+  _Atomic int started, done; /* set by the worker thread, read by main */
 } worker_state;
 
 /* Starts the worker and then waits in the graceful shutdown until the
@@ -128,13 +129,13 @@ static void *worker_thread(void *arg) {
   } else {
     fprintf(stderr, "drpc worker %s (rank %lld) serving\n", w->name,
             (long long)drpc_agent_self(w->agent)->id);
-    w->started = 1;
+    atomic_store(&w->started, 1);
     w->rc = drpc_shutdown(w->agent, true, w->shutdown_timeout_s, &w->err);
     if (w->rc)
       fprintf(stderr, "drpc worker %s: shutdown: %s\n", w->name,
               drpc_error_message(&w->err));
   }
-  w->done = 1;
+  atomic_store(&w->done, 1);
   kill(getpid(), SIGUSR1); /* wake the main thread */
   return NULL;
 }
@@ -258,10 +259,10 @@ int drpc_cmd_worker(int argc, char **argv) {
   for (;;) {
     int sig = 0;
     sigwait(&set, &sig);
-    if (w.done)
+    if (atomic_load(&w.done))
       break;
     if (sig == SIGINT || sig == SIGTERM) {
-      if (!w.started) {
+      if (!atomic_load(&w.started)) {
         /* Still in rendezvous: there is nothing to shut down yet. */
         fprintf(stderr, "drpc worker %s: signal %d during start-up; exiting\n",
                 name, sig);
@@ -278,14 +279,14 @@ int drpc_cmd_worker(int argc, char **argv) {
       clock_gettime(CLOCK_REALTIME, &until);
       until.tv_sec += (time_t)grace;
       struct timespec left;
-      while (!w.done) {
+      while (!atomic_load(&w.done)) {
         clock_gettime(CLOCK_REALTIME, &left);
         if (left.tv_sec > until.tv_sec)
           break;
         struct timespec tick = {0, 20 * 1000 * 1000};
         sigtimedwait(&set, NULL, &tick);
       }
-      if (!w.done) {
+      if (!atomic_load(&w.done)) {
         fprintf(stderr,
                 "drpc worker %s: graceful shutdown did not finish in %.0f s; "
                 "exiting\n",

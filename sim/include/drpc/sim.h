@@ -19,8 +19,9 @@
 extern "C" {
 #endif
 
-/* Most nodes one simulated cluster holds (node sets are 64-bit masks). */
-#define DRPC_SIM_MAX_NODES 64
+/* Most nodes one simulated cluster holds. Fault node sets are 64-bit
+ * masks: partitions, clogs and resets address the first 64 nodes only. */
+#define DRPC_SIM_MAX_NODES 1024
 /* Most faults one schedule holds. */
 #define DRPC_SIM_MAX_FAULTS 4096
 
@@ -41,9 +42,9 @@ typedef struct drpc_sim_fault {
   uint64_t at_ns;  /* virtual time from the start of the run */
   uint64_t dur_ns; /* partition, oneway, clog, slow: how long it lasts */
   int kind;        /* drpc_sim_fault_kind */
-  uint64_t a, b;   /* node masks: partition, oneway, clog, reset */
-  int node;        /* crash, slow */
-  double factor;   /* slow */
+  uint64_t a, b; /* node masks (nodes 0..63): partition, oneway, clog, reset */
+  int node;      /* crash, slow */
+  double factor; /* slow */
 } drpc_sim_fault;
 
 typedef struct drpc_sim_config {
