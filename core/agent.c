@@ -67,6 +67,7 @@ struct drpc_agent {
   peer *peers; /* sorted by id */
   size_t npeers;
   drpc_worker_info *infos;
+  peer **by_name; /* the peers sorted by name, for lookups by name */
 
   _Atomic int state;
   _Atomic uint64_t timeout_ms; /* default per-call timeout */
@@ -131,10 +132,24 @@ static peer *peer_by_id(drpc_agent *a, int64_t id) {
 }
 
 static peer *peer_by_name(drpc_agent *a, const char *name) {
-  for (size_t i = 0; i < a->npeers; i++)
-    if (strcmp(a->peers[i].info.name, name) == 0)
-      return &a->peers[i];
+  size_t lo = 0, hi = a->by_name ? a->npeers : 0;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    int c = strcmp(a->by_name[mid]->info.name, name);
+    if (c == 0)
+      return a->by_name[mid];
+    if (c < 0)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
   return NULL;
+}
+
+static int cmp_peer_name(const void *x, const void *y) {
+  const peer *p = *(peer *const *)x, *q = *(peer *const *)y;
+  int c = strcmp(p->info.name, q->info.name);
+  return c ? c : (p->info.id > q->info.id) - (p->info.id < q->info.id);
 }
 
 static double ms_to_s(uint64_t ms) {
@@ -1596,12 +1611,6 @@ static int rendezvous(drpc_agent *a, int64_t rank, drpc_error *err) {
     if (rc)
       return rc;
     a->npeers = r + 1;
-    for (size_t q = 0; q < r; q++)
-      if (strcmp(a->peers[q].info.name, a->peers[r].info.name) == 0)
-        return drpc_error_set(err, DRPC_EEXISTS,
-                              "RPC worker name %s is not unique. Workers %zu "
-                              "and %zu share the same name.",
-                              a->peers[r].info.name, q, r);
   }
   for (size_t r = 0; r < n; r++) {
     snprintf(key, sizeof key, "addrs/%s", a->peers[r].info.name);
@@ -1614,6 +1623,21 @@ static int rendezvous(drpc_agent *a, int64_t rank, drpc_error *err) {
   qsort(a->peers, n, sizeof *a->peers, cmp_peer);
   for (size_t r = 0; r < n; r++)
     a->infos[r] = a->peers[r].info;
+  /* Sorted by name, duplicates sit side by side: one pass finds them (a
+   * pairwise check would cost n^2 comparisons per worker). */
+  a->by_name = malloc(n * sizeof *a->by_name);
+  if (!a->by_name)
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  for (size_t r = 0; r < n; r++)
+    a->by_name[r] = &a->peers[r];
+  qsort(a->by_name, n, sizeof *a->by_name, cmp_peer_name);
+  for (size_t r = 1; r < n; r++)
+    if (strcmp(a->by_name[r - 1]->info.name, a->by_name[r]->info.name) == 0)
+      return drpc_error_set(err, DRPC_EEXISTS,
+                            "RPC worker name %s is not unique. Workers %d "
+                            "and %d share the same name.",
+                            a->by_name[r]->info.name,
+                            a->by_name[r - 1]->info.id, a->by_name[r]->info.id);
   return 0;
 }
 
@@ -1624,6 +1648,7 @@ static void agent_release(drpc_agent *a) {
   }
   free(a->peers);
   free(a->infos);
+  free(a->by_name);
   size_t n;
   uint64_t *keys = drpc_map_sorted_keys(&a->conns, &n);
   for (size_t i = 0; keys && i < n; i++)

@@ -1,7 +1,8 @@
 /* Simulator basics: every scenario runs clean (no faults) and passes its
  * checks without abandoning anything, runs are deterministic (20 seeds
  * under faults), the determinism check tells runs apart, schedules survive
- * a JSON round trip and bad input gets clear errors. */
+ * a JSON round trip, bad input gets clear errors and a sampled fanout of
+ * 256 workers runs in seconds. */
 #include <stdint.h>
 
 #include "drpc/sim.h"
@@ -152,7 +153,7 @@ static void test_bad_input(void) {
   CHECK_CONTAINS(drpc_error_message(&err), "not a JSON object");
   drpc_error_clear(&err);
   CHECK(drpc_sim_config_from_json(
-            &c, "{\"scenario\": \"echo\", \"workers\": 99}", &err) != 0);
+            &c, "{\"scenario\": \"echo\", \"workers\": 4097}", &err) != 0);
   CHECK_CONTAINS(drpc_error_message(&err), "workers");
   drpc_error_clear(&err);
   CHECK(drpc_sim_config_from_json(&c,
@@ -161,7 +162,8 @@ static void test_bad_input(void) {
                                   &err) != 0);
   CHECK_CONTAINS(drpc_error_message(&err), "faults");
   drpc_error_clear(&err);
-  CHECK(drpc_sim_config_draw(&c, "echo", 65, 0, 1, false, false, &err) != 0);
+  CHECK(drpc_sim_config_draw(&c, "echo", DRPC_SIM_MAX_NODES + 1, 0, 1, false,
+                             false, &err) != 0);
   drpc_error_clear(&err);
   CHECK_EQ_INT(draw(&c, "nosuch", 2, 1, false, false), 0);
   CHECK_EQ_INT(drpc_sim_run(&c, &r, &err), DRPC_ENOTFOUND);
@@ -177,6 +179,32 @@ static void test_bad_input(void) {
   drpc_sim_config_clear(&c);
 }
 
+/* Above 64 workers fanout samples 8 peers per worker and round: 256
+ * workers finish within seconds, every call runs once, twice the same. */
+static void test_sampled_fanout(void) {
+  const int workers = 256, iters = 5, sample = 8;
+  uint64_t hash[2] = {0, 0};
+  for (int k = 0; k < 2; k++) {
+    drpc_sim_config c;
+    drpc_sim_result r;
+    drpc_error err = DRPC_ERROR_INIT;
+    CHECK_EQ_INT(drpc_sim_config_draw(&c, "fanout", workers, iters, 1, false,
+                                      false, &err),
+                 0);
+    drpc_error_clear(&err);
+    CHECK_EQ_INT(run(&c, &r), 0);
+    CHECK(r.ok);
+    CHECK_EQ_INT(r.calls, (uint64_t)workers * iters * sample);
+    CHECK_EQ_INT(r.calls, r.executions);
+    CHECK(!r.abandoned);
+    CHECK(r.wall_s < 20.0);
+    hash[k] = r.hash;
+    drpc_sim_result_clear(&r);
+    drpc_sim_config_clear(&c);
+  }
+  CHECK_EQ_INT(hash[0], hash[1]);
+}
+
 int main(void) {
   RUN(test_clean_runs);
   /* Under faults nodes crash and abandon objects: in a child. */
@@ -184,5 +212,6 @@ int main(void) {
   RUN(test_trace_diff_finds_difference);
   RUN(test_json_round_trip);
   RUN(test_bad_input);
+  RUN(test_sampled_fanout);
   return test_finish();
 }
