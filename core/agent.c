@@ -1239,15 +1239,17 @@ int drpc_agent_check_call(drpc_agent *a, int16_t dst, int kind, const char *fn,
   return 0;
 }
 
-void drpc_agent_post_request(drpc_agent *a, int16_t dst, drpc_outframe *frame,
-                             drpc_fork_list *forks, uint64_t timeout_ms,
-                             drpc_future *fut) {
+/* A call command for an encoded request (takes frame and forks; the
+ * command holds a new reference to fut). NULL when memory runs out, with
+ * frame and forks released. The call counts as active from here on. */
+static call_cmd *call_cmd_new(drpc_agent *a, int16_t dst, drpc_outframe *frame,
+                              drpc_fork_list *forks, uint64_t timeout_ms,
+                              drpc_future *fut) {
   call_cmd *cc = malloc(sizeof *cc);
   if (!cc) {
     drpc_fork_list_drop(forks);
     drpc_outframe_free(frame);
-    drpc_future_fail(fut, DRPC_ENOMEM, "out of memory");
-    return;
+    return NULL;
   }
   drpc_future_incref(fut);
   cc->cmd.apply = call_cmd_apply;
@@ -1259,6 +1261,17 @@ void drpc_agent_post_request(drpc_agent *a, int16_t dst, drpc_outframe *frame,
   cc->fut = fut;
   cc->timeout_ms = timeout_ms;
   atomic_fetch_add(&a->client_active, 1);
+  return cc;
+}
+
+void drpc_agent_post_request(drpc_agent *a, int16_t dst, drpc_outframe *frame,
+                             drpc_fork_list *forks, uint64_t timeout_ms,
+                             drpc_future *fut) {
+  call_cmd *cc = call_cmd_new(a, dst, frame, forks, timeout_ms, fut);
+  if (!cc) {
+    drpc_future_fail(fut, DRPC_ENOMEM, "out of memory");
+    return;
+  }
   atomic_fetch_add_explicit(&a->calls_sent, 1, memory_order_relaxed);
   a->env.ops->post(a->env.ctx, &cc->cmd);
 }
@@ -1270,26 +1283,19 @@ void drpc_agent_request(drpc_agent *a, int16_t dst, uint8_t type,
   drpc_fork_list *forks = NULL;
   drpc_error err = DRPC_ERROR_INIT;
   call_cmd *cc = NULL;
-  if (drpc_rref_encode(a, type, 0, body, &frame, &forks, &err) != 0 ||
-      !(cc = malloc(sizeof *cc))) {
+  if (drpc_rref_encode(a, type, 0, body, &frame, &forks, &err) != 0) {
     drpc_fork_list_drop(forks);
     drpc_outframe_free(frame);
+  } else {
+    cc = call_cmd_new(a, dst, frame, forks, timeout_ms, fut);
+  }
+  if (!cc) {
     if (!err.code)
       drpc_error_set(&err, DRPC_ENOMEM, "out of memory");
     drpc_future_set_error(fut, &err);
     drpc_error_clear(&err);
     return;
   }
-  drpc_future_incref(fut);
-  cc->cmd.apply = call_cmd_apply;
-  cc->cmd.next = NULL;
-  cc->agent = a;
-  cc->dst = dst;
-  cc->frame = frame;
-  cc->forks = forks;
-  cc->fut = fut;
-  cc->timeout_ms = timeout_ms;
-  atomic_fetch_add(&a->client_active, 1);
   call_cmd_apply(&cc->cmd); /* on the loop already */
 }
 
