@@ -93,6 +93,12 @@ struct drpc_agent {
   drpc_sync sync;
   bool stop_applied;
   uint64_t barrier_seq;
+
+  /* Recording: rec_full when a recorder keeps payloads; in_now is the
+   * clock as the input being applied found it (every loop-side use of the
+   * time reads it, so replay sees the same deadlines). */
+  bool rec_full;
+  uint64_t in_now;
 };
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -110,13 +116,43 @@ static void logf_(drpc_agent *a, drpc_log_level lvl, const char *fmt, ...) {
   a->env.ops->log(a->env.ctx, lvl, buf);
 }
 
-static void rec(drpc_agent *a, drpc_event_kind kind, int16_t peer_id,
-                uint64_t id, uint64_t aux) {
+void drpc_agent_record(drpc_agent *a, drpc_event_kind kind, int16_t peer_id,
+                       uint64_t id, uint64_t aux, const void *bytes, size_t len,
+                       const char *name) {
   if (!a->env.ops->record)
     return;
-  drpc_event ev = {kind, a->self.id, peer_id, drpc_env_now(&a->env),
-                   id,   aux,        NULL,    0};
+  drpc_event ev = {kind, a->self.id, peer_id, a->in_now, id,
+                   aux,  bytes,      len,     name};
   a->env.ops->record(a->env.ctx, &ev);
+}
+
+static void rec(drpc_agent *a, drpc_event_kind kind, int16_t peer_id,
+                uint64_t id, uint64_t aux) {
+  drpc_agent_record(a, kind, peer_id, id, aux, NULL, 0, NULL);
+}
+
+bool drpc_agent_recording(drpc_agent *a) {
+  return a->rec_full;
+}
+
+uint64_t drpc_agent_loop_now(drpc_agent *a) {
+  return a->in_now;
+}
+
+void drpc_agent_input_begin(drpc_agent *a) {
+  a->in_now = drpc_env_now(&a->env);
+}
+
+/* Records an input command with its arguments (when payloads are kept). */
+static void rec_cmd(drpc_agent *a, drpc_event_kind kind, uint64_t type,
+                    int16_t peer_id, uint64_t id, drpc_rbuf *b) {
+  if (b->failed)
+    drpc_agent_logf(a, DRPC_LOG_ERROR,
+                    "out of memory recording a command; the recording "
+                    "will not replay");
+  drpc_agent_record(a, kind, peer_id, id, type, b->p, b->failed ? 0 : b->len,
+                    NULL);
+  drpc_rbuf_free(b);
 }
 
 static peer *peer_by_id(drpc_agent *a, int64_t id) {
@@ -208,6 +244,7 @@ static void rearm(drpc_agent *a) {
     d = t->deadline_ns;
   if (d != a->armed_deadline && a->env.ops->timer_arm) {
     a->armed_deadline = d;
+    rec(a, DRPC_EV_OUT_TIMER, -1, 0, d);
     a->env.ops->timer_arm(a->env.ctx, d);
   }
 }
@@ -229,8 +266,9 @@ static void call_detach(drpc_agent *a, pcall *c) {
   atomic_fetch_sub(&a->client_active, 1);
 }
 
-static void call_finish(drpc_agent *a, pcall *c) {
-  rec(a, DRPC_EV_OUT_FUTURE, c->dst, c->id, 0);
+static void call_finish(drpc_agent *a, pcall *c, int code) {
+  rec(a, DRPC_EV_OUT_FUTURE, c->dst, c->id, (uint64_t)(int64_t)code);
+  rec(a, DRPC_EV_RPC_END, c->dst, c->id, (uint64_t)(int64_t)code);
   drpc_future_decref(c->fut);
   free(c);
   if (atomic_load(&a->client_active) == 0)
@@ -241,7 +279,7 @@ static void call_fail(drpc_agent *a, pcall *c, int code, const char *msg) {
   drpc_error e = {code, (char *)msg};
   call_detach(a, c);
   drpc_future_set_error(c->fut, &e);
-  call_finish(a, c);
+  call_finish(a, c, code);
 }
 
 /* Fails every pending call to dst (all when dst < 0), lowest id first. */
@@ -263,6 +301,15 @@ static void fail_calls_to(drpc_agent *a, int dst, int code, const char *msg) {
 
 static void send_frame(drpc_agent *a, uint64_t conn, drpc_outframe *f) {
   atomic_fetch_add_explicit(&a->frames_out, 1, memory_order_relaxed);
+  if (a->env.ops->record) {
+    conn_entry *ce = drpc_map_get(&a->conns, conn);
+    uint8_t type = f->head_len > 5 ? f->head[5] : 0;
+    size_t n = 0;
+    uint8_t *flat = a->rec_full ? drpc_outframe_flatten(f, &n) : NULL;
+    drpc_agent_record(a, DRPC_EV_OUT_SEND, ce ? ce->peer : -1, conn, type, flat,
+                      flat ? n : (size_t)f->total_len, NULL);
+    free(flat);
+  }
   a->env.ops->send(a->env.ctx, conn, f);
 }
 
@@ -334,11 +381,13 @@ static int send_to_peer(drpc_agent *a, peer *p, drpc_outframe *f,
   ce->hello = true;
   p->state = PEER_CONNECTING;
   p->conn = conn;
-  rec(a, DRPC_EV_OUT_CONNECT, p->info.id, conn, 0);
+  drpc_agent_record(a, DRPC_EV_OUT_CONNECT, p->info.id, conn, 0, p->addr,
+                    strlen(p->addr), NULL);
   return 0;
 }
 
 void drpc_agent_on_conn_open(drpc_agent *a, uint64_t conn) {
+  drpc_agent_input_begin(a);
   conn_entry *ce = drpc_map_get(&a->conns, conn);
   rec(a, DRPC_EV_IN_CONN_OPEN, ce ? ce->peer : -1, conn, 1);
   if (!ce || !ce->outgoing)
@@ -359,6 +408,7 @@ void drpc_agent_on_conn_open(drpc_agent *a, uint64_t conn) {
 }
 
 void drpc_agent_on_conn_accept(drpc_agent *a, uint64_t conn) {
+  drpc_agent_input_begin(a);
   rec(a, DRPC_EV_IN_CONN_OPEN, -1, conn, 0);
   conn_entry *ce = calloc(1, sizeof *ce);
   if (!ce || drpc_map_put(&a->conns, conn, ce)) {
@@ -376,11 +426,22 @@ void drpc_agent_on_conn_accept(drpc_agent *a, uint64_t conn) {
  * completes" checker must report that. Nothing else may set it. */
 int drpc_test_fault_skip_fail_on_reset = 0;
 
+static void conn_closed(drpc_agent *a, uint64_t conn, const drpc_error *reason);
+
 void drpc_agent_on_conn_closed(drpc_agent *a, uint64_t conn,
                                const drpc_error *reason) {
+  drpc_agent_input_begin(a);
+  const char *why = reason ? drpc_error_message(reason) : NULL;
+  conn_entry *ce0 = drpc_map_get(&a->conns, conn);
+  drpc_agent_record(a, DRPC_EV_IN_CONN_CLOSED, ce0 ? ce0->peer : -1, conn,
+                    (uint64_t)(int64_t)(reason ? reason->code : 0), why,
+                    why && a->rec_full ? strlen(why) : 0, NULL);
+  conn_closed(a, conn, reason);
+}
+
+static void conn_closed(drpc_agent *a, uint64_t conn,
+                        const drpc_error *reason) {
   conn_entry *ce = drpc_map_remove(&a->conns, conn);
-  rec(a, DRPC_EV_IN_CONN_CLOSED, ce ? ce->peer : -1, conn,
-      (uint64_t)(reason ? -reason->code : 0));
   if (!ce)
     return;
   if (ce->outgoing) {
@@ -418,9 +479,10 @@ static void close_conn(drpc_agent *a, uint64_t conn, const char *why) {
   drpc_error e = {DRPC_EPROTO, (char *)why};
   logf_(a, DRPC_LOG_ERROR, "closing connection %llu: %s",
         (unsigned long long)conn, why);
+  conn_entry *ce = drpc_map_get(&a->conns, conn);
+  rec(a, DRPC_EV_OUT_CLOSE, ce ? ce->peer : -1, conn, 0);
   a->env.ops->close(a->env.ctx, conn);
-  rec(a, DRPC_EV_OUT_CLOSE, -1, conn, 0);
-  drpc_agent_on_conn_closed(a, conn, &e);
+  conn_closed(a, conn, &e);
 }
 
 /* ---- server side: running calls ---------------------------------------- */
@@ -462,7 +524,9 @@ const char *drpc_call_name(drpc_call *call) {
 typedef struct send_cmd {
   drpc_cmd cmd;
   drpc_agent *agent;
-  uint64_t conn;
+  uint64_t conn, req_id;
+  int16_t caller;
+  bool async;
   drpc_outframe *frame;
   drpc_fork_list *forks; /* RRefs forked into the frame */
 } send_cmd;
@@ -493,6 +557,18 @@ static void deliver_local(drpc_agent *a, drpc_outframe *f) {
 static void send_cmd_apply(drpc_cmd *cmd) {
   send_cmd *s = (send_cmd *)cmd;
   drpc_agent *a = s->agent;
+  drpc_agent_input_begin(a);
+  if (a->env.ops->record) {
+    drpc_rbuf b = {0};
+    if (a->rec_full) {
+      drpc_rbuf_u64(&b, s->conn);
+      drpc_rbuf_u64(&b, s->req_id);
+      drpc_rbuf_u64(&b, s->async);
+      drpc_rbuf_frame(&b, s->frame);
+      drpc_fork_list_write(s->forks, &b);
+    }
+    rec_cmd(a, DRPC_EV_IN_JOB_DONE, DRPC_JOB_SEND, s->caller, s->req_id, &b);
+  }
   if (atomic_load(&a->state) == ST_STOPPED) {
     drpc_fork_list_drop(s->forks);
     drpc_outframe_free(s->frame);
@@ -528,6 +604,8 @@ typedef struct remote_done_cmd {
   drpc_cmd cmd;
   drpc_agent *agent;
   uint64_t conn, req_id;
+  int16_t caller;
+  bool async;
   drpc_rref *owner;
   drpc_value *result;
   drpc_error err;
@@ -536,6 +614,28 @@ typedef struct remote_done_cmd {
 static void remote_done_apply(drpc_cmd *cmd) {
   remote_done_cmd *r = (remote_done_cmd *)cmd;
   drpc_agent *a = r->agent;
+  drpc_agent_input_begin(a);
+  if (a->env.ops->record) {
+    drpc_rbuf b = {0};
+    if (a->rec_full) {
+      drpc_rbuf_u64(&b, r->conn);
+      drpc_rbuf_u64(&b, r->req_id);
+      drpc_rbuf_u64(&b, r->async);
+      drpc_rref_write_ids(r->owner, &b);
+      drpc_rbuf_u64(&b, (uint64_t)(int64_t)r->err.code);
+      const char *m = r->err.code ? drpc_error_message(&r->err) : "";
+      drpc_rbuf_blob(&b, m, strlen(m));
+      drpc_outframe *vf = NULL;
+      if (!r->err.code && r->result &&
+          drpc_wire_encode(DRPC_MSG_RESPONSE, 0, 0, r->result, &a->lim, &vf,
+                           NULL) != 0)
+        b.failed = true;
+      drpc_rbuf_frame(&b, vf);
+      drpc_outframe_free(vf);
+    }
+    rec_cmd(a, DRPC_EV_IN_JOB_DONE, DRPC_JOB_REMOTE_DONE, r->caller, r->req_id,
+            &b);
+  }
   /* REMOTE_RET first: a fetch waiting for this value is answered by the
    * settle, and its caller should see the RRef confirmed before that. */
   if (atomic_load(&a->state) != ST_STOPPED)
@@ -576,6 +676,8 @@ static void call_respond(drpc_call *call, drpc_value *result,
     r->agent = a;
     r->conn = call->conn;
     r->req_id = call->req_id;
+    r->caller = call->caller.id;
+    r->async = call->async;
     r->owner = call->remote_owner;
     call->remote_owner = NULL;
     if (err && err->code) {
@@ -617,6 +719,9 @@ static void call_respond(drpc_call *call, drpc_value *result,
       s->cmd.next = NULL;
       s->agent = a;
       s->conn = call->conn;
+      s->req_id = call->req_id;
+      s->caller = call->caller.id;
+      s->async = call->async;
       s->frame = f;
       s->forks = forks;
       a->env.ops->post(a->env.ctx, &s->cmd);
@@ -752,8 +857,8 @@ static void call_ready(drpc_rref_waiter *w) {
     call_respond(call, NULL, &e);
     return;
   }
-  rec(a, DRPC_EV_OUT_EXECUTE, call->caller.id, call->req_id,
-      (uint64_t)call->kind);
+  drpc_agent_record(a, DRPC_EV_OUT_EXECUTE, call->caller.id, call->req_id,
+                    (uint64_t)call->kind, NULL, 0, call->name);
   a->env.ops->execute(a->env.ctx, &call->job);
 }
 
@@ -919,10 +1024,12 @@ static void handle_response(drpc_agent *a, conn_entry *ce, drpc_msg *m) {
   }
   call_detach(a, c);
   rearm(a);
+  int code = 0;
   drpc_error aerr = DRPC_ERROR_INIT;
   if (m->type == DRPC_MSG_RESPONSE && m->nrrefs &&
       drpc_rref_accept(a, m->body, ce->peer, NULL, &aerr) != 0) {
     drpc_future_set_error(c->fut, &aerr);
+    code = aerr.code;
     drpc_error_clear(&aerr);
   } else if (m->type != DRPC_MSG_ERROR) {
     /* RESPONSE, REMOTE_RET and RREF_ACK carry the value. */
@@ -935,15 +1042,16 @@ static void handle_response(drpc_agent *a, conn_entry *ce, drpc_msg *m) {
     if (b && b->kind == DRPC_VAL_LIST && b->u.c.len == 2 &&
         b->u.c.items[0]->kind == DRPC_VAL_INT &&
         b->u.c.items[1]->kind == DRPC_VAL_STR) {
-      int64_t code = b->u.c.items[0]->u.i;
-      e.code = code < 0 && code > -1000 ? (int)code : DRPC_EREMOTE;
+      int64_t rcode = b->u.c.items[0]->u.i;
+      e.code = rcode < 0 && rcode > -1000 ? (int)rcode : DRPC_EREMOTE;
       e.msg = b->u.c.items[1]->u.s.data;
     } else {
       e.msg = "malformed error response";
     }
+    code = e.code;
     drpc_future_set_error(c->fut, &e);
   }
-  call_finish(a, c);
+  call_finish(a, c, code);
 }
 
 static void handle_hello(drpc_agent *a, uint64_t conn, conn_entry *ce,
@@ -985,7 +1093,6 @@ static void handle_message(drpc_agent *a, uint64_t conn, drpc_msg *m) {
   atomic_fetch_add_explicit(&a->frames_in, 1, memory_order_relaxed);
   if (!ce)
     return;
-  rec(a, DRPC_EV_IN_FRAME, ce->peer, m->id, m->type);
   if (!ce->hello && m->type != DRPC_MSG_HELLO) {
     char why[128];
     snprintf(why, sizeof why,
@@ -1046,13 +1153,43 @@ static void handle_message(drpc_agent *a, uint64_t conn, drpc_msg *m) {
   }
 }
 
+static int16_t conn_peer(drpc_agent *a, uint64_t conn) {
+  conn_entry *ce = drpc_map_get(&a->conns, conn);
+  return ce ? ce->peer : -1;
+}
+
 void drpc_agent_on_message(drpc_agent *a, uint64_t conn, drpc_msg *m) {
+  drpc_agent_input_begin(a);
+  if (a->env.ops->record) {
+    /* The frame as it arrived: re-encoded from the decoded message (the
+     * encoding is canonical), so backends that read straight into tensor
+     * storage need keep no copy. */
+    drpc_outframe *f = NULL;
+    size_t n = 0;
+    uint8_t *flat = NULL;
+    if (a->rec_full && drpc_wire_encode(m->type, m->flags, m->id, m->body,
+                                        &a->lim, &f, NULL) == 0)
+      flat = drpc_outframe_flatten(f, &n);
+    drpc_outframe_free(f);
+    if (a->rec_full && !flat)
+      drpc_agent_logf(a, DRPC_LOG_ERROR,
+                      "could not record a %s frame; the recording will not "
+                      "replay",
+                      drpc_msg_type_name(m->type));
+    drpc_agent_record(a, DRPC_EV_IN_FRAME, conn_peer(a, conn), conn, m->type,
+                      flat, n, NULL);
+    free(flat);
+  }
   handle_message(a, conn, m);
   drpc_msg_clear(m);
 }
 
 void drpc_agent_on_frame(drpc_agent *a, uint64_t conn, const uint8_t *buf,
                          size_t len) {
+  drpc_agent_input_begin(a);
+  drpc_agent_record(a, DRPC_EV_IN_FRAME, conn_peer(a, conn), conn,
+                    len > 5 ? buf[5] : 0, a->rec_full ? buf : NULL,
+                    a->rec_full ? len : 0, NULL);
   drpc_msg m = {0};
   drpc_error err = DRPC_ERROR_INIT;
   if (drpc_wire_decode(buf, len, &a->lim, &m, &err)) {
@@ -1060,11 +1197,13 @@ void drpc_agent_on_frame(drpc_agent *a, uint64_t conn, const uint8_t *buf,
     drpc_error_clear(&err);
     return;
   }
-  drpc_agent_on_message(a, conn, &m);
+  handle_message(a, conn, &m);
+  drpc_msg_clear(&m);
 }
 
 void drpc_agent_on_timer(drpc_agent *a) {
-  uint64_t now = drpc_env_now(&a->env);
+  drpc_agent_input_begin(a);
+  uint64_t now = a->in_now;
   rec(a, DRPC_EV_IN_TIMER, -1, 0, now);
   a->armed_deadline = 0;
   drpc_heap_node *n;
@@ -1101,10 +1240,42 @@ typedef struct call_cmd {
   drpc_fork_list *forks; /* RRefs forked into the frame */
   drpc_future *fut;
   uint64_t timeout_ms;
+  const char *label; /* static: "rpc_async", "rpc_remote", a message type */
+  char *fn;          /* the function, when recording */
 } call_cmd;
+
+static void call_apply(call_cmd *cc);
 
 static void call_cmd_apply(drpc_cmd *cmd) {
   call_cmd *cc = (call_cmd *)cmd;
+  drpc_agent *a = cc->agent;
+  drpc_agent_input_begin(a);
+  if (a->env.ops->record) {
+    drpc_rbuf b = {0};
+    if (a->rec_full) {
+      drpc_rbuf_u64(&b, (uint64_t)(int64_t)cc->dst);
+      drpc_rbuf_u64(&b, cc->timeout_ms);
+      drpc_rbuf_frame(&b, cc->frame);
+      drpc_fork_list_write(cc->forks, &b);
+      const char *l = cc->label ? cc->label : "";
+      drpc_rbuf_blob(&b, l, strlen(l));
+      const char *fn = cc->fn ? cc->fn : "";
+      drpc_rbuf_blob(&b, fn, strlen(fn));
+    }
+    rec_cmd(a, DRPC_EV_IN_COMMAND, DRPC_CMD_CALL, cc->dst, 0, &b);
+  }
+  call_apply(cc);
+}
+
+/* "rpc_async#fn" for the span of a call. */
+static void span_name(const call_cmd *cc, char *buf, size_t n) {
+  if (cc->fn && *cc->fn)
+    snprintf(buf, n, "%s#%s", cc->label ? cc->label : "rpc", cc->fn);
+  else
+    snprintf(buf, n, "%s", cc->label ? cc->label : "rpc");
+}
+
+static void call_apply(call_cmd *cc) {
   drpc_agent *a = cc->agent;
   pcall *c = calloc(1, sizeof *c);
   drpc_error err = DRPC_ERROR_INIT;
@@ -1116,6 +1287,7 @@ static void call_cmd_apply(drpc_cmd *cmd) {
                        : "out of memory");
     drpc_future_decref(cc->fut);
     free(c);
+    free(cc->fn);
     free(cc);
     if (atomic_fetch_sub(&a->client_active, 1) == 1)
       notify_idle(a);
@@ -1132,7 +1304,7 @@ static void call_cmd_apply(drpc_cmd *cmd) {
   drpc_outframe_set_id(cc->frame, c->id);
   bool tracked = drpc_map_put(&a->calls, c->id, c) == 0;
   if (tracked && cc->timeout_ms) {
-    c->hn.deadline_ns = drpc_env_now(&a->env) + cc->timeout_ms * 1000000ull;
+    c->hn.deadline_ns = a->in_now + cc->timeout_ms * 1000000ull;
     tracked = drpc_heap_push(&a->calls_heap, &c->hn) == 0;
     rearm(a);
   }
@@ -1140,12 +1312,18 @@ static void call_cmd_apply(drpc_cmd *cmd) {
     /* A call the agent cannot track could never complete or time out. */
     drpc_outframe_free(cc->frame);
     drpc_fork_list_drop(cc->forks);
+    free(cc->fn);
     free(cc);
     call_fail(a, c, DRPC_ENOMEM, "out of memory registering the call");
     rearm(a);
     return;
   }
-  rec(a, DRPC_EV_RPC_BEGIN, c->dst, c->id, c->timeout_ms);
+  if (a->env.ops->record) {
+    char name[160];
+    span_name(cc, name, sizeof name);
+    drpc_agent_record(a, DRPC_EV_RPC_BEGIN, c->dst, c->id, c->timeout_ms, NULL,
+                      0, name);
+  }
   if (c->dst == a->self.id) {
     deliver_local(a, cc->frame);
   } else {
@@ -1156,6 +1334,7 @@ static void call_cmd_apply(drpc_cmd *cmd) {
     }
   }
   drpc_error_clear(&err);
+  free(cc->fn);
   free(cc);
 }
 
@@ -1244,7 +1423,8 @@ int drpc_agent_check_call(drpc_agent *a, int16_t dst, int kind, const char *fn,
  * frame and forks released. The call counts as active from here on. */
 static call_cmd *call_cmd_new(drpc_agent *a, int16_t dst, drpc_outframe *frame,
                               drpc_fork_list *forks, uint64_t timeout_ms,
-                              drpc_future *fut) {
+                              drpc_future *fut, const char *label,
+                              const char *fn) {
   call_cmd *cc = malloc(sizeof *cc);
   if (!cc) {
     drpc_fork_list_drop(forks);
@@ -1260,14 +1440,17 @@ static call_cmd *call_cmd_new(drpc_agent *a, int16_t dst, drpc_outframe *frame,
   cc->forks = forks;
   cc->fut = fut;
   cc->timeout_ms = timeout_ms;
+  cc->label = label;
+  cc->fn = fn && a->env.ops->record ? strdup(fn) : NULL;
   atomic_fetch_add(&a->client_active, 1);
   return cc;
 }
 
 void drpc_agent_post_request(drpc_agent *a, int16_t dst, drpc_outframe *frame,
                              drpc_fork_list *forks, uint64_t timeout_ms,
-                             drpc_future *fut) {
-  call_cmd *cc = call_cmd_new(a, dst, frame, forks, timeout_ms, fut);
+                             drpc_future *fut, const char *label,
+                             const char *fn) {
+  call_cmd *cc = call_cmd_new(a, dst, frame, forks, timeout_ms, fut, label, fn);
   if (!cc) {
     drpc_future_fail(fut, DRPC_ENOMEM, "out of memory");
     return;
@@ -1287,7 +1470,8 @@ void drpc_agent_request(drpc_agent *a, int16_t dst, uint8_t type,
     drpc_fork_list_drop(forks);
     drpc_outframe_free(frame);
   } else {
-    cc = call_cmd_new(a, dst, frame, forks, timeout_ms, fut);
+    cc = call_cmd_new(a, dst, frame, forks, timeout_ms, fut,
+                      drpc_msg_type_name(type), NULL);
   }
   if (!cc) {
     if (!err.code)
@@ -1296,12 +1480,21 @@ void drpc_agent_request(drpc_agent *a, int16_t dst, uint8_t type,
     drpc_error_clear(&err);
     return;
   }
-  call_cmd_apply(&cc->cmd); /* on the loop already */
+  call_apply(cc); /* on the loop already: part of the current input */
 }
 
 int drpc_agent_call(drpc_agent *a, int16_t dst, int kind, const char *fn,
                     const drpc_value *args, const drpc_value *kwargs,
                     double timeout_s, drpc_future **fut, drpc_error *err) {
+  return drpc_agent_call_labelled(a, dst, kind, fn, args, kwargs, timeout_s,
+                                  "rpc_async", fut, err);
+}
+
+int drpc_agent_call_labelled(drpc_agent *a, int16_t dst, int kind,
+                             const char *fn, const drpc_value *args,
+                             const drpc_value *kwargs, double timeout_s,
+                             const char *label, drpc_future **fut,
+                             drpc_error *err) {
   *fut = NULL;
   uint64_t timeout_ms = 0;
   int rc = drpc_agent_check_call(a, dst, kind, fn, args, kwargs, timeout_s,
@@ -1328,7 +1521,8 @@ int drpc_agent_call(drpc_agent *a, int16_t dst, int kind, const char *fn,
     drpc_outframe_free(frame);
     return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
   }
-  drpc_agent_post_request(a, dst, frame, forks, timeout_ms, f);
+  drpc_agent_post_request(a, dst, frame, forks, timeout_ms, f,
+                          label ? label : "rpc_async", fn);
   *fut = f;
   return 0;
 }
@@ -1367,7 +1561,16 @@ int drpc_rpc_sync(drpc_agent *a, const char *dst, drpc_call_kind kind,
                   drpc_value **result, drpc_error *err) {
   drpc_future *f = NULL;
   *result = NULL;
-  int rc = drpc_rpc_async(a, dst, kind, fn, args, kwargs, timeout_s, &f, err);
+  int rc = get_agent(&a, err);
+  if (rc)
+    return rc;
+  drpc_worker_info wi = {0};
+  if ((rc = drpc_agent_resolve(a, dst, &wi, err)))
+    return rc;
+  if (kind != DRPC_BUILTIN && kind != DRPC_FUNCTION)
+    return drpc_error_set(err, DRPC_EINVAL, "unknown call kind %d", (int)kind);
+  rc = drpc_agent_call_labelled(a, wi.id, kind, fn, args, kwargs, timeout_s,
+                                "rpc_sync", &f, err);
   if (rc)
     return rc;
   rc = drpc_future_get(f, -1, NULL, err);
@@ -1423,10 +1626,14 @@ typedef struct loop_cmd {
   void (*fn)(void *arg);
   void *arg;
   _Atomic bool *done;
+  int type; /* DRPC_CMD_* for the recording */
 } loop_cmd;
 
 static void loop_cmd_apply(drpc_cmd *cmd) {
   loop_cmd *l = (loop_cmd *)cmd;
+  drpc_agent_input_begin(l->agent);
+  drpc_rbuf b = {0};
+  rec_cmd(l->agent, DRPC_EV_IN_COMMAND, (uint64_t)l->type, -1, 0, &b);
   l->fn(l->arg);
   atomic_store(l->done, true);
   notify_idle(l->agent);
@@ -1437,7 +1644,8 @@ static bool flag_set(void *arg) {
   return atomic_load((_Atomic bool *)arg);
 }
 
-int drpc_agent_run_on_loop(drpc_agent *a, void (*fn)(void *arg), void *arg) {
+int drpc_agent_run_on_loop(drpc_agent *a, int type, void (*fn)(void *arg),
+                           void *arg) {
   _Atomic bool done = false;
   loop_cmd *l = malloc(sizeof *l);
   if (!l)
@@ -1448,6 +1656,7 @@ int drpc_agent_run_on_loop(drpc_agent *a, void (*fn)(void *arg), void *arg) {
   l->fn = fn;
   l->arg = arg;
   l->done = &done;
+  l->type = type;
   a->env.ops->post(a->env.ctx, &l->cmd);
   return drpc_agent_wait(a, flag_set, &done, 0);
 }
@@ -1672,6 +1881,55 @@ static void agent_release(drpc_agent *a) {
   free(a);
 }
 
+/* The configuration a replay needs to rebuild this core: [name, id, world
+ * size, [[id, name, address]...], rpc timeout ms, max frame bytes,
+ * ignore_rref_leak, shutdown timeout s, worker threads]. */
+drpc_value *drpc_agent_config_value(drpc_agent *a) {
+  drpc_value *peers = drpc_value_list();
+  for (size_t i = 0; peers && i < a->npeers; i++) {
+    const peer *p = &a->peers[i];
+    drpc_value *e = drpc_value_list_of(3, drpc_value_int(p->info.id),
+                                       drpc_value_str(p->info.name),
+                                       drpc_value_str(p->addr ? p->addr : ""));
+    if (!e || drpc_list_append(peers, e)) {
+      drpc_value_free(e);
+      drpc_value_free(peers);
+      return NULL;
+    }
+  }
+  return drpc_value_list_of(
+      9, drpc_value_str(a->self.name), drpc_value_int(a->self.id),
+      drpc_value_int(a->world_size), peers,
+      drpc_value_int((int64_t)atomic_load(&a->timeout_ms)),
+      drpc_value_int((int64_t)a->opts.max_frame_bytes),
+      drpc_value_bool(a->opts.ignore_rref_leak),
+      drpc_value_float(a->opts.shutdown_timeout_s),
+      drpc_value_int(a->opts.num_worker_threads));
+}
+
+static void record_start(drpc_agent *a) {
+  const drpc_env *e = &a->env;
+  a->rec_full =
+      e->ops->record && e->ops->recording && e->ops->recording(e->ctx);
+  if (!e->ops->record)
+    return;
+  a->in_now = drpc_env_now(e);
+  uint8_t *flat = NULL;
+  size_t n = 0;
+  if (a->rec_full) {
+    drpc_value *cfg = drpc_agent_config_value(a);
+    drpc_outframe *f = NULL;
+    if (cfg &&
+        drpc_wire_encode(DRPC_MSG_RESPONSE, 0, 0, cfg, &a->lim, &f, NULL) == 0)
+      flat = drpc_outframe_flatten(f, &n);
+    drpc_outframe_free(f);
+    drpc_value_free(cfg);
+  }
+  drpc_agent_record(a, DRPC_EV_IN_START, -1, (uint64_t)a->world_size, 0, flat,
+                    n, a->self.name);
+  free(flat);
+}
+
 int drpc_agent_start(drpc_agent **out, drpc_store *store, const char *name,
                      int64_t rank, int64_t world_size, const drpc_options *opts,
                      const drpc_env *env, drpc_error *err) {
@@ -1741,6 +1999,7 @@ int drpc_agent_start(drpc_agent **out, drpc_store *store, const char *name,
       return rc;
     }
   atomic_store(&a->state, ST_RUNNING);
+  record_start(a);
   *out = a;
   return 0;
 }
@@ -1899,6 +2158,11 @@ typedef struct stop_cmd {
 static void stop_apply(drpc_cmd *cmd) {
   stop_cmd *s = (stop_cmd *)cmd;
   drpc_agent *a = s->agent;
+  drpc_agent_input_begin(a);
+  drpc_rbuf b = {0};
+  if (a->rec_full)
+    drpc_rbuf_u64(&b, s->graceful);
+  rec_cmd(a, DRPC_EV_IN_COMMAND, DRPC_CMD_STOP, -1, 0, &b);
   atomic_store(&a->state, ST_STOPPED);
   /* The RRef context goes first: control messages still in flight then
    * give up instead of retrying. */
@@ -1918,6 +2182,7 @@ static void stop_apply(drpc_cmd *cmd) {
     drpc_outframe *f = NULL;
     if (drpc_wire_encode(DRPC_MSG_SHUTDOWN, 0, 0, NULL, &a->lim, &f, NULL) == 0)
       send_frame(a, keys[i], f);
+    rec(a, DRPC_EV_OUT_CLOSE, conn_peer(a, keys[i]), keys[i], 0);
     a->env.ops->close(a->env.ctx, keys[i]);
     free(drpc_map_remove(&a->conns, keys[i]));
   }
@@ -1928,8 +2193,10 @@ static void stop_apply(drpc_cmd *cmd) {
     drop_queue(&a->peers[i]);
   }
   drop_timers(a);
-  if (a->env.ops->timer_arm)
+  if (a->env.ops->timer_arm && a->armed_deadline) {
+    rec(a, DRPC_EV_OUT_TIMER, -1, 0, 0);
     a->env.ops->timer_arm(a->env.ctx, 0);
+  }
   a->armed_deadline = 0;
   a->env.ops->sync_lock(a->env.ctx, &a->sync);
   a->stop_applied = true;
@@ -2027,4 +2294,241 @@ int drpc_get_current_agent(drpc_agent **out, drpc_error *err) {
 void drpc_record_null(void *ctx, const drpc_event *ev) {
   (void)ctx;
   (void)ev;
+}
+
+/* ---- replay support (core/replay.c) --------------------------------------
+ * Replay rebuilds the commands and job results a recording holds and
+ * applies them exactly where the recording did. */
+
+/* A frame from its recorded bytes (one contiguous head, no tensors). */
+static drpc_outframe *frame_of_bytes(const uint8_t *p, size_t n) {
+  drpc_outframe *f = calloc(1, sizeof *f);
+  if (!f || !(f->head = malloc(n ? n : 1))) {
+    free(f);
+    return NULL;
+  }
+  memcpy(f->head, p, n);
+  f->head_len = n;
+  f->total_len = n;
+  return f;
+}
+
+int drpc_cmd_identify(drpc_cmd *cmd, drpc_event_kind *kind, uint64_t *type,
+                      uint64_t *key, uint64_t *conn) {
+  *conn = 0;
+  *key = 0;
+  if (cmd->apply == send_cmd_apply) {
+    send_cmd *s = (send_cmd *)cmd;
+    *kind = DRPC_EV_IN_JOB_DONE;
+    *type = DRPC_JOB_SEND;
+    *key = s->req_id;
+    *conn = s->conn;
+  } else if (cmd->apply == remote_done_apply) {
+    remote_done_cmd *r = (remote_done_cmd *)cmd;
+    *kind = DRPC_EV_IN_JOB_DONE;
+    *type = DRPC_JOB_REMOTE_DONE;
+    *key = r->req_id;
+    *conn = r->conn;
+  } else if (cmd->apply == call_cmd_apply) {
+    *kind = DRPC_EV_IN_COMMAND;
+    *type = DRPC_CMD_CALL;
+    *key = (uint64_t)(int64_t)((call_cmd *)cmd)->dst;
+  } else if (cmd->apply == stop_apply) {
+    *kind = DRPC_EV_IN_COMMAND;
+    *type = DRPC_CMD_STOP;
+  } else if (cmd->apply == loop_cmd_apply) {
+    *kind = DRPC_EV_IN_COMMAND;
+    *type = (uint64_t)((loop_cmd *)cmd)->type;
+  } else {
+    return drpc_rref_cmd_identify(cmd, kind, type, key);
+  }
+  return 0;
+}
+
+bool drpc_cmd_call_frame_is(drpc_cmd *cmd, const uint8_t *p, size_t n) {
+  call_cmd *cc = (call_cmd *)cmd;
+  size_t len = 0;
+  uint8_t *flat = drpc_outframe_flatten(cc->frame, &len);
+  bool same = flat && len == n && memcmp(flat, p, n) == 0;
+  free(flat);
+  return same;
+}
+
+uint64_t drpc_call_job_conn(drpc_job *job) {
+  return ((drpc_call *)job)->conn;
+}
+uint64_t drpc_call_job_req_id(drpc_job *job) {
+  return ((drpc_call *)job)->req_id;
+}
+
+/* A recorded CALL command: [dst, timeout ms, frame, forks, label, fn]. */
+int drpc_agent_replay_call(drpc_agent *a, drpc_rreader *r, drpc_future **fut,
+                           drpc_error *err) {
+  *fut = NULL;
+  int16_t dst = (int16_t)drpc_rr_u64(r);
+  uint64_t timeout_ms = drpc_rr_u64(r);
+  size_t n = 0;
+  const uint8_t *p = drpc_rr_blob(r, &n);
+  drpc_fork_list *forks = NULL;
+  int rc = drpc_fork_list_read(a, r, &forks, err);
+  if (rc)
+    return rc;
+  size_t ln = 0, fnn = 0;
+  const uint8_t *label = drpc_rr_blob(r, &ln);
+  const uint8_t *fn = drpc_rr_blob(r, &fnn);
+  if (r->bad || !p) {
+    drpc_fork_list_drop(forks);
+    return drpc_error_set(err, DRPC_EPROTO, "malformed CALL command record");
+  }
+  drpc_outframe *f = frame_of_bytes(p, n);
+  drpc_future *fu = drpc_future_new(&a->env);
+  char *fns = strndup((const char *)fn, fnn);
+  /* Labels are static strings in a live run; these live as long as the
+   * command (span names only). */
+  static const char *const labels[] = {"rpc_async", "rpc_sync", "rpc_remote",
+                                       "rref_fetch"};
+  const char *lab = NULL;
+  for (size_t i = 0; i < sizeof labels / sizeof *labels; i++)
+    if (strlen(labels[i]) == ln && memcmp(labels[i], label, ln) == 0)
+      lab = labels[i];
+  if (!lab && ln)
+    for (int t = 0; t < 64 && !lab; t++)
+      if (strlen(drpc_msg_type_name(t)) == ln &&
+          memcmp(drpc_msg_type_name(t), label, ln) == 0)
+        lab = drpc_msg_type_name(t);
+  if (!f || !fu || !fns) {
+    drpc_outframe_free(f);
+    drpc_future_decref(fu);
+    free(fns);
+    drpc_fork_list_drop(forks);
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  }
+  call_cmd *cc = call_cmd_new(a, dst, f, forks, timeout_ms, fu, lab, fns);
+  free(fns);
+  if (!cc) {
+    drpc_future_decref(fu);
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  }
+  call_cmd_apply(&cc->cmd);
+  *fut = fu;
+  return 0;
+}
+
+int drpc_agent_replay_stop(drpc_agent *a, drpc_rreader *r, drpc_error *err) {
+  bool graceful = drpc_rr_u64(r) != 0;
+  if (r->bad)
+    return drpc_error_set(err, DRPC_EPROTO, "malformed STOP command record");
+  stop_cmd *s = calloc(1, sizeof *s);
+  if (!s)
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  s->cmd.apply = stop_apply;
+  s->agent = a;
+  s->graceful = graceful;
+  atomic_store(&a->state, ST_STOPPING);
+  stop_apply(&s->cmd);
+  return 0;
+}
+
+/* A recorded job result for the call job (captured at execute). */
+int drpc_agent_replay_job_done(drpc_agent *a, drpc_job *job, uint64_t kind,
+                               drpc_rreader *r, drpc_error *err) {
+  drpc_call *call = (drpc_call *)job;
+  uint64_t conn = drpc_rr_u64(r);
+  uint64_t req_id = drpc_rr_u64(r);
+  bool async = drpc_rr_u64(r) != 0;
+  (void)conn;
+  (void)req_id;
+  if (kind == DRPC_JOB_SEND) {
+    size_t n = 0;
+    const uint8_t *p = drpc_rr_blob(r, &n);
+    drpc_fork_list *forks = NULL;
+    int rc = drpc_fork_list_read(a, r, &forks, err);
+    if (rc)
+      return rc;
+    if (r->bad || !p) {
+      drpc_fork_list_drop(forks);
+      return drpc_error_set(err, DRPC_EPROTO, "malformed job result record");
+    }
+    send_cmd *s = calloc(1, sizeof *s);
+    drpc_outframe *f = frame_of_bytes(p, n);
+    if (!s || !f) {
+      free(s);
+      drpc_outframe_free(f);
+      drpc_fork_list_drop(forks);
+      return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+    }
+    s->cmd.apply = send_cmd_apply;
+    s->agent = a;
+    s->conn = call->conn;
+    s->req_id = call->req_id;
+    s->caller = call->caller.id;
+    s->async = async;
+    s->frame = f;
+    s->forks = forks;
+    atomic_fetch_sub(&a->server_active, 1);
+    call_free(call);
+    send_cmd_apply(&s->cmd);
+    return 0;
+  }
+  if (kind != DRPC_JOB_REMOTE_DONE)
+    return drpc_error_set(err, DRPC_EPROTO, "unknown job result kind %llu",
+                          (unsigned long long)kind);
+  for (int i = 0; i < 4; i++)
+    drpc_rr_u64(r); /* the owner's ids: the call holds the owner */
+  int code = (int)(int64_t)drpc_rr_u64(r);
+  size_t mn = 0, vn = 0;
+  const uint8_t *m = drpc_rr_blob(r, &mn);
+  const uint8_t *v = drpc_rr_blob(r, &vn);
+  if (r->bad || !call->remote_owner)
+    return drpc_error_set(err, DRPC_EPROTO,
+                          "malformed remote job result record");
+  remote_done_cmd *d = calloc(1, sizeof *d);
+  if (!d)
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  if (code) {
+    drpc_error_set(&d->err, code, "%.*s", (int)mn, (const char *)m);
+  } else if (vn) {
+    drpc_msg msg = {0};
+    if (drpc_wire_decode(v, vn, &a->lim, &msg, err)) {
+      free(d);
+      return drpc_error_prefix(err, "remote job result value");
+    }
+    d->result = msg.body;
+    msg.body = NULL;
+    drpc_msg_clear(&msg);
+  }
+  d->cmd.apply = remote_done_apply;
+  d->agent = a;
+  d->conn = call->conn;
+  d->req_id = call->req_id;
+  d->caller = call->caller.id;
+  d->async = async;
+  d->owner = call->remote_owner;
+  call->remote_owner = NULL;
+  atomic_fetch_sub(&a->server_active, 1);
+  call_free(call);
+  remote_done_apply(&d->cmd);
+  return 0;
+}
+
+void drpc_agent_replay_delete_users(drpc_agent *a) {
+  drpc_rref_delete_users_now(a);
+}
+
+void drpc_call_job_discard(drpc_job *job) {
+  drpc_call *call = (drpc_call *)job;
+  atomic_fetch_sub(&call->agent->server_active, 1);
+  call_free(call);
+}
+
+void drpc_agent_replay_force_stop(drpc_agent *a) {
+  if (a->stop_applied)
+    return;
+  stop_cmd *s = calloc(1, sizeof *s);
+  atomic_store(&a->state, ST_STOPPED);
+  if (!s)
+    return;
+  s->cmd.apply = stop_apply;
+  s->agent = a;
+  stop_apply(&s->cmd);
 }

@@ -61,13 +61,22 @@ int drpc_agent_check_call(drpc_agent *a, int16_t dst, int kind, const char *fn,
  * completes fut (a reference is taken). Counts as a client call. */
 void drpc_agent_post_request(drpc_agent *a, int16_t dst, drpc_outframe *frame,
                              drpc_fork_list *forks, uint64_t timeout_ms,
-                             drpc_future *fut);
+                             drpc_future *fut, const char *label,
+                             const char *fn);
+/* drpc_agent_call naming the call's span (label: a static string such as
+ * "rpc_sync"). */
+int drpc_agent_call_labelled(drpc_agent *a, int16_t dst, int kind,
+                             const char *fn, const drpc_value *args,
+                             const drpc_value *kwargs, double timeout_s,
+                             const char *label, drpc_future **fut,
+                             drpc_error *err);
 /* Waits (user thread) until pred(arg) holds or deadline_ns (0: none)
  * passes; pred reads state the loop publishes with drpc_agent_notify. */
 int drpc_agent_wait(drpc_agent *a, bool (*pred)(void *arg), void *arg,
                     uint64_t deadline_ns);
 /* Runs fn(arg) on the loop and waits for it (user thread). */
-int drpc_agent_run_on_loop(drpc_agent *a, void (*fn)(void *arg), void *arg);
+int drpc_agent_run_on_loop(drpc_agent *a, int type, void (*fn)(void *arg),
+                           void *arg);
 void drpc_agent_logf(drpc_agent *a, drpc_log_level lvl, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -135,5 +144,79 @@ int drpc_rref_remote_kind(drpc_agent *a, int16_t dst, int kind, const char *fn,
  * deadline. */
 int drpc_rref_shutdown_cleanup(drpc_agent *a, uint64_t deadline_ns,
                                drpc_error *err);
+
+/* ---- recording (agent.c, event.c) --------------------------------------- */
+
+/* Command types in DRPC_EV_IN_COMMAND events (aux) and job results in
+ * DRPC_EV_IN_JOB_DONE (aux). Their argument layouts: traces/SCHEMA.md. */
+enum {
+  DRPC_CMD_CALL = 1,
+  DRPC_CMD_STOP = 2,
+  DRPC_CMD_RELEASE = 3,
+  DRPC_CMD_REMOTE = 4,
+  DRPC_CMD_DELETE_USERS = 5,
+};
+enum { DRPC_JOB_SEND = 0, DRPC_JOB_REMOTE_DONE = 1 };
+
+/* A growable byte buffer for event payloads (little-endian fields). */
+typedef struct drpc_rbuf {
+  uint8_t *p;
+  size_t len, cap;
+  bool failed;
+} drpc_rbuf;
+void drpc_rbuf_u64(drpc_rbuf *b, uint64_t v);
+void drpc_rbuf_blob(drpc_rbuf *b, const void *p, size_t n);
+/* A blob with the frame's bytes as they would go on the wire. */
+void drpc_rbuf_frame(drpc_rbuf *b, const drpc_outframe *f);
+void drpc_rbuf_free(drpc_rbuf *b);
+
+typedef struct drpc_rreader {
+  const uint8_t *p;
+  size_t len, pos;
+  bool bad; /* read past the end: every later read gives 0 / NULL */
+} drpc_rreader;
+uint64_t drpc_rr_u64(drpc_rreader *r);
+const uint8_t *drpc_rr_blob(drpc_rreader *r, size_t *n);
+
+/* True when a recorder keeps payloads (frames, commands). */
+bool drpc_agent_recording(drpc_agent *a);
+/* Records an event at the time of the input being applied. */
+void drpc_agent_record(drpc_agent *a, drpc_event_kind kind, int16_t peer,
+                       uint64_t id, uint64_t aux, const void *bytes, size_t len,
+                       const char *name);
+/* The time of the input being applied (loop thread). */
+uint64_t drpc_agent_loop_now(drpc_agent *a);
+/* Starts an input that is not one of the drpc_agent_on_* functions (a
+ * command applied on the loop): reads the clock once. */
+void drpc_agent_input_begin(drpc_agent *a);
+
+/* rref.c: fork lists in command payloads. */
+void drpc_fork_list_write(const drpc_fork_list *l, drpc_rbuf *b);
+void drpc_rref_write_ids(const drpc_rref *r, drpc_rbuf *b);
+
+/* ---- replay support (agent.c, rref.c; used by core/replay.c) ------------ */
+/* What a command posted on the loop would record itself as. */
+int drpc_cmd_identify(drpc_cmd *cmd, drpc_event_kind *kind, uint64_t *type,
+                      uint64_t *key, uint64_t *conn);
+int drpc_rref_cmd_identify(drpc_cmd *cmd, drpc_event_kind *kind, uint64_t *type,
+                           uint64_t *key);
+bool drpc_cmd_call_frame_is(drpc_cmd *cmd, const uint8_t *p, size_t n);
+uint64_t drpc_call_job_conn(drpc_job *job);
+uint64_t drpc_call_job_req_id(drpc_job *job);
+int drpc_agent_replay_call(drpc_agent *a, drpc_rreader *r, drpc_future **fut,
+                           drpc_error *err);
+int drpc_agent_replay_stop(drpc_agent *a, drpc_rreader *r, drpc_error *err);
+int drpc_agent_replay_job_done(drpc_agent *a, drpc_job *job, uint64_t kind,
+                               drpc_rreader *r, drpc_error *err);
+void drpc_agent_replay_delete_users(drpc_agent *a);
+drpc_value *drpc_agent_config_value(drpc_agent *a);
+int drpc_fork_list_read(drpc_agent *a, drpc_rreader *rd, drpc_fork_list **out,
+                        drpc_error *err);
+void drpc_rref_delete_users_now(drpc_agent *a);
+int drpc_rref_replay_remote(drpc_agent *a, drpc_rreader *rd, drpc_rref **out,
+                            drpc_error *err);
+uint64_t drpc_rref_fork_key(const drpc_rref *r);
+void drpc_call_job_discard(drpc_job *job);
+void drpc_agent_replay_force_stop(drpc_agent *a);
 
 #endif

@@ -200,6 +200,16 @@ static void release_apply(drpc_cmd *cmd) {
   drpc_rctx *c = r->ctx;
   free(rc);
   if (!destroyed(c)) {
+    drpc_agent *a = c->agent;
+    drpc_agent_input_begin(a);
+    drpc_rbuf b = {0};
+    if (drpc_agent_recording(a))
+      drpc_rref_write_ids(r, &b);
+    drpc_agent_record(a, DRPC_EV_IN_COMMAND, -1, key_of(r->fork),
+                      DRPC_CMD_RELEASE, b.p, b.len, NULL);
+    drpc_rbuf_free(&b);
+  }
+  if (!destroyed(c)) {
     uint64_t fk = key_of(r->fork);
     if (drpc_map_get(&c->confirmed, fk) == r)
       drpc_map_remove(&c->confirmed, fk);
@@ -504,7 +514,7 @@ static void ctl_done(drpc_future *f, void *arg) {
                     drpc_msg_type_name(m->type), m->dst,
                     drpc_error_message(&err), m->attempt, delay_ms);
     drpc_error_clear(&err);
-    uint64_t due = drpc_env_now(&c->env) + (uint64_t)(delay_ms * 1e6);
+    uint64_t due = drpc_agent_loop_now(c->agent) + (uint64_t)(delay_ms * 1e6);
     if (drpc_agent_timer_add(c->agent, due, ctl_retry, m))
       return;
     ctl_finish(m);
@@ -691,6 +701,42 @@ static int fork_hook(void *arg, const drpc_value *node, drpc_value *out,
   const char *tn = r->is_owner ? owner_type(r) : atomic_load(&r->type_name);
   out->u.r.type_name = (char *)tn;
   return 0;
+}
+
+/* [count, then per fork: rref created_on, local_id, the new fork's
+ * created_on, local_id, is_owner, the forking handle's own fork created_on,
+ * local_id, value frame (empty unless an owner enters the tables)]. */
+void drpc_fork_list_write(const drpc_fork_list *l, drpc_rbuf *b) {
+  drpc_rbuf_u64(b, l ? l->len : 0);
+  for (size_t i = 0; l && i < l->len; i++) {
+    const drpc_rref *r = l->e[i].r;
+    drpc_rbuf_u64(b, (uint64_t)(int64_t)r->id.created_on);
+    drpc_rbuf_u64(b, (uint64_t)r->id.local_id);
+    drpc_rbuf_u64(b, (uint64_t)(int64_t)l->e[i].fork.created_on);
+    drpc_rbuf_u64(b, (uint64_t)l->e[i].fork.local_id);
+    drpc_rbuf_u64(b, r->is_owner);
+    drpc_rbuf_u64(b, (uint64_t)(int64_t)r->fork.created_on);
+    drpc_rbuf_u64(b, (uint64_t)r->fork.local_id);
+    /* An owner user code made (drpc_rref_new_local) enters the tables
+     * with this fork: its value goes along, as replay cannot make it. */
+    drpc_outframe *vf = NULL;
+    const drpc_value *v = NULL;
+    if (r->is_owner && !drpc_map_get(&r->ctx->owners, key_of(r->id)) &&
+        drpc_future_done(r->value) && (v = drpc_future_value(r->value)) &&
+        drpc_wire_encode(DRPC_MSG_RESPONSE, 0, 0, v,
+                         drpc_agent_wire_limits(r->ctx->agent), &vf, NULL) != 0)
+      vf = NULL;
+    drpc_rbuf_frame(b, vf);
+    drpc_outframe_free(vf);
+  }
+}
+
+/* [rref created_on, local_id, fork created_on, local_id]. */
+void drpc_rref_write_ids(const drpc_rref *r, drpc_rbuf *b) {
+  drpc_rbuf_u64(b, (uint64_t)(int64_t)r->id.created_on);
+  drpc_rbuf_u64(b, (uint64_t)r->id.local_id);
+  drpc_rbuf_u64(b, (uint64_t)(int64_t)r->fork.created_on);
+  drpc_rbuf_u64(b, (uint64_t)r->fork.local_id);
 }
 
 void drpc_fork_list_drop(drpc_fork_list *l) {
@@ -1039,6 +1085,7 @@ typedef struct remote_cmd {
   drpc_fork_list *forks;
   uint64_t timeout_ms;
   drpc_future *call; /* the REMOTE_CALL's own future (a reference) */
+  char *fn;          /* for the recording */
 } remote_cmd;
 
 /* Loop: the REMOTE_RET (or the call's failure) arrived. Runs before the
@@ -1075,6 +1122,23 @@ static void remote_apply(drpc_cmd *cmd) {
   drpc_agent *a = rc->a;
   drpc_rctx *c = rc->r->ctx;
   drpc_rref *r = rc->r;
+  drpc_agent_input_begin(a);
+  if (drpc_agent_recording(a)) {
+    drpc_rbuf b = {0};
+    drpc_rref_write_ids(r, &b);
+    drpc_rbuf_u64(&b, (uint64_t)(int64_t)r->owner.id);
+    drpc_rbuf_u64(&b, r->is_owner);
+    drpc_rbuf_u64(&b, rc->timeout_ms);
+    drpc_rbuf_frame(&b, rc->frame);
+    drpc_fork_list_write(rc->forks, &b);
+    drpc_rbuf_blob(&b, rc->fn ? rc->fn : "", rc->fn ? strlen(rc->fn) : 0);
+    drpc_agent_record(a, DRPC_EV_IN_COMMAND, r->owner.id, key_of(r->id),
+                      DRPC_CMD_REMOTE, b.p, b.failed ? 0 : b.len, NULL);
+    drpc_rbuf_free(&b);
+  } else {
+    drpc_agent_record(a, DRPC_EV_IN_COMMAND, r->owner.id, key_of(r->id),
+                      DRPC_CMD_REMOTE, NULL, 0, NULL);
+  }
   if (!destroyed(c) && !drpc_agent_stopped(a)) {
     if (r->is_owner) {
       owners_put(c, r);
@@ -1088,8 +1152,9 @@ static void remote_apply(drpc_cmd *cmd) {
   }
   /* The request path handles a stopped agent by failing the future. */
   drpc_agent_post_request(a, r->owner.id, rc->frame, rc->forks, rc->timeout_ms,
-                          rc->call);
+                          rc->call, "rpc_remote", rc->fn);
   drpc_future_decref(rc->call);
+  free(rc->fn);
   free(rc);
 }
 
@@ -1169,6 +1234,7 @@ int drpc_rref_remote_kind(drpc_agent *a, int16_t dst, int kind, const char *fn,
   cmd->forks = forks;
   cmd->timeout_ms = timeout_ms;
   cmd->call = call;
+  cmd->fn = strdup(fn);
   drpc_future_incref(call);
   if (!self)
     atomic_fetch_add(&c->n_pending_users, 1);
@@ -1260,7 +1326,8 @@ int drpc_rref_to_here(drpc_rref *r, double timeout_s, drpc_value **out,
     drpc_outframe_free(frame);
     return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
   }
-  drpc_agent_post_request(a, r->owner.id, frame, NULL, timeout_ms, f);
+  drpc_agent_post_request(a, r->owner.id, frame, NULL, timeout_ms, f,
+                          "rref_fetch", NULL);
   rc = drpc_future_get(f, -1, NULL, err);
   if (rc == 0)
     *out = drpc_future_take_value(f);
@@ -1432,7 +1499,8 @@ int drpc_rref_shutdown_cleanup(drpc_agent *a, uint64_t deadline,
     drpc_agent_logf(a, DRPC_LOG_WARN,
                     "Timed out waiting for pending UserRRefs to be confirmed "
                     "by owner and parent.");
-  if ((rc = drpc_agent_run_on_loop(a, delete_users_apply, c)))
+  if ((rc = drpc_agent_run_on_loop(a, DRPC_CMD_DELETE_USERS, delete_users_apply,
+                                   c)))
     return drpc_error_set(err, rc, "could not delete the user RRefs");
   rc = drpc_agent_wait(a, owners_gone, c, deadline);
   if (rc) {
@@ -1575,4 +1643,167 @@ drpc_value *drpc_rref_context_debug_info(drpc_agent *a) {
     return NULL;
   }
   return d;
+}
+
+/* ---- replay support (core/replay.c) ---------------------------------------
+ */
+
+int drpc_rref_cmd_identify(drpc_cmd *cmd, drpc_event_kind *kind, uint64_t *type,
+                           uint64_t *key) {
+  *kind = DRPC_EV_IN_COMMAND;
+  if (cmd->apply == release_apply) {
+    *type = DRPC_CMD_RELEASE;
+    *key = key_of(((release_cmd *)cmd)->r->fork);
+    return 0;
+  }
+  if (cmd->apply == remote_apply) {
+    *type = DRPC_CMD_REMOTE;
+    *key = key_of(((remote_cmd *)cmd)->r->id);
+    return 0;
+  }
+  return DRPC_EINVAL;
+}
+
+static drpc_rref_id read_id(drpc_rreader *r) {
+  drpc_rref_id id;
+  id.created_on = (int16_t)drpc_rr_u64(r);
+  id.local_id = (int64_t)(drpc_rr_u64(r) & (DRPC_RREF_MAX_LOCAL_ID - 1));
+  return id;
+}
+
+/* The live handle a recorded fork names: an owner from the owners table, a
+ * user from the confirmed or pending tables. */
+static drpc_rref *find_handle(drpc_rctx *c, drpc_rref_id id, bool is_owner,
+                              drpc_rref_id own_fork) {
+  if (is_owner)
+    return drpc_map_get(&c->owners, key_of(id));
+  drpc_rref *r = drpc_map_get(&c->confirmed, key_of(own_fork));
+  if (!r)
+    r = drpc_map_get(&c->pending_users, key_of(own_fork));
+  return r;
+}
+
+int drpc_fork_list_read(drpc_agent *a, drpc_rreader *rd, drpc_fork_list **out,
+                        drpc_error *err) {
+  *out = NULL;
+  drpc_rctx *c = drpc_agent_rctx(a);
+  uint64_t n = drpc_rr_u64(rd);
+  if (rd->bad || n > DRPC_WIRE_MAX_TENSORS * 16ull)
+    return drpc_error_set(err, DRPC_EPROTO, "malformed fork list record");
+  if (n == 0)
+    return 0;
+  drpc_fork_list *l = calloc(1, sizeof *l);
+  if (!l || !(l->e = calloc((size_t)n, sizeof *l->e))) {
+    free(l);
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  }
+  l->cap = (size_t)n;
+  for (uint64_t i = 0; i < n; i++) {
+    drpc_rref_id id = read_id(rd), fork = read_id(rd);
+    bool is_owner = drpc_rr_u64(rd) != 0;
+    drpc_rref_id own = read_id(rd);
+    size_t vn = 0;
+    const uint8_t *vp = drpc_rr_blob(rd, &vn);
+    drpc_rref *r =
+        rd->bad || destroyed(c) ? NULL : find_handle(c, id, is_owner, own);
+    if (r) {
+      drpc_rref_incref(r);
+    } else if (!rd->bad && !destroyed(c) && is_owner && vn &&
+               id.created_on == c->self.id) {
+      /* An owner user code made: rebuilt with its recorded value. */
+      drpc_msg m = {0};
+      if (drpc_wire_decode(vp, vn, drpc_agent_wire_limits(a), &m, NULL) == 0 &&
+          (r = rref_alloc(c, true, &c->self, id, id)) != NULL) {
+        drpc_future_set_value(r->value, m.body);
+        m.body = NULL;
+      }
+      drpc_msg_clear(&m);
+    }
+    if (!r) {
+      drpc_fork_list_drop(l);
+      return drpc_error_set(err, DRPC_ESTATE,
+                            "cannot replay a fork of RRef (%d, %lld): the "
+                            "handle is not known to the replayed core",
+                            id.created_on, (long long)id.local_id);
+    }
+    l->e[l->len].r = r;
+    l->e[l->len].fork = fork;
+    l->len++;
+  }
+  *out = l;
+  return 0;
+}
+
+void drpc_rref_delete_users_now(drpc_agent *a) {
+  delete_users_apply(drpc_agent_rctx(a));
+}
+
+/* A recorded REMOTE command: [rref id, fork id, owner, self-owned, timeout
+ * ms, frame, forks, fn]. The new handle (a reference) goes to *out. */
+int drpc_rref_replay_remote(drpc_agent *a, drpc_rreader *rd, drpc_rref **out,
+                            drpc_error *err) {
+  *out = NULL;
+  drpc_rctx *c = drpc_agent_rctx(a);
+  drpc_rref_id id = read_id(rd), fork = read_id(rd);
+  int16_t owner_id = (int16_t)drpc_rr_u64(rd);
+  bool self = drpc_rr_u64(rd) != 0;
+  uint64_t timeout_ms = drpc_rr_u64(rd);
+  size_t n = 0;
+  const uint8_t *p = drpc_rr_blob(rd, &n);
+  drpc_fork_list *forks = NULL;
+  int rc = drpc_fork_list_read(a, rd, &forks, err);
+  if (rc)
+    return rc;
+  size_t fnn = 0;
+  const uint8_t *fn = drpc_rr_blob(rd, &fnn);
+  drpc_worker_info owner;
+  if (rd->bad || !p || destroyed(c) ||
+      drpc_agent_resolve_id(a, owner_id, &owner, NULL) != 0) {
+    drpc_fork_list_drop(forks);
+    return drpc_error_set(err, DRPC_EPROTO, "malformed REMOTE command record");
+  }
+  drpc_outframe *frame = calloc(1, sizeof *frame);
+  if (frame && (frame->head = malloc(n ? n : 1))) {
+    memcpy(frame->head, p, n);
+    frame->head_len = n;
+    frame->total_len = n;
+  } else {
+    free(frame);
+    frame = NULL;
+  }
+  drpc_rref *r = rref_alloc(c, self, &owner, id, fork);
+  remote_cmd *cmd = calloc(1, sizeof *cmd);
+  drpc_future *call = drpc_future_new(&c->env);
+  if (r)
+    r->created = drpc_future_new(&c->env);
+  if (!frame || !r || !cmd || !call || !r->created ||
+      drpc_future_add_done_callback(call, remote_returned, r) != 0) {
+    if (r)
+      atomic_store(&r->deleted, true);
+    drpc_rref_decref(r);
+    free(cmd);
+    drpc_future_decref(call);
+    drpc_outframe_free(frame);
+    drpc_fork_list_drop(forks);
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  }
+  drpc_rref_incref(r);
+  cmd->cmd.apply = remote_apply;
+  cmd->a = a;
+  cmd->r = r;
+  cmd->frame = frame;
+  cmd->forks = forks;
+  cmd->timeout_ms = timeout_ms;
+  cmd->call = call;
+  cmd->fn = strndup((const char *)fn, fnn);
+  drpc_future_incref(call);
+  if (!self)
+    atomic_fetch_add(&c->n_pending_users, 1);
+  remote_apply(&cmd->cmd);
+  *out = r;
+  return 0;
+}
+
+uint64_t drpc_rref_fork_key(const drpc_rref *r) {
+  return key_of(r->fork);
 }

@@ -332,6 +332,14 @@ static uint64_t e_random(void *ctx) {
 static void e_record(void *ctx, const drpc_event *ev) {
   sim_node *n = ctx;
   sim_check_record(n->s, n, ev);
+  const drpc_sim_config *c = n->s->cfg;
+  if (c->record && n->index >= 0 && n->state != NODE_DEAD)
+    c->record(c->record_ctx, ev);
+}
+
+static bool e_recording(void *ctx) {
+  sim_node *n = ctx;
+  return n->s->cfg->record != NULL;
 }
 
 static void e_log(void *ctx, drpc_log_level lvl, const char *msg) {
@@ -375,6 +383,7 @@ const drpc_env_ops sim_env_ops = {
     .sync_broadcast = sim_sync_broadcast,
     .random = e_random,
     .record = e_record,
+    .recording = e_recording,
     .log = e_log,
     .pool_stats = e_pool_stats,
     .listen_addr = e_listen_addr,

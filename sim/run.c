@@ -192,9 +192,33 @@ static void node_main(void *arg) {
 /* ---- faults ----------------------------------------------------------------
  */
 
+/* A fault (or its end) as an event of the recording. */
+static void record_fault(sim *s, const drpc_sim_fault *f, bool end) {
+  const drpc_sim_config *c = s->cfg;
+  if (!c->record)
+    return;
+  char name[48];
+  const char *k = drpc_sim_fault_kind_name(f->kind);
+  snprintf(name, sizeof name, "%s%s", k ? k : "fault", end ? " end" : "");
+  bool on_node = f->kind == DRPC_SIM_CRASH || f->kind == DRPC_SIM_SLOW;
+  drpc_event ev = {DRPC_EV_FAULT,
+                   (int16_t)(on_node ? f->node : -1),
+                   -1,
+                   on_node && f->node >= 0 && f->node < s->nnodes
+                       ? sim_node_now(&s->nodes[f->node])
+                       : s->now,
+                   f->a,
+                   f->b,
+                   NULL,
+                   0,
+                   name};
+  c->record(c->record_ctx, &ev);
+}
+
 static void apply_fault(sim *s, const drpc_sim_fault *f, bool end) {
   uint64_t all = s->nnodes >= 64 ? ~0ull : (1ull << s->nnodes) - 1;
   uint64_t a = f->a & all, b = f->b & all;
+  record_fault(s, f, end);
   if (!end)
     s->res->faults_applied++;
   switch (f->kind) {

@@ -26,6 +26,10 @@ static void usage_main(FILE *f) {
              "  demo     run a 4-worker cluster over loopback and report\n"
              "  sim      run a scenario in the deterministic simulator\n"
              "  run      run a scenario as real processes over loopback\n"
+             "  replay   replay a recording against fresh cores, checking "
+             "every output\n"
+             "  trace    export a recording as a Chrome trace; merge "
+             "recordings\n"
              "\n"
              "`drpc <command> --help` describes each command.\n");
 }
@@ -408,6 +412,10 @@ int main(int argc, char **argv) {
     return drpc_cmd_run(argc - 1, argv + 1);
   if (!strcmp(cmd, "demo"))
     return drpc_cmd_demo(argc - 1, argv + 1);
+  if (!strcmp(cmd, "replay"))
+    return drpc_cmd_replay(argc - 1, argv + 1);
+  if (!strcmp(cmd, "trace"))
+    return drpc_cmd_trace(argc - 1, argv + 1);
   fprintf(stderr, "drpc: unknown command '%s'\n\n", cmd);
   usage_main(stderr);
   return 2;

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "drpc/sim.h"
+#include "drpc/trace.h"
 #include "scenario.h"
 #include "tools.h"
 
@@ -39,7 +40,7 @@ typedef struct sim_opts {
   bool have_seed, sweep, swarm, faults, determinism, shrink, verbose;
   bool plant, quiet;
   int jobs;
-  const char *schedule, *shrink_out, *dump;
+  const char *schedule, *shrink_out, *dump, *record;
 } sim_opts;
 
 static void usage_sim(FILE *f) {
@@ -49,7 +50,7 @@ static void usage_sim(FILE *f) {
       "                [--seed S | --seeds A..B [--jobs J]] [--swarm]\n"
       "                [--no-faults] [--schedule FILE] [--dump-schedule FILE]\n"
       "                [--check-determinism] [--shrink [--shrink-out FILE]]\n"
-      "                [--verbose] [--plant-bug]\n"
+      "                [--verbose] [--plant-bug] [--record FILE.db]\n"
       "       drpc sim --list\n"
       "\n"
       "Runs a scenario in the deterministic simulator: every worker, its\n"
@@ -580,6 +581,7 @@ int drpc_cmd_sim(int argc, char **argv) {
       {"verbose", no_argument, 0, 'v'},
       {"quiet", no_argument, 0, 'q'},
       {"plant-bug", no_argument, 0, 'P'},
+      {"record", required_argument, 0, 'R'},
       {"list", no_argument, 0, 'l'},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
@@ -640,6 +642,9 @@ int drpc_cmd_sim(int argc, char **argv) {
       break;
     case 'P':
       o.plant = true;
+      break;
+    case 'R':
+      o.record = optarg;
       break;
     case 'l':
       list_scenarios(stdout);
@@ -705,6 +710,37 @@ int drpc_cmd_sim(int argc, char **argv) {
   }
   int rc;
   bool abandoned = false;
+  drpc_recorder *rec = NULL;
+  if (o.record) {
+    if (o.sweep || o.determinism) {
+      fprintf(stderr, "drpc sim: --record records one run (--seed S)\n");
+      drpc_sim_config_clear(&cfg);
+      return 2;
+    }
+    char *json = drpc_sim_config_to_json(&cfg);
+    drpc_run_info ri = {0};
+    ri.backend = "sim";
+    ri.scenario = cfg.scenario;
+    ri.seed = cfg.seed;
+    ri.has_seed = true;
+    ri.commit = drpc_sim_commit();
+    ri.config_json = json;
+    rc = drpc_recorder_open(&rec, o.record, &ri, false, true, &err);
+    free(json);
+    if (rc) {
+      fprintf(stderr, "drpc sim: %s\n", drpc_error_message(&err));
+      drpc_error_clear(&err);
+      drpc_sim_config_clear(&cfg);
+      return 2;
+    }
+    for (int i = 0; i < cfg.workers; i++) {
+      char name[32];
+      snprintf(name, sizeof name, "w%d", i);
+      drpc_recorder_node(rec, (int16_t)i, name);
+    }
+    cfg.record = drpc_recorder_sink;
+    cfg.record_ctx = rec;
+  }
   if (o.determinism) {
     rc = check_determinism(&o, &cfg, stdout);
     abandoned = true; /* two runs: either may have abandoned objects */
@@ -713,12 +749,29 @@ int drpc_cmd_sim(int argc, char **argv) {
     if (run_config(&o, &cfg, &r, &err)) {
       fprintf(stderr, "drpc sim: %s\n", drpc_error_message(&err));
       drpc_error_clear(&err);
+      drpc_recorder_close(rec, NULL);
       drpc_sim_config_clear(&cfg);
       return 2;
     }
     print_result(&o, &cfg, &r, stdout);
     rc = r.ok ? 0 : 1;
     abandoned = r.abandoned;
+    if (rec) {
+      drpc_recorder_stats st;
+      drpc_recorder_stats_get(rec, &st);
+      if (drpc_recorder_close(rec, &err)) {
+        fprintf(stderr, "drpc sim: recording %s: %s\n", o.record,
+                drpc_error_message(&err));
+        drpc_error_clear(&err);
+        rc = 2;
+      } else {
+        printf("recorded %llu events (%llu payload bytes) to %s\n",
+               (unsigned long long)st.events, (unsigned long long)st.bytes,
+               o.record);
+      }
+      rec = NULL;
+      cfg.record = NULL;
+    }
     drpc_sim_result_clear(&r);
     if (!r.ok && o.shrink) {
       shrink_and_write(&o, &cfg, stdout);

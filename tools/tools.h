@@ -19,6 +19,8 @@ int drpc_cmd_demo(int argc, char **argv);
 int drpc_cmd_sim(int argc, char **argv);
 int drpc_cmd_run(int argc, char **argv);
 int drpc_cmd_bench_sim(int argc, char **argv);
+int drpc_cmd_replay(int argc, char **argv);
+int drpc_cmd_trace(int argc, char **argv);
 
 /* Parses a non-negative integer option value or exits with a message. */
 long long drpc_tools_parse_int(const char *opt, const char *s, long long min,

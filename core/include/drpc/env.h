@@ -39,24 +39,33 @@ struct drpc_cmd {
   drpc_cmd *next;
 };
 
-/* Event kinds handed to the record sink. Inputs are what the core was given,
- * outputs what it did; replay feeds inputs and checks outputs. */
+/* Event kinds handed to the record sink. Inputs are what the core was given
+ * (in the order it applied them), outputs what it did; replay feeds a
+ * node's inputs to a fresh core and checks its outputs. Payload formats
+ * are documented in traces/SCHEMA.md. */
 typedef enum drpc_event_kind {
-  DRPC_EV_IN_FRAME = 1,
-  DRPC_EV_IN_CONN_OPEN = 2,
-  DRPC_EV_IN_CONN_CLOSED = 3,
-  DRPC_EV_IN_TIMER = 4,
-  DRPC_EV_IN_COMMAND = 5,
-  DRPC_EV_IN_JOB_DONE = 6,
-  DRPC_EV_OUT_SEND = 20,
-  DRPC_EV_OUT_CONNECT = 21,
+  /* inputs */
+  DRPC_EV_IN_FRAME = 1,       /* bytes: the whole frame as received */
+  DRPC_EV_IN_CONN_OPEN = 2,   /* aux: 1 outgoing connected, 0 accepted */
+  DRPC_EV_IN_CONN_CLOSED = 3, /* aux: error code (0 = orderly) */
+  DRPC_EV_IN_TIMER = 4,       /* aux: the time it fired */
+  DRPC_EV_IN_COMMAND = 5,     /* aux: command type; bytes: its arguments */
+  DRPC_EV_IN_JOB_DONE = 6,    /* a function's result; aux: result kind */
+  DRPC_EV_IN_START = 7,       /* bytes: the configuration the core began with */
+  /* outputs (each folded into the node's running hash) */
+  DRPC_EV_OUT_SEND = 20,    /* bytes: the frame as sent */
+  DRPC_EV_OUT_CONNECT = 21, /* peer; bytes: the address */
   DRPC_EV_OUT_CLOSE = 22,
-  DRPC_EV_OUT_FUTURE = 23,
-  DRPC_EV_OUT_EXECUTE = 24,
-  DRPC_EV_OUT_TIMER = 25,
-  DRPC_EV_RPC_BEGIN = 40,
-  DRPC_EV_RPC_END = 41,
-  DRPC_EV_LOG = 60,
+  DRPC_EV_OUT_FUTURE = 23,  /* aux: error code; bytes: value or message */
+  DRPC_EV_OUT_EXECUTE = 24, /* name: the function; a job starts */
+  DRPC_EV_OUT_TIMER = 25,   /* aux: the armed deadline (0 = cancelled) */
+  /* spans and annotations (not replayed, not hashed) */
+  DRPC_EV_RPC_BEGIN = 40, /* peer: callee; name: function; aux: timeout ms */
+  DRPC_EV_RPC_END = 41,   /* aux: error code */
+  DRPC_EV_RREF = 50,      /* name: what happened; id: RRef key; aux: fork key */
+  DRPC_EV_LOG = 60,       /* aux: level; bytes: the line */
+  DRPC_EV_FAULT = 70,     /* name: fault kind; peer: other side; aux: param */
+  DRPC_EV_PROFILE = 80,   /* name: event; aux: duration ns */
 } drpc_event_kind;
 
 typedef struct drpc_event {
@@ -64,11 +73,25 @@ typedef struct drpc_event {
   int16_t node;      /* worker id of the recording core */
   int16_t peer;      /* the other worker, -1 when none or unknown */
   uint64_t time_ns;  /* env clock */
-  uint64_t id;       /* request id, connection id or job id */
+  uint64_t id;       /* request id, connection id, job id or RRef key */
   uint64_t aux;      /* kind-specific: message type, error code, deadline */
   const void *bytes; /* kind-specific payload (borrowed) */
   size_t len;
+  const char *name; /* kind-specific label (borrowed), NULL when none */
 } drpc_event;
+
+/* True for the kinds replay feeds to a core / checks against its outputs. */
+static inline bool drpc_event_is_input(drpc_event_kind k) {
+  return k >= 1 && k < 20;
+}
+static inline bool drpc_event_is_output(drpc_event_kind k) {
+  return k >= 20 && k < 40;
+}
+/* The running hash of a node's outputs: h' = fold(h, ev) over kind, peer,
+ * id, aux and bytes (time is left out: replay re-derives it). Starts at
+ * DRPC_EVENT_HASH_INIT. */
+#define DRPC_EVENT_HASH_INIT 0xcbf29ce484222325ull
+uint64_t drpc_event_fold(uint64_t h, const drpc_event *ev);
 
 typedef enum drpc_log_level {
   DRPC_LOG_DEBUG = 0,
@@ -117,6 +140,10 @@ typedef struct drpc_env_ops {
   uint64_t (*random)(void *ctx);
   /* The record sink; may be NULL (nothing recorded). */
   void (*record)(void *ctx, const drpc_event *ev);
+  /* True when the sink keeps payloads (a recorder is attached): the core
+   * then also serializes frames, commands and function results for replay.
+   * NULL: never. Asked once, when an agent starts. */
+  bool (*recording)(void *ctx);
   /* Log lines; may be NULL (dropped). */
   void (*log)(void *ctx, drpc_log_level level, const char *msg);
 

@@ -32,7 +32,8 @@ extern "C" {
   X(UNSUPPORTED, -16, "not supported")                                         \
   X(DEADLOCK, -17, "operation would deadlock")                                 \
   X(STATE, -18, "invalid state")                                               \
-  X(USER, -19, "user function failed")
+  X(USER, -19, "user function failed")                                         \
+  X(DIVERGED, -20, "replay diverged from the recording")
 
 enum {
 #define DRPC_X_ENUM(name, value, desc) DRPC_E##name = (value),

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "drpc/env.h"
 #include "drpc/error.h"
 
 #ifdef __cplusplus
@@ -86,6 +87,12 @@ typedef struct drpc_sim_config {
   /* Checks and diagnostics. */
   bool trace;   /* keep a per-event trace (for determinism diffs) */
   bool verbose; /* log lines of the agents to stderr */
+
+  /* Recording: every node's events (and the injected faults, as
+   * DRPC_EV_FAULT with node = the node hit, or -1 for link faults) go to
+   * record(record_ctx, ev), with payloads kept for replay. NULL: off. */
+  void (*record)(void *ctx, const drpc_event *ev);
+  void *record_ctx;
 } drpc_sim_config;
 
 /* Fills c with the settings of an unfaulted, fast LAN. */
