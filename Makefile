@@ -9,7 +9,7 @@ CMAKE_FLAGS ?=
 CTEST_FLAGS ?= --output-on-failure -j2
 DEB_PACKAGES := cmake ninja-build gcc libsqlite3-dev libcjson-dev pkg-config
 
-.PHONY: all build test demo deps clean format format-check asan tsan
+.PHONY: all build test demo deps clean format format-check asan tsan fuzz
 
 all: build
 
@@ -49,6 +49,9 @@ asan:
 tsan:
 	$(MAKE) test BUILD=build-tsan BUILD_TYPE=Debug \
 	  CMAKE_FLAGS="-DDRPC_SANITIZE=thread"
+
+fuzz:
+	fuzz/run.sh $(FUZZ_SECONDS)
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

@@ -973,12 +973,24 @@ void drpc_rref_on_request(drpc_agent *a, uint64_t conn, int16_t from,
     return;
   }
   case DRPC_MSG_RREF_USER_DELETE:
+    if (key_of(ids[0]) == key_of(ids[1])) {
+      /* The owner's own fork (a remote() to itself) is the owner's to
+       * drop; a peer deleting it would strand the calls waiting on it. */
+      drpc_agent_reply_error(a, conn, m->id, DRPC_EPROTO,
+                             "RREF_USER_DELETE names an owner's own fork");
+      return;
+    }
     if (!del_fork(c, ids[0], key_of(ids[1])))
       drpc_agent_logf(a, DRPC_LOG_DEBUG,
                       "duplicate or unknown delete of fork %lld of worker %d",
                       (long long)ids[1].local_id, ids[1].created_on);
     break;
   case DRPC_MSG_RREF_FORK_REQUEST:
+    if (key_of(ids[0]) == key_of(ids[1])) {
+      drpc_agent_reply_error(a, conn, m->id, DRPC_EPROTO,
+                             "RREF_FORK_REQUEST names an owner's own fork");
+      return;
+    }
     if (!tombstoned(c, key_of(ids[1])) && owner_get_or_create(c, ids[0]))
       add_fork(c, ids[0], key_of(ids[1]));
     break;
@@ -1582,8 +1594,16 @@ char *drpc_rctx_destroy(drpc_rctx *c) {
   /* Strong references go; weak ones are only forgotten (their handles are
    * freed by whoever drops them last, without touching the tables). */
   keys = drpc_map_sorted_keys(&c->owners, &n);
-  for (size_t i = 0; keys && i < n; i++)
-    drpc_rref_decref(drpc_map_remove(&c->owners, keys[i]));
+  for (size_t i = 0; keys && i < n; i++) {
+    drpc_rref *o = drpc_map_remove(&c->owners, keys[i]);
+    /* Fetches and calls still waiting for a value that will never come
+     * hold the owner through its value future: fail it, so they finish
+     * and let go. */
+    if (!drpc_future_done(o->value))
+      drpc_future_fail(o->value, DRPC_ESHUTDOWN,
+                       "the RRef's owner shut down before its value was set");
+    drpc_rref_decref(o);
+  }
   free(keys);
   keys = drpc_map_sorted_keys(&c->pending_users, &n);
   for (size_t i = 0; keys && i < n; i++) {

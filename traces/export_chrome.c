@@ -1360,7 +1360,11 @@ static int write_job(ex *x, const xev *e, proc *p) {
   kv_id(x, "request_id", (uint64_t)e->xid);
   peer_arg(x, "caller", e);
   if (done) {
-    kv_str(x, "result", done->aux == 0 ? "ok" : "error");
+    /* IN_JOB_DONE's aux: 0 a response, 1 a remote (RRef) result. */
+    kv_str(x, "result",
+           done->aux == 0   ? "response"
+           : done->aux == 1 ? "remote result"
+                            : "other");
   } else {
     kv_true(x, "unfinished");
     x->st.unfinished++;
@@ -1389,31 +1393,71 @@ static int write_profile(ex *x, const xev *e, proc *p) {
   return 0;
 }
 
+/* The workers in a fault's node mask (bit i = node i): "w0,w2" for a
+ * name (at most 8, then "+N") or, with array, a JSON array of all. */
+static void write_mask(ex *x, int64_t group, uint64_t mask, bool array) {
+  char buf[32];
+  int shown = 0, more = 0;
+  if (array)
+    jw_c(x->w, '[');
+  for (int i = 0; i < 64; i++) {
+    if (!(mask >> i & 1))
+      continue;
+    if (!array && shown == 8) {
+      more++;
+      continue;
+    }
+    const char *name = node_name(x, group, i, buf);
+    if (shown++)
+      jw_c(x->w, ',');
+    if (array)
+      jw_c(x->w, '"');
+    jw_esc(x->w, name, strlen(name));
+    if (array)
+      jw_c(x->w, '"');
+  }
+  if (more) {
+    jw_s(x->w, ",+");
+    jw_i64(x->w, more);
+  }
+  if (array)
+    jw_c(x->w, ']');
+}
+
+/* Faults on the faults track: a node's own ("crash(w1)", process scope),
+ * or a link fault the simulator records with node -1 and the node masks
+ * of the two sides in xid and aux ("partition(w1 | w0,w2)", global, as
+ * are partitions and heals named by a worker). */
 static void write_fault(ex *x, const xev *e, proc *p) {
   const char *kind = ev_name(x, e);
   kind = kind ? kind : "fault";
-  bool global =
-      strncmp(kind, "partition", 9) == 0 || strncmp(kind, "heal", 4) == 0;
+  bool link = e->node < 0 && (e->xid || e->aux);
+  bool global = e->node < 0 || strncmp(kind, "partition", 9) == 0 ||
+                strncmp(kind, "heal", 4) == 0;
   if (!p->faults_named) {
     p->faults_named = true;
     meta(x, p->pid, TID_FAULTS, "thread_name", "faults", TID_FAULTS);
   }
   char b1[32], b2[32];
-  const char *self = node_name(x, e->group, e->node, b1);
+  const char *self = e->node >= 0 ? node_name(x, e->group, e->node, b1) : NULL;
+  const char *other = e->peer >= 0 ? node_name(x, e->group, e->peer, b2) : NULL;
   ev_begin(x, "i", p->pid, TID_FAULTS, e->t_ns);
   kv_str(x, "s", global ? "g" : "p");
   kv_str(x, "cat", "fault");
   jw_key(x->w, "name");
   jw_c(x->w, '"');
   jw_esc(x->w, kind, strlen(kind));
-  /* "crash(w1)", "partition(w0 | w2)"; the simulator's own faults name
-   * only the peer, if any. */
-  const char *other = e->peer >= 0 ? node_name(x, e->group, e->peer, b2) : NULL;
-  if (e->node >= 0 || other) {
+  if (link) {
     jw_c(x->w, '(');
-    if (e->node >= 0)
+    write_mask(x, e->group, (uint64_t)e->xid, false);
+    jw_s(x->w, " | ");
+    write_mask(x, e->group, (uint64_t)e->aux, false);
+    jw_c(x->w, ')');
+  } else if (self || other) {
+    jw_c(x->w, '(');
+    if (self)
       jw_esc(x->w, self, strlen(self));
-    if (e->node >= 0 && other)
+    if (self && other)
       jw_s(x->w, " | ");
     if (other)
       jw_esc(x->w, other, strlen(other));
@@ -1421,9 +1465,16 @@ static void write_fault(ex *x, const xev *e, proc *p) {
   }
   jw_c(x->w, '"');
   args_begin(x);
-  kv_str(x, "node", self);
-  peer_arg(x, "peer", e);
-  kv_i64(x, "param", e->aux);
+  if (link) {
+    jw_key(x->w, "a");
+    write_mask(x, e->group, (uint64_t)e->xid, true);
+    jw_key(x->w, "b");
+    write_mask(x, e->group, (uint64_t)e->aux, true);
+  } else {
+    kv_str(x, "node", self);
+    kv_str(x, "peer", other);
+    kv_i64(x, "param", e->aux);
+  }
   args_end(x);
   ev_end(x);
 }

@@ -1,5 +1,23 @@
 /* Exports a drpc recording (SQLite, schema v1) as a Chrome trace (JSON
- * object format) that opens in Perfetto and chrome://tracing. */
+ * object format) that opens in Perfetto and chrome://tracing.
+ *
+ * The trace: {"displayTimeUnit":"ns","traceEvents":[...],"otherData":
+ * {runs, event counts, clock mapping}}. ts is microseconds since the
+ * first event, printed with three decimals (nanoseconds, exact). One
+ * process per worker (pid = node + 1, named from the nodes table, else
+ * its IN_START name, else "worker<id>"), with tracks:
+ *   tid 0 "agent"       frames as 1 ns "X" slices ("send CALL", "recv
+ *                       RESPONSE"), other core events as instants;
+ *   tid 1.. "executor k" server jobs as "X" slices from OUT_EXECUTE to its
+ *                       IN_JOB_DONE, overlapping jobs on separate lanes;
+ *   tid 1000000 "faults" FAULT instants ("g" for partitions, else "p");
+ *   tid 2000000.. "profile k" PROFILE slices.
+ * RPCs are async "b"/"e" spans (cat "rpc", id2.local "<caller>:<request
+ * id>", name "rpc_sync#echo(w0 -> w1)"); calls never ended close at the
+ * last timestamp with args.unfinished. Each send matched to its receive
+ * (sender, receiver, message type, message id) gets a flow "s"/"f" pair
+ * bound to the two frame slices. Counters per worker: "pending calls" and
+ * "bytes in flight" (sent, not yet received). */
 #ifndef DRPC_TRACE_EXPORT_H
 #define DRPC_TRACE_EXPORT_H
 
@@ -58,7 +76,7 @@ typedef struct drpc_trace_export_stats {
  * (reading the database or writing the output failed), DRPC_ETOOBIG (more
  * than DRPC_TRACE_EXPORT_MAX_EVENTS events), DRPC_ENOMEM, DRPC_EINVAL
  * (NULL path, or out_path the same as db_path). err (may be NULL) gets a
- * message naming the file. Nothing is left at out_path on failure. */
+ * message naming the file. On failure out_path is left as it was. */
 int drpc_trace_export_chrome(const char *db_path, const char *out_path,
                              drpc_error *err);
 
