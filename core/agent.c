@@ -2360,6 +2360,9 @@ uint64_t drpc_call_job_conn(drpc_job *job) {
 uint64_t drpc_call_job_req_id(drpc_job *job) {
   return ((drpc_call *)job)->req_id;
 }
+drpc_value *drpc_call_job_body(drpc_job *job) {
+  return ((drpc_call *)job)->msg.body;
+}
 
 /* A recorded CALL command: [dst, timeout ms, frame, forks, label, fn]. */
 int drpc_agent_replay_call(drpc_agent *a, drpc_rreader *r, drpc_future **fut,

@@ -203,6 +203,7 @@ int drpc_rref_cmd_identify(drpc_cmd *cmd, drpc_event_kind *kind, uint64_t *type,
 bool drpc_cmd_call_frame_is(drpc_cmd *cmd, const uint8_t *p, size_t n);
 uint64_t drpc_call_job_conn(drpc_job *job);
 uint64_t drpc_call_job_req_id(drpc_job *job);
+drpc_value *drpc_call_job_body(drpc_job *job);
 int drpc_agent_replay_call(drpc_agent *a, drpc_rreader *r, drpc_future **fut,
                            drpc_error *err);
 int drpc_agent_replay_stop(drpc_agent *a, drpc_rreader *r, drpc_error *err);

@@ -45,6 +45,8 @@ struct drpc_replay {
   uint64_t next_conn;
   uint64_t (*next_id)(void *arg);
   void *next_arg;
+  bool (*next_value)(void *arg, uint64_t key, const void **p, size_t *n);
+  void *value_arg;
   bool closing, failed;
   /* produced outputs not yet checked (FIFO) */
   produced *out;
@@ -99,6 +101,32 @@ void drpc_replay_set_connect_ids(drpc_replay *r, uint64_t (*next)(void *arg),
                                  void *arg) {
   r->next_id = next;
   r->next_arg = arg;
+}
+
+void drpc_replay_set_values(drpc_replay *r,
+                            bool (*next)(void *arg, uint64_t key,
+                                         const void **p, size_t *n),
+                            void *arg) {
+  r->next_value = next;
+  r->value_arg = arg;
+}
+
+static drpc_value *r_recorded_value(void *ctx, uint64_t key) {
+  drpc_replay *r = ctx;
+  const void *p = NULL;
+  size_t n = 0;
+  if (!r->next_value || !r->next_value(r->value_arg, key, &p, &n) || !n)
+    return NULL;
+  drpc_wire_limits lim;
+  drpc_wire_limits_default(&lim);
+  lim.max_frame = UINT64_MAX;
+  drpc_msg m = {0};
+  if (drpc_wire_decode(p, n, &lim, &m, NULL) != 0)
+    return NULL;
+  drpc_value *v = m.body;
+  m.body = NULL;
+  drpc_msg_clear(&m);
+  return v;
 }
 static void r_send(void *ctx, uint64_t conn, drpc_outframe *f) {
   (void)ctx;
@@ -190,6 +218,8 @@ static void r_record(void *ctx, const drpc_event *ev) {
   drpc_event_describe(ev, p->what, sizeof p->what);
 }
 
+static drpc_value *r_recorded_value(void *ctx, uint64_t key);
+
 static const drpc_env_ops replay_ops = {
     .now_ns = r_now,
     .timer_arm = r_timer_arm,
@@ -208,6 +238,7 @@ static const drpc_env_ops replay_ops = {
     .random = r_random,
     .record = r_record,
     .recording = r_recording,
+    .recorded_value = r_recorded_value,
     .log = NULL,
     .pool_stats = NULL,
     .listen_addr = r_listen_addr,
@@ -231,6 +262,8 @@ const char *drpc_event_kind_name(drpc_event_kind k) {
     return "in_job_done";
   case DRPC_EV_IN_START:
     return "in_start";
+  case DRPC_EV_IN_VALUE:
+    return "in_value";
   case DRPC_EV_OUT_SEND:
     return "out_send";
   case DRPC_EV_OUT_CONNECT:
@@ -467,9 +500,34 @@ static drpc_cmd *stash_take(drpc_replay *r, const drpc_event *ev) {
   return NULL;
 }
 
+/* Drops the handles of fork `key` held in value v (a future's value the
+ * replayed user code holds). */
+static void drop_in_value(drpc_value *v, uint64_t key, int depth) {
+  if (!v || depth > 256)
+    return;
+  if (v->kind == DRPC_VAL_RREF) {
+    if (v->u.r.handle && drpc_rref_fork_key(v->u.r.handle) == key) {
+      drpc_rref_decref(v->u.r.handle);
+      v->u.r.handle = NULL;
+    }
+  } else if (v->kind == DRPC_VAL_LIST || v->kind == DRPC_VAL_DICT) {
+    for (size_t i = 0; i < v->u.c.len; i++)
+      drop_in_value(v->u.c.items[i], key, depth + 1);
+  }
+}
+
 /* The recording released user RRef fork `key`: drop what replay holds of
  * it, as the user code did. */
 static void release_holds(drpc_replay *r, uint64_t key) {
+  /* A function that ran may have let go of an RRef argument before its
+   * result reached the loop: the call's own hold goes too. */
+  for (size_t i = 0; i < r->jobs.len; i++)
+    drop_in_value(drpc_call_job_body(r->jobs.p[i]), key, 0);
+  for (size_t i = 0; i < r->futures.len; i++) {
+    drpc_future *f = r->futures.p[i];
+    if (drpc_future_done(f))
+      drop_in_value((drpc_value *)drpc_future_value(f), key, 0);
+  }
   for (size_t i = 0; i < r->rrefs.len;) {
     drpc_rref *h = r->rrefs.p[i];
     if (drpc_rref_fork_key(h) == key) {
@@ -490,8 +548,10 @@ static int apply_command(drpc_replay *r, const drpc_event *ev,
     if (!c) {
       /* Released by user code holding the handle in a value replay does
        * not see; the core's side of the release is what matters. */
-      return diverged(r, err, "recorded the release of RRef fork %s; %s",
-                      "(see id)", "the replayed core still holds the handle");
+      char fork[48];
+      snprintf(fork, sizeof fork, "key %llu", (unsigned long long)ev->id);
+      return diverged(r, err, "recorded the release of RRef fork %s; %s", fork,
+                      "replay still holds a handle to it");
     }
   }
   if (c) {
@@ -556,7 +616,9 @@ int drpc_replay_feed(drpc_replay *r, const drpc_event *ev, drpc_error *err) {
     r->st.outputs++;
     return check_output(r, ev, err);
   }
-  if (!drpc_event_is_input(ev->kind) || ev->kind == DRPC_EV_IN_START) {
+  if (!drpc_event_is_input(ev->kind) || ev->kind == DRPC_EV_IN_START ||
+      ev->kind == DRPC_EV_IN_VALUE) {
+    /* Values were handed over when the core read them. */
     r->st.skipped++;
     return 0;
   }

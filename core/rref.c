@@ -914,14 +914,47 @@ typedef struct fetch {
   drpc_rref *o; /* a reference */
 } fetch;
 
+/* The owner's value as the core reads it to answer a fetch. User code may
+ * have changed it in place since it was set, so it is an input: recorded
+ * when recording, taken from the recording in replay. *sub: a value to
+ * free afterwards. */
+static const drpc_value *read_owner_value(drpc_agent *a, drpc_rref *o,
+                                          const drpc_value *live,
+                                          drpc_value **sub) {
+  const drpc_env *e = &o->ctx->env;
+  uint64_t key = key_of(o->id);
+  *sub = NULL;
+  if (e->ops->recorded_value) {
+    *sub = e->ops->recorded_value(e->ctx, key);
+    return *sub ? *sub : live;
+  }
+  if (!drpc_agent_recording(a))
+    return live;
+  drpc_outframe *vf = NULL;
+  size_t n = 0;
+  uint8_t *flat = NULL;
+  if (drpc_wire_encode(DRPC_MSG_RESPONSE, 0, 0, live, drpc_agent_wire_limits(a),
+                       &vf, NULL) == 0)
+    flat = drpc_outframe_flatten(vf, &n);
+  drpc_outframe_free(vf);
+  /* A value holding RRef handles cannot be kept this way; replay then
+   * reads its own copy. */
+  drpc_agent_record(a, DRPC_EV_IN_VALUE, -1, key, 0, flat, n, NULL);
+  free(flat);
+  return live;
+}
+
 static void fetch_done(drpc_future *f, void *arg) {
   fetch *q = arg;
   if (!drpc_agent_stopped(q->a) && !destroyed(q->o->ctx)) {
     drpc_error err = DRPC_ERROR_INIT;
-    if (drpc_future_error(f, &err) == 0)
-      drpc_agent_reply(q->a, q->conn, DRPC_MSG_RESPONSE, q->id,
-                       drpc_future_value(f));
-    else
+    if (drpc_future_error(f, &err) == 0) {
+      drpc_value *sub = NULL;
+      const drpc_value *v =
+          read_owner_value(q->a, q->o, drpc_future_value(f), &sub);
+      drpc_agent_reply(q->a, q->conn, DRPC_MSG_RESPONSE, q->id, v);
+      drpc_value_free(sub);
+    } else
       drpc_agent_reply_error(q->a, q->conn, q->id, err.code,
                              drpc_error_message(&err));
     drpc_error_clear(&err);

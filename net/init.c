@@ -20,6 +20,16 @@ typedef struct bundle {
 } bundle;
 
 static pthread_mutex_t bundles_mu = PTHREAD_MUTEX_INITIALIZER;
+static void (*record_fn)(void *ctx, const drpc_event *ev);
+static void *record_ctx;
+
+void drpc_init_set_record_sink(void (*record)(void *ctx, const drpc_event *ev),
+                               void *ctx) {
+  pthread_mutex_lock(&bundles_mu);
+  record_fn = record;
+  record_ctx = ctx;
+  pthread_mutex_unlock(&bundles_mu);
+}
 static bundle *bundles;
 static int init_count; /* per-process, so re-initialising uses fresh keys */
 
@@ -66,6 +76,8 @@ int drpc_init(drpc_agent **out, const char *name, int64_t rank,
     goto fail;
   pthread_mutex_lock(&bundles_mu);
   int n = init_count++;
+  void (*rfn)(void *, const drpc_event *) = record_fn;
+  void *rctx = record_ctx;
   pthread_mutex_unlock(&bundles_mu);
   char prefix[32];
   snprintf(prefix, sizeof prefix, "rpc_prefix_%d", n);
@@ -78,6 +90,8 @@ int drpc_init(drpc_agent **out, const char *name, int64_t rank,
   drpc_net_config_default(&nc);
   nc.num_worker_threads = opts->num_worker_threads;
   nc.log_prefix = name;
+  nc.record = rfn;
+  nc.record_ctx = rctx;
   const char *host = getenv("DRPC_LISTEN_HOST");
   if (host && *host)
     nc.listen_host = host;

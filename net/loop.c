@@ -352,6 +352,35 @@ static void env_close(void *ctx, uint64_t id) {
   mark_dirty(n, c);
 }
 
+static void env_record(void *ctx, const drpc_event *ev) {
+  drpc_net *n = ctx;
+  n->cfg.record(n->cfg.record_ctx, ev);
+}
+
+static bool env_recording(void *ctx) {
+  (void)ctx;
+  return true;
+}
+
+#define NET_OPS_COMMON                                                         \
+  .now_ns = env_now, .timer_arm = env_timer_arm, .connect = env_connect,       \
+  .send = env_send, .close = env_close, .execute = env_execute,                \
+  .post = env_post, .is_owner = env_is_owner,                                  \
+  .sync_init = drpc_posix_env_sync_init,                                       \
+  .sync_destroy = drpc_posix_env_sync_destroy,                                 \
+  .sync_lock = drpc_posix_env_sync_lock,                                       \
+  .sync_unlock = drpc_posix_env_sync_unlock,                                   \
+  .sync_wait = drpc_posix_env_sync_wait,                                       \
+  .sync_broadcast = drpc_posix_env_sync_broadcast, .random = env_random,       \
+  .log = env_log, .pool_stats = env_pool_stats, .listen_addr = env_listen_addr
+
+/* With a recorder: the same, plus the record sink. */
+static const drpc_env_ops net_ops_recording = {
+    NET_OPS_COMMON,
+    .record = env_record,
+    .recording = env_recording,
+};
+
 static const drpc_env_ops net_ops = {
     .now_ns = env_now,
     .timer_arm = env_timer_arm,
@@ -931,7 +960,7 @@ int drpc_net_new(drpc_net **out, const drpc_net_config *cfg, drpc_error *err) {
            cfg->log_prefix ? cfg->log_prefix : "");
   n->cfg.listen_host = NULL;
   n->cfg.log_prefix = NULL;
-  n->env.ops = &net_ops;
+  n->env.ops = n->cfg.record ? &net_ops_recording : &net_ops;
   n->env.ctx = n;
   n->epfd = n->listen_fd = n->wake_fd = -1;
   n->rng = drpc_posix_now_ns() ^ ((uint64_t)getpid() << 32);

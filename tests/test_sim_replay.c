@@ -1,6 +1,7 @@
-/* Record -> replay: simulated runs of every scenario whose functions keep
- * no state outside their results, under swarm faults, recorded to SQLite
- * and replayed node by node against fresh cores: identical. An altered
+/* Record -> replay: simulated runs of every scenario under swarm faults,
+ * recorded to SQLite and replayed node by node against fresh cores:
+ * identical (ps included: its functions change owner values in place,
+ * which the recording keeps as the core read them). An altered
  * recording makes replay report exactly the altered event; a truncated one
  * gets a clear error. */
 #include <stdint.h>
@@ -57,50 +58,6 @@ static int record_run(const char *scn, uint64_t seed, const char *path) {
   return rc;
 }
 
-typedef struct feed {
-  drpc_replay *r;
-  drpc_error err;
-  int64_t bad_seq;
-  uint64_t outputs;
-  uint64_t *connects;
-  size_t nconn, next;
-} feed;
-
-static uint64_t next_conn(void *arg) {
-  feed *f = arg;
-  return f->next < f->nconn ? f->connects[f->next++] : 0;
-}
-
-static int collect(void *arg, const drpc_trace_event *e) {
-  feed *f = arg;
-  if (e->ev.kind == DRPC_EV_OUT_CONNECT) {
-    uint64_t *p = realloc(f->connects, (f->nconn + 1) * sizeof *p);
-    if (!p)
-      return DRPC_ENOMEM;
-    f->connects = p;
-    f->connects[f->nconn++] = e->ev.id;
-  }
-  return 0;
-}
-
-static int step(void *arg, const drpc_trace_event *e) {
-  feed *f = arg;
-  int rc = 0;
-  if (e->ev.kind == DRPC_EV_IN_START) {
-    drpc_replay_free(f->r);
-    f->r = NULL;
-    rc = drpc_replay_new(&f->r, &e->ev, &f->err);
-    if (rc == 0)
-      drpc_replay_set_connect_ids(f->r, next_conn, f);
-  } else if (f->r) {
-    f->outputs += drpc_event_is_output(e->ev.kind);
-    rc = drpc_replay_feed(f->r, &e->ev, &f->err);
-  }
-  if (rc)
-    f->bad_seq = e->seq;
-  return rc;
-}
-
 /* Replays every node; returns the first failure's code (0: identical),
  * with the node and event sequence number of a divergence. */
 static int replay_all(const char *path, int *bad_node, int64_t *bad_seq,
@@ -113,27 +70,21 @@ static int replay_all(const char *path, int *bad_node, int64_t *bad_seq,
   size_t n = 0;
   if (rc == 0)
     rc = drpc_trace_nodes(t, &ids, &names, &n, &err);
+  drpc_trace_replay_result *res = malloc(sizeof *res);
+  if (!res)
+    rc = DRPC_ENOMEM;
   for (size_t i = 0; rc == 0 && i < n; i++) {
     if (ids[i] < 0)
       continue;
-    feed f = {0};
-    f.bad_seq = -1;
-    rc = drpc_trace_foreach(t, ids[i], collect, &f, &err);
-    if (rc == 0)
-      rc = drpc_trace_foreach(t, ids[i], step, &f, &err);
-    if (rc == 0 && f.r)
-      rc = drpc_replay_finish(f.r, &f.err);
+    rc = drpc_trace_replay_node(t, ids[i], 8, res, &err);
     if (rc) {
       *bad_node = ids[i];
-      *bad_seq = f.bad_seq;
-      snprintf(why, whylen, "%s",
-               drpc_error_message(f.err.code ? &f.err : &err));
+      *bad_seq = res->bad_seq;
+      snprintf(why, whylen, "%s", drpc_error_message(&err));
     }
-    *outputs += f.outputs;
-    drpc_replay_free(f.r);
-    free(f.connects);
-    drpc_error_clear(&f.err);
+    *outputs += res->outputs;
   }
+  free(res);
   if (rc && !*why)
     snprintf(why, whylen, "%s", drpc_error_message(&err));
   drpc_trace_nodes_free(ids, names, n);
@@ -143,8 +94,8 @@ static int replay_all(const char *path, int *bad_node, int64_t *bad_seq,
 }
 
 static void test_identical(void) {
-  static const char *const scns[] = {"echo", "fanout", "timeouts",
-                                     "shutdown_storm", "rref_chain"};
+  static const char *const scns[] = {"echo",           "fanout", "timeouts",
+                                     "shutdown_storm", "ps",     "rref_chain"};
   char path[128];
   snprintf(path, sizeof path, "%s/run.db", dir);
   for (size_t s = 0; s < sizeof scns / sizeof *scns; s++) {

@@ -42,7 +42,7 @@ static void usage(FILE *f) {
   fprintf(f, "usage: drpc bench [latency|throughput|bandwidth|rref|all] "
              "[--json]\n"
              "                  [--iters N] [--calls N] [--max-bytes B]\n"
-             "                  [--threads N]\n"
+             "                  [--threads N] [--record FILE.db]\n"
              "\n"
              "Starts two workers (two processes) over loopback and prints\n"
              "noop_sync_p50_us, noop_sync_p99_us, async_calls_per_s and\n"
@@ -50,7 +50,9 @@ static void usage(FILE *f) {
              "MiB,\nplus the idle worker's resident memory. rref: "
              "remote_to_here_us\n(remote() of aten::ones([4]) then to_here, "
              "p50) and forks_per_s (RRefs\nforked to the peer and deleted "
-             "again).\n");
+             "again).\n--record: both workers record every event (the cost of "
+             "recording); the\nrecordings are merged into FILE.db and "
+             "replayed (replay_s).\n");
 }
 
 typedef struct result {
@@ -140,9 +142,11 @@ int drpc_cmd_bench(int argc, char **argv) {
                                        {"calls", required_argument, 0, 'c'},
                                        {"max-bytes", required_argument, 0, 'm'},
                                        {"threads", required_argument, 0, 't'},
+                                       {"record", required_argument, 0, 'R'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   bool json = false;
+  const char *record = NULL;
   long long iters = 3000, calls = 20000, max_bytes = 128ll << 20;
   int threads = DRPC_DEFAULT_NUM_WORKER_THREADS;
   int c;
@@ -163,6 +167,9 @@ int drpc_cmd_bench(int argc, char **argv) {
       break;
     case 't':
       threads = (int)drpc_tools_parse_int("--threads", optarg, 1, 4096);
+      break;
+    case 'R':
+      record = optarg;
       break;
     case 'h':
       usage(stdout);
@@ -192,9 +199,15 @@ int drpc_cmd_bench(int argc, char **argv) {
   o.num_worker_threads = threads;
   o.rpc_timeout_s = 300;
   o.shutdown_timeout_s = 600;
+  drpc_tools_record_prefix = record;
   pid_t child = drpc_tools_spawn_passive("w1", 1, 2, &o);
   if (child < 0) {
     perror("fork");
+    return 1;
+  }
+  if (record && drpc_tools_record_begin_part(record, "w0", 0)) {
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
     return 1;
   }
   drpc_agent *a = NULL;
@@ -328,6 +341,13 @@ done:
   waitpid(child, &status, 0);
   if (!WIFEXITED(status) || WEXITSTATUS(status))
     failed = 1;
+  if (record) {
+    double t0 = now_s();
+    if (drpc_tools_record_end() || drpc_tools_record_replay(record, 2))
+      failed = 1;
+    snprintf(res[nres].key, sizeof res[nres].key, "replay_s");
+    res[nres++].value = now_s() - t0;
+  }
   if (json) {
     printf("{\n \"drpc\": \"%s\"", DRPC_VERSION_STRING);
     for (int i = 0; i < nres; i++)

@@ -157,24 +157,37 @@ static int driver(drpc_agent *a, int world) {
 }
 
 static void usage(FILE *f) {
-  fprintf(f, "usage: drpc demo [--workers N]\n"
+  fprintf(f, "usage: drpc demo [--workers N] [--record FILE.db | "
+             "--no-record]\n"
              "\n"
              "Starts N (default 4, at least 4) worker processes over "
              "loopback; w0 runs\nbuiltin ops, functions, a nested async call, "
              "a remote error, a timeout\nand 2000 pipelined calls, then all "
-             "shut down gracefully.\n");
+             "shut down gracefully.\nEvery worker records its core's events; "
+             "the recordings are merged into\nFILE.db (default "
+             "drpc-demo.db), replayed, and exported as a Chrome\ntrace "
+             "(FILE.json).\n");
 }
 
 int drpc_cmd_demo(int argc, char **argv) {
   static const struct option opts[] = {{"workers", required_argument, 0, 'w'},
+                                       {"record", required_argument, 0, 'r'},
+                                       {"no-record", no_argument, 0, 'n'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   int world = 4, c;
+  const char *record = "drpc-demo.db";
   optind = 1;
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     switch (c) {
     case 'w':
       world = (int)drpc_tools_parse_int("--workers", optarg, 4, 64);
+      break;
+    case 'r':
+      record = optarg;
+      break;
+    case 'n':
+      record = NULL;
       break;
     case 'h':
       usage(stdout);
@@ -195,11 +208,18 @@ int drpc_cmd_demo(int argc, char **argv) {
   printf("drpc demo: %d workers over loopback, rendezvous at %s\n", world,
          init);
   fflush(stdout);
+  drpc_tools_record_prefix = record;
   pid_t kids[64];
   for (int r = 1; r < world; r++) {
     char name[16];
     snprintf(name, sizeof name, "w%d", r);
     kids[r] = drpc_tools_spawn_passive(name, r, world, &o);
+  }
+  /* After the forks: a child must not inherit the recorder's thread. */
+  if (record && drpc_tools_record_begin_part(record, "w0", 0)) {
+    for (int r = 1; r < world; r++)
+      kill(kids[r], SIGKILL);
+    return 1;
   }
   double t0 = now_s();
   drpc_agent *a = NULL;
@@ -228,6 +248,9 @@ int drpc_cmd_demo(int argc, char **argv) {
   }
   printf("workers w1..w%d exited cleanly: %d of %d\n", world - 1, clean,
          world - 1);
+  if (record && (drpc_tools_record_end() || clean != world - 1 ||
+                 drpc_tools_record_finish(record, world)))
+    failed = 1;
   printf("demo %s: %d steps ok, %d failed, %.2f s\n",
          failed || clean != world - 1 ? "FAILED" : "passed", step_ok,
          step_failed, now_s() - t0);

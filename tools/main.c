@@ -83,12 +83,19 @@ pid_t drpc_tools_spawn_passive(const char *name, int rank, int world,
     return pid;
   drpc_agent *a = NULL;
   drpc_error err = DRPC_ERROR_INIT;
+  if (drpc_tools_record_prefix) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s.w%d.db", drpc_tools_record_prefix, rank);
+    if (drpc_tools_record_begin(path, NULL, name, rank))
+      _exit(1);
+  }
   if (drpc_init(&a, name, rank, world, o, &err) ||
       drpc_shutdown(a, true, -1, &err)) {
     fprintf(stderr, "worker %s: %s\n", name, drpc_error_message(&err));
+    drpc_tools_record_end();
     _exit(1);
   }
-  _exit(0);
+  _exit(drpc_tools_record_end());
 }
 
 /* ---- worker ------------------------------------------------------------ */
@@ -98,7 +105,7 @@ static void usage_worker(FILE *f) {
           "usage: drpc worker --name NAME --rank R --world-size W\n"
           "                   [--init-method URL] [--plugin LIB.so ...]\n"
           "                   [--threads N] [--rpc-timeout S]\n"
-          "                   [--shutdown-timeout S]\n"
+          "                   [--shutdown-timeout S] [--record FILE.db]\n"
           "\n"
           "Serves builtin operators, the standard functions (noop, echo, "
           "sleep,\nraise, whoami, forward, async_forward, nbytes) and every "
@@ -107,7 +114,8 @@ static void usage_worker(FILE *f) {
           "arrives (then it\nshuts down gracefully). A plugin is a shared "
           "library exporting\n  int drpc_plugin_register(drpc_registry *r);\n"
           "The init method defaults to env:// (MASTER_ADDR, MASTER_PORT, "
-          "RANK,\nWORLD_SIZE).\n");
+          "RANK,\nWORLD_SIZE). --record keeps every input and output of the "
+          "core in\nFILE.db (drpc replay, drpc trace export).\n");
 }
 
 typedef struct worker_state {
@@ -154,9 +162,10 @@ int drpc_cmd_worker(int argc, char **argv) {
       {"threads", required_argument, 0, 't'},
       {"rpc-timeout", required_argument, 0, 'T'},
       {"shutdown-timeout", required_argument, 0, 'S'},
+      {"record", required_argument, 0, 'R'},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
-  const char *name = NULL, *init = NULL;
+  const char *name = NULL, *init = NULL, *record = NULL;
   const char *plugins[32];
   int nplugins = 0;
   long long rank = -1, world = -1;
@@ -197,6 +206,9 @@ int drpc_cmd_worker(int argc, char **argv) {
     case 'S':
       shutdown_s =
           drpc_tools_parse_double("--shutdown-timeout", optarg, 0, 1e9);
+      break;
+    case 'R':
+      record = optarg;
       break;
     case 'h':
       usage_worker(stdout);
@@ -249,6 +261,8 @@ int drpc_cmd_worker(int argc, char **argv) {
   sigaddset(&set, SIGUSR1);
   pthread_sigmask(SIG_BLOCK, &set, NULL);
 
+  if (record && drpc_tools_record_begin(record, NULL, name, (int)rank))
+    return 1;
   worker_state w = {0};
   w.name = name;
   w.rank = rank;
@@ -302,6 +316,8 @@ int drpc_cmd_worker(int argc, char **argv) {
   }
   pthread_join(th, NULL);
   drpc_error_clear(&w.err);
+  if (drpc_tools_record_end())
+    return 1;
   if (w.rc)
     return 1;
   fprintf(stderr, "drpc worker %s: shut down cleanly\n", name);

@@ -811,15 +811,17 @@ static void real_violation(const drpc_scn_host *h, drpc_agent *a,
 static void usage_run(FILE *f) {
   fprintf(f, "usage: drpc run <scenario> [--workers N] [--iters N] "
              "[--timeout S]\n"
+             "                      [--record FILE.db]\n"
              "\n"
              "Runs a scenario as N real processes over loopback TCP (rank 0 "
              "hosts\nthe store on a free port), with the scenario's own "
              "checks, and\nreports each worker's outcome. --timeout bounds "
-             "the whole run\n(default 120 s).\n");
+             "the whole run\n(default 120 s). --record: each worker records to "
+             "FILE.db.w<rank>.db,\nmerged into FILE.db at the end.\n");
 }
 
 static int run_worker(const drpc_scenario *scn, int rank, int world, int iters,
-                      const char *init) {
+                      const char *init, const char *record) {
   drpc_scn_host h = {real_compute, real_violation, false, iters, 0, NULL};
   drpc_registry *reg = drpc_registry_default();
   if (scn->register_fns(reg, &h))
@@ -833,8 +835,15 @@ static int run_worker(const drpc_scenario *scn, int rank, int world, int iters,
   drpc_scn_worker_name(rank, name, sizeof name);
   drpc_agent *a = NULL;
   drpc_error err = DRPC_ERROR_INIT;
+  if (record) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s.w%d.db", record, rank);
+    if (drpc_tools_record_begin(path, scn->name, name, rank))
+      return 1;
+  }
   if (drpc_init(&a, name, rank, world, &o, &err)) {
     fprintf(stderr, "%s: %s\n", name, drpc_error_message(&err));
+    drpc_tools_record_end();
     return 1;
   }
   int rc = scn->run(a, rank, world, &h, &err);
@@ -846,6 +855,8 @@ static int run_worker(const drpc_scenario *scn, int rank, int world, int iters,
     rc = 1;
   }
   drpc_error_clear(&err);
+  if (drpc_tools_record_end())
+    rc = 1;
   return rc || atomic_load(&real_violations) ? 1 : 0;
 }
 
@@ -853,16 +864,21 @@ int drpc_cmd_run(int argc, char **argv) {
   static const struct option opts[] = {{"workers", required_argument, 0, 'w'},
                                        {"iters", required_argument, 0, 'i'},
                                        {"timeout", required_argument, 0, 't'},
+                                       {"record", required_argument, 0, 'R'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   int workers = 0, iters = 0;
   double timeout_s = 120;
+  const char *record = NULL;
   int c;
   optind = 1;
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     switch (c) {
     case 'w':
       workers = (int)drpc_tools_parse_int("--workers", optarg, 1, 256);
+      break;
+    case 'R':
+      record = optarg;
       break;
     case 'i':
       iters = (int)drpc_tools_parse_int("--iters", optarg, 1, 100000000);
@@ -908,7 +924,7 @@ int drpc_cmd_run(int argc, char **argv) {
   for (int r = 0; r < workers; r++) {
     pids[r] = fork();
     if (pids[r] == 0)
-      _exit(run_worker(scn, r, workers, iters, init));
+      _exit(run_worker(scn, r, workers, iters, init, record));
     if (pids[r] < 0) {
       perror("fork");
       workers = r;
@@ -956,6 +972,12 @@ int drpc_cmd_run(int argc, char **argv) {
   printf("drpc run %s: %d workers over %s, %d iters: %s in %.3f s%s\n",
          scn->name, workers, init, iters, failed ? "FAIL" : "ok", wall() - t0,
          timed_out ? " (timed out)" : "");
+  if (record) {
+    if (drpc_tools_record_merge(record, record, workers))
+      failed++;
+    else
+      printf("recorded to %s\n", record);
+  }
   free(pids);
   free(status);
   return failed ? 1 : 0;

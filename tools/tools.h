@@ -32,6 +32,27 @@ double drpc_tools_parse_double(const char *opt, const char *s, double min,
  * child's pid (or -1). */
 pid_t drpc_tools_spawn_passive(const char *name, int rank, int world,
                                const drpc_options *o);
+/* Recording for the real backend (tools/trace_cmd.c). begin opens path as
+ * this process's recording (a background writer) and routes the next
+ * drpc_init to it, naming node rank; end closes it after drpc_shutdown.
+ * Both print what went wrong and return non-zero. */
+int drpc_tools_record_begin(const char *path, const char *scenario,
+                            const char *name, int rank);
+int drpc_tools_record_end(void);
+/* When set, drpc_tools_spawn_passive's children record to
+ * "<prefix>.w<rank>.db". */
+extern const char *drpc_tools_record_prefix;
+/* Merges "<prefix>.w<r>.db" for r in [0, n) into path and removes them. */
+int drpc_tools_record_merge(const char *path, const char *prefix, int n);
+/* drpc_tools_record_begin on "<prefix>.w<rank>.db". */
+int drpc_tools_record_begin_part(const char *prefix, const char *name,
+                                 int rank);
+/* Merges the n parts of prefix into prefix itself, replays it and exports
+ * "<prefix minus .db>.json", printing each path. */
+int drpc_tools_record_finish(const char *prefix, int n);
+/* Merges and replays, quietly (no export); non-zero unless identical. */
+int drpc_tools_record_replay(const char *prefix, int n);
+
 /* Picks a free loopback TCP port. */
 int drpc_tools_free_port(void);
 

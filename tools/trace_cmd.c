@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "drpc/replay.h"
 #include "drpc/trace.h"
@@ -28,151 +29,55 @@ static void usage_replay(FILE *f) {
           "recording cannot be read.\n");
 }
 
-#define MAX_CONTEXT 64
-
-typedef struct replay_ctx {
-  drpc_replay *r;
-  const char *node_name;
-  int16_t node;
-  uint64_t events, inputs, outputs, incarnations;
+typedef struct replay_total {
+  uint64_t events, inputs, outputs;
   uint64_t first_ns, last_ns;
   bool have_time;
-  int context;
-  char ring[MAX_CONTEXT][220];
-  int64_t ring_seq[MAX_CONTEXT];
-  size_t ring_len, ring_head;
-  drpc_error err;
-  int64_t bad_seq;
-  uint64_t *connects; /* the node's recorded OUT_CONNECT ids, in order */
-  size_t nconnects, next_connect;
-} replay_ctx;
+} replay_total;
 
-static uint64_t next_connect(void *arg) {
-  replay_ctx *c = arg;
-  return c->next_connect < c->nconnects ? c->connects[c->next_connect++] : 0;
-}
-
-static int collect_connect(void *arg, const drpc_trace_event *e) {
-  replay_ctx *c = arg;
-  if (e->ev.kind != DRPC_EV_OUT_CONNECT)
-    return 0;
-  if (c->nconnects % 256 == 0) {
-    uint64_t *p = realloc(c->connects, (c->nconnects + 256) * sizeof *p);
-    if (!p)
-      return DRPC_ENOMEM;
-    c->connects = p;
-  }
-  c->connects[c->nconnects++] = e->ev.id;
-  return 0;
-}
-
-static void ring_push(replay_ctx *c, const drpc_trace_event *e) {
-  if (c->context <= 0)
-    return;
-  size_t cap = (size_t)c->context;
-  size_t at = (c->ring_head + c->ring_len) % cap;
-  if (c->ring_len == cap)
-    c->ring_head = (c->ring_head + 1) % cap;
-  else
-    c->ring_len++;
-  drpc_event_describe(&e->ev, c->ring[at], sizeof c->ring[at]);
-  c->ring_seq[at] = e->seq;
-}
-
-static int replay_event(void *arg, const drpc_trace_event *e) {
-  replay_ctx *c = arg;
-  const drpc_event *ev = &e->ev;
-  c->events++;
-  if (!c->have_time) {
-    c->first_ns = ev->time_ns;
-    c->have_time = true;
-  }
-  if (ev->time_ns > c->last_ns)
-    c->last_ns = ev->time_ns;
-  int rc = 0;
-  if (ev->kind == DRPC_EV_IN_START) {
-    /* A (re)started core: a crashed incarnation ends where its events
-     * end; what it still had pending died with it. */
-    drpc_replay_free(c->r);
-    c->r = NULL;
-    rc = drpc_replay_new(&c->r, ev, &c->err);
-    if (rc == 0)
-      drpc_replay_set_connect_ids(c->r, next_connect, c);
-    c->incarnations++;
-  } else if (!c->r) {
-    if (drpc_event_is_input(ev->kind) || drpc_event_is_output(ev->kind))
-      rc =
-          drpc_error_set(&c->err, DRPC_EPROTO,
-                         "node %d has events before its start event", ev->node);
-  } else {
-    if (drpc_event_is_input(ev->kind))
-      c->inputs++;
-    if (drpc_event_is_output(ev->kind))
-      c->outputs++;
-    rc = drpc_replay_feed(c->r, ev, &c->err);
-  }
-  if (rc) {
-    c->bad_seq = e->seq;
-    return rc;
-  }
-  ring_push(c, e);
-  return 0;
-}
+static bool replay_quiet; /* no per-node lines (drpc bench --json) */
 
 static int replay_node(drpc_trace *t, int16_t node, const char *name,
-                       int context, replay_ctx *total) {
-  replay_ctx *c = calloc(1, sizeof *c);
-  if (!c)
+                       int context, replay_total *total) {
+  drpc_trace_replay_result *res = malloc(sizeof *res);
+  if (!res)
     return 2;
-  c->node = node;
-  c->node_name = name;
-  c->context = context;
-  c->bad_seq = -1;
   drpc_error err = DRPC_ERROR_INIT;
-  int rc = drpc_trace_foreach(t, node, collect_connect, c, &err);
-  if (rc == 0)
-    rc = drpc_trace_foreach(t, node, replay_event, c, &err);
-  if (rc == 0 && c->r)
-    rc = drpc_replay_finish(c->r, &c->err);
+  int rc = drpc_trace_replay_node(t, node, context, res, &err);
   int status = 0;
   if (rc == DRPC_EDIVERGED) {
     printf("DIVERGED on %s (node %d) at event %lld: %s\n", name ? name : "?",
-           node, (long long)c->bad_seq, drpc_error_message(&c->err));
-    if (c->ring_len) {
-      printf("  the %zu events before it:\n", c->ring_len);
-      for (size_t i = 0; i < c->ring_len; i++) {
-        size_t at = (c->ring_head + i) % (size_t)c->context;
-        printf("    #%lld %s\n", (long long)c->ring_seq[at], c->ring[at]);
-      }
+           node, (long long)res->bad_seq, drpc_error_message(&err));
+    if (res->ncontext) {
+      printf("  the %zu events before it:\n", res->ncontext);
+      for (size_t i = 0; i < res->ncontext; i++)
+        printf("    #%lld %s\n", (long long)res->context_seq[i],
+               res->context[i]);
     }
     status = 1;
   } else if (rc) {
-    const drpc_error *e = err.code ? &err : &c->err;
     fprintf(stderr, "drpc replay: %s (node %d): %s\n", name ? name : "?", node,
-            drpc_error_message(e));
+            drpc_error_message(&err));
     status = 2;
-  } else {
+  } else if (!replay_quiet) {
     printf("  %-12s %8llu events, %7llu inputs, %7llu outputs checked, "
            "%.6f s recorded\n",
-           name ? name : "?", (unsigned long long)c->events,
-           (unsigned long long)c->inputs, (unsigned long long)c->outputs,
-           c->have_time ? (double)(c->last_ns - c->first_ns) / 1e9 : 0.0);
+           name ? name : "?", (unsigned long long)res->events,
+           (unsigned long long)res->inputs, (unsigned long long)res->outputs,
+           res->events ? (double)(res->last_ns - res->first_ns) / 1e9 : 0.0);
   }
-  total->events += c->events;
-  total->inputs += c->inputs;
-  total->outputs += c->outputs;
-  if (c->have_time) {
-    if (!total->have_time || c->first_ns < total->first_ns)
-      total->first_ns = c->first_ns;
-    if (c->last_ns > total->last_ns)
-      total->last_ns = c->last_ns;
+  total->events += res->events;
+  total->inputs += res->inputs;
+  total->outputs += res->outputs;
+  if (res->events) {
+    if (!total->have_time || res->first_ns < total->first_ns)
+      total->first_ns = res->first_ns;
+    if (res->last_ns > total->last_ns)
+      total->last_ns = res->last_ns;
     total->have_time = true;
   }
-  drpc_replay_free(c->r);
-  drpc_error_clear(&c->err);
   drpc_error_clear(&err);
-  free(c->connects);
-  free(c);
+  free(res);
   return status;
 }
 
@@ -191,7 +96,8 @@ int drpc_cmd_replay(int argc, char **argv) {
       only = optarg;
       break;
     case 'c':
-      context = (int)drpc_tools_parse_int("--context", optarg, 0, MAX_CONTEXT);
+      context = (int)drpc_tools_parse_int("--context", optarg, 0,
+                                          DRPC_TRACE_REPLAY_CONTEXT);
       break;
     case 'h':
       usage_replay(stdout);
@@ -223,7 +129,7 @@ int drpc_cmd_replay(int argc, char **argv) {
     return 2;
   }
   double t0 = wall_now();
-  replay_ctx total = {0};
+  replay_total total = {0};
   int status = 0, replayed = 0;
   printf("drpc replay %s\n", path);
   for (size_t i = 0; i < n && status == 0; i++) {
@@ -314,4 +220,135 @@ int drpc_cmd_trace(int argc, char **argv) {
   }
   usage_trace(stderr);
   return 2;
+}
+
+/* ---- recording the real backend ---------------------------------------- */
+
+static drpc_recorder *proc_rec;
+static char proc_rec_path[4096];
+const char *drpc_tools_record_prefix;
+
+int drpc_tools_record_begin(const char *path, const char *scenario,
+                            const char *name, int rank) {
+  drpc_run_info ri = {0};
+  ri.backend = "real";
+  ri.scenario = scenario;
+  drpc_error err = DRPC_ERROR_INIT;
+  if (drpc_recorder_open(&proc_rec, path, &ri, true, true, &err)) {
+    fprintf(stderr, "drpc: cannot record to %s: %s\n", path,
+            drpc_error_message(&err));
+    drpc_error_clear(&err);
+    return 1;
+  }
+  snprintf(proc_rec_path, sizeof proc_rec_path, "%s", path);
+  if (rank >= 0)
+    drpc_recorder_node(proc_rec, (int16_t)rank, name);
+  drpc_init_set_record_sink(drpc_recorder_sink, proc_rec);
+  return 0;
+}
+
+int drpc_tools_record_end(void) {
+  if (!proc_rec)
+    return 0;
+  drpc_init_set_record_sink(NULL, NULL);
+  drpc_error err = DRPC_ERROR_INIT;
+  int rc = drpc_recorder_close(proc_rec, &err);
+  proc_rec = NULL;
+  if (rc) {
+    fprintf(stderr, "drpc: recording %s: %s\n", proc_rec_path,
+            drpc_error_message(&err));
+    drpc_error_clear(&err);
+    return 1;
+  }
+  return 0;
+}
+
+int drpc_tools_record_merge(const char *path, const char *prefix, int n) {
+  char **parts = calloc((size_t)n, sizeof *parts);
+  int rc = parts ? 0 : 1;
+  for (int r = 0; rc == 0 && r < n; r++) {
+    size_t len = strlen(prefix) + 32;
+    if (!(parts[r] = malloc(len)))
+      rc = 1;
+    else
+      snprintf(parts[r], len, "%s.w%d.db", prefix, r);
+  }
+  drpc_error err = DRPC_ERROR_INIT;
+  if (rc == 0 && drpc_trace_merge(path, (const char *const *)parts, (size_t)n,
+                                  true, &err)) {
+    fprintf(stderr, "drpc: merging the workers' recordings: %s\n",
+            drpc_error_message(&err));
+    drpc_error_clear(&err);
+    rc = 1;
+  }
+  for (int r = 0; parts && r < n; r++) {
+    if (rc == 0 && parts[r])
+      unlink(parts[r]);
+    free(parts[r]);
+  }
+  free(parts);
+  return rc;
+}
+
+int drpc_tools_record_begin_part(const char *prefix, const char *name,
+                                 int rank) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s.w%d.db", prefix, rank);
+  return drpc_tools_record_begin(path, NULL, name, rank);
+}
+
+static int finish(const char *prefix, int n, bool export_json);
+
+int drpc_tools_record_finish(const char *prefix, int n) {
+  return finish(prefix, n, true);
+}
+
+int drpc_tools_record_replay(const char *prefix, int n) {
+  return finish(prefix, n, false);
+}
+
+static int finish(const char *prefix, int n, bool export_json) {
+  if (drpc_tools_record_merge(prefix, prefix, n))
+    return 1;
+  replay_quiet = !export_json;
+  drpc_error err = DRPC_ERROR_INIT;
+  drpc_trace *t = NULL;
+  int16_t *ids = NULL;
+  char **names = NULL;
+  size_t nn = 0;
+  int rc = drpc_trace_open(&t, prefix, &err);
+  if (rc == 0)
+    rc = drpc_trace_nodes(t, &ids, &names, &nn, &err);
+  replay_total total = {0};
+  int status = rc ? 2 : 0;
+  double t0 = wall_now();
+  for (size_t i = 0; status == 0 && i < nn; i++)
+    if (ids[i] >= 0)
+      status = replay_node(t, ids[i], names[i], 8, &total);
+  drpc_trace_nodes_free(ids, names, nn);
+  drpc_trace_close(t);
+  if (rc)
+    fprintf(stderr, "drpc: %s: %s\n", prefix, drpc_error_message(&err));
+  drpc_error_clear(&err);
+  if (status)
+    return 1;
+  if (!export_json)
+    return 0;
+  printf("recording: %s (%llu events; replay: identical, %.3f s)\n", prefix,
+         (unsigned long long)total.events, wall_now() - t0);
+  char json[4096];
+  size_t len = strlen(prefix);
+  if (len > 3 && strcmp(prefix + len - 3, ".db") == 0)
+    len -= 3;
+  snprintf(json, sizeof json, "%.*s.json", (int)len, prefix);
+  if (drpc_trace_export_chrome(prefix, json, &err)) {
+    fprintf(stderr, "drpc: exporting %s: %s\n", prefix,
+            drpc_error_message(&err));
+    drpc_error_clear(&err);
+    return 1;
+  }
+  printf("chrome trace: %s (open in https://ui.perfetto.dev or "
+         "chrome://tracing)\n",
+         json);
+  return 0;
 }

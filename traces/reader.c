@@ -35,6 +35,7 @@ static const struct {
     {DRPC_EV_IN_COMMAND, "in_command", "in"},
     {DRPC_EV_IN_JOB_DONE, "in_job_done", "in"},
     {DRPC_EV_IN_START, "in_start", "in"},
+    {DRPC_EV_IN_VALUE, "in_value", "in"},
     {DRPC_EV_OUT_SEND, "out_send", "out"},
     {DRPC_EV_OUT_CONNECT, "out_connect", "out"},
     {DRPC_EV_OUT_CLOSE, "out_close", "out"},

@@ -52,6 +52,9 @@ typedef enum drpc_event_kind {
   DRPC_EV_IN_COMMAND = 5,     /* aux: command type; bytes: its arguments */
   DRPC_EV_IN_JOB_DONE = 6,    /* a function's result; aux: result kind */
   DRPC_EV_IN_START = 7,       /* bytes: the configuration the core began with */
+  DRPC_EV_IN_VALUE = 8,       /* a value shared with user code, as the core
+                                 read it (id: the owner RRef's key; bytes:
+                                 the value as a frame) */
   /* outputs (each folded into the node's running hash) */
   DRPC_EV_OUT_SEND = 20,    /* bytes: the frame as sent */
   DRPC_EV_OUT_CONNECT = 21, /* peer; bytes: the address */
@@ -144,6 +147,11 @@ typedef struct drpc_env_ops {
    * then also serializes frames, commands and function results for replay.
    * NULL: never. Asked once, when an agent starts. */
   bool (*recording)(void *ctx);
+  /* Replay only (NULL otherwise): the value the recording says the core
+   * read for the owner RRef `key` (user code may change an owner's value
+   * in place, which no other input shows); NULL: read the live one. The
+   * caller frees it. */
+  drpc_value *(*recorded_value)(void *ctx, uint64_t key);
   /* Log lines; may be NULL (dropped). */
   void (*log)(void *ctx, drpc_log_level level, const char *msg);
 

@@ -30,6 +30,14 @@ int drpc_replay_new(drpc_replay **out, const drpc_event *start,
  * (0 when there is none), which the replayed core's next connect gets. */
 void drpc_replay_set_connect_ids(drpc_replay *r, uint64_t (*next)(void *arg),
                                  void *arg);
+/* User code may change a value it shares with the core (an owner RRef's
+ * value) in place; the recording keeps each such value as the core read
+ * it (DRPC_EV_IN_VALUE), and next(arg, key, &p, &n) hands the node's next
+ * one over (false: none, read the live value). */
+void drpc_replay_set_values(drpc_replay *r,
+                            bool (*next)(void *arg, uint64_t key,
+                                         const void **p, size_t *n),
+                            void *arg);
 /* Feeds the node's next recorded event. Inputs are applied; each output
  * is compared with the next output the replayed core produced. On the
  * first difference returns DRPC_EDIVERGED with err saying what the

@@ -28,6 +28,10 @@ int drpc_init(drpc_agent **out, const char *name, int64_t rank,
  * shutdown reports an error. */
 int drpc_shutdown(drpc_agent *a, bool graceful, double timeout_s,
                   drpc_error *err);
+/* The record sink the next drpc_init calls in this process give their
+ * backend (see drpc_net_config.record); NULL turns recording off. */
+void drpc_init_set_record_sink(void (*record)(void *ctx, const drpc_event *ev),
+                               void *ctx);
 
 /* ---- the backend itself --------------------------------------------- */
 
@@ -39,6 +43,12 @@ typedef struct drpc_net_config {
   int num_worker_threads;  /* executor size (> 0) */
   bool log_stderr;         /* print warnings and errors to stderr */
   const char *log_prefix;  /* e.g. the worker name */
+  /* The record sink (NULL: nothing recorded): every input the core applies
+   * and every output it makes, with payloads, from the thread that owns
+   * the core at that moment (one total order). It must be thread-safe and
+   * outlive the backend. */
+  void (*record)(void *ctx, const drpc_event *ev);
+  void *record_ctx;
 } drpc_net_config;
 
 void drpc_net_config_default(drpc_net_config *c);

@@ -203,6 +203,28 @@ const char *drpc_trace_kind_dir(int kind);
 int drpc_trace_merge(const char *out_path, const char *const *inputs, size_t n,
                      bool truncate, drpc_error *err);
 
+/* ---- replay ------------------------------------------------------------- */
+
+#define DRPC_TRACE_REPLAY_CONTEXT 64
+
+typedef struct drpc_trace_replay_result {
+  uint64_t events, inputs, outputs, incarnations;
+  uint64_t first_ns, last_ns; /* recorded times */
+  /* On DRPC_EDIVERGED: the differing event's seq, and descriptions of up
+   * to `context` events before it (oldest first). */
+  int64_t bad_seq;
+  size_t ncontext;
+  int64_t context_seq[DRPC_TRACE_REPLAY_CONTEXT];
+  char context[DRPC_TRACE_REPLAY_CONTEXT][200];
+} drpc_trace_replay_result;
+
+/* Replays one node of t (drpc/replay.h): a fresh core per start event, fed
+ * the node's inputs, every output checked. 0: identical; DRPC_EDIVERGED
+ * with err saying what differs (recorded vs replayed) and res naming the
+ * event; other codes when the recording cannot be read. */
+int drpc_trace_replay_node(drpc_trace *t, int16_t node, int context,
+                           drpc_trace_replay_result *res, drpc_error *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,176 @@
+/* Replays one node of a recording against fresh cores (drpc/replay.h). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "drpc/replay.h"
+#include "drpc/trace.h"
+
+typedef struct value_rec {
+  uint64_t key;
+  void *p;
+  size_t n;
+} value_rec;
+
+typedef struct node_replay {
+  drpc_replay *r;
+  drpc_trace_replay_result *res;
+  int context;
+  size_t ring_head;
+  drpc_error err;
+  /* Looked up ahead of the inputs: the node's connection ids and the
+   * shared values its core read, in recorded order. */
+  uint64_t *connects;
+  size_t nconnects, next_connect;
+  value_rec *values;
+  size_t nvalues, next_value;
+  bool oom;
+} node_replay;
+
+static uint64_t next_connect(void *arg) {
+  node_replay *c = arg;
+  return c->next_connect < c->nconnects ? c->connects[c->next_connect++] : 0;
+}
+
+static bool next_value(void *arg, uint64_t key, const void **p, size_t *n) {
+  node_replay *c = arg;
+  if (c->next_value >= c->nvalues || c->values[c->next_value].key != key)
+    return false;
+  value_rec *v = &c->values[c->next_value++];
+  *p = v->p;
+  *n = v->n;
+  return true;
+}
+
+static bool grow(void **p, size_t len, size_t size) {
+  if (len % 64)
+    return true;
+  void *q = realloc(*p, (len + 64) * size);
+  if (!q)
+    return false;
+  *p = q;
+  return true;
+}
+
+static int collect(void *arg, const drpc_trace_event *e) {
+  node_replay *c = arg;
+  const drpc_event *ev = &e->ev;
+  if (ev->kind == DRPC_EV_OUT_CONNECT) {
+    if (!grow((void **)&c->connects, c->nconnects, sizeof *c->connects))
+      return DRPC_ENOMEM;
+    c->connects[c->nconnects++] = ev->id;
+  } else if (ev->kind == DRPC_EV_IN_VALUE) {
+    if (!grow((void **)&c->values, c->nvalues, sizeof *c->values))
+      return DRPC_ENOMEM;
+    value_rec *v = &c->values[c->nvalues];
+    v->key = ev->id;
+    v->n = ev->bytes ? ev->len : 0;
+    v->p = v->n ? malloc(v->n) : NULL;
+    if (v->n && !v->p)
+      return DRPC_ENOMEM;
+    if (v->n)
+      memcpy(v->p, ev->bytes, v->n);
+    c->nvalues++;
+  }
+  return 0;
+}
+
+static void remember(node_replay *c, const drpc_trace_event *e) {
+  drpc_trace_replay_result *res = c->res;
+  if (c->context <= 0)
+    return;
+  size_t cap = (size_t)c->context;
+  size_t at = (c->ring_head + res->ncontext) % cap;
+  if (res->ncontext == cap)
+    c->ring_head = (c->ring_head + 1) % cap;
+  else
+    res->ncontext++;
+  drpc_event_describe(&e->ev, res->context[at], sizeof res->context[at]);
+  res->context_seq[at] = e->seq;
+}
+
+static int step(void *arg, const drpc_trace_event *e) {
+  node_replay *c = arg;
+  drpc_trace_replay_result *res = c->res;
+  const drpc_event *ev = &e->ev;
+  if (res->events++ == 0 || ev->time_ns < res->first_ns)
+    res->first_ns = ev->time_ns;
+  if (ev->time_ns > res->last_ns)
+    res->last_ns = ev->time_ns;
+  int rc = 0;
+  if (ev->kind == DRPC_EV_IN_START) {
+    /* A (re)started core: a crashed incarnation ends where its events end;
+     * what it had pending died with it. */
+    drpc_replay_free(c->r);
+    c->r = NULL;
+    rc = drpc_replay_new(&c->r, ev, &c->err);
+    if (rc == 0) {
+      drpc_replay_set_connect_ids(c->r, next_connect, c);
+      drpc_replay_set_values(c->r, next_value, c);
+    }
+    res->incarnations++;
+  } else if (!c->r) {
+    if (drpc_event_is_input(ev->kind) || drpc_event_is_output(ev->kind))
+      rc =
+          drpc_error_set(&c->err, DRPC_EPROTO,
+                         "node %d has events before its start event", ev->node);
+  } else {
+    res->inputs += drpc_event_is_input(ev->kind);
+    res->outputs += drpc_event_is_output(ev->kind);
+    rc = drpc_replay_feed(c->r, ev, &c->err);
+  }
+  if (rc) {
+    res->bad_seq = e->seq;
+    return rc;
+  }
+  remember(c, e);
+  return 0;
+}
+
+/* Puts the context ring in order, oldest first. */
+static void unroll(node_replay *c) {
+  drpc_trace_replay_result *res = c->res;
+  size_t n = res->ncontext, h = c->ring_head;
+  if (!h)
+    return;
+  drpc_trace_replay_result *tmp = malloc(sizeof *tmp);
+  if (!tmp)
+    return; /* the context stays rotated */
+  for (size_t i = 0; i < n; i++) {
+    tmp->context_seq[i] = res->context_seq[(h + i) % n];
+    memcpy(tmp->context[i], res->context[(h + i) % n], sizeof tmp->context[i]);
+  }
+  memcpy(res->context_seq, tmp->context_seq, n * sizeof *tmp->context_seq);
+  memcpy(res->context, tmp->context, n * sizeof tmp->context[0]);
+  free(tmp);
+}
+
+int drpc_trace_replay_node(drpc_trace *t, int16_t node, int context,
+                           drpc_trace_replay_result *res, drpc_error *err) {
+  memset(res, 0, sizeof *res);
+  res->bad_seq = -1;
+  node_replay c = {0};
+  c.res = res;
+  c.context = context < 0                           ? 0
+              : context > DRPC_TRACE_REPLAY_CONTEXT ? DRPC_TRACE_REPLAY_CONTEXT
+                                                    : context;
+  int rc = drpc_trace_foreach(t, node, collect, &c, err);
+  if (rc == DRPC_ENOMEM && !err->code)
+    drpc_error_set(err, rc, "out of memory reading the recording");
+  if (rc == 0) {
+    rc = drpc_trace_foreach(t, node, step, &c, err);
+    if (rc && c.err.code) {
+      drpc_error_clear(err);
+      drpc_error_move(err, &c.err);
+    }
+  }
+  if (rc == 0 && c.r)
+    rc = drpc_replay_finish(c.r, err);
+  unroll(&c);
+  drpc_replay_free(c.r);
+  drpc_error_clear(&c.err);
+  free(c.connects);
+  for (size_t i = 0; i < c.nvalues; i++)
+    free(c.values[i].p);
+  free(c.values);
+  return rc;
+}
