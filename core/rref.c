@@ -360,6 +360,15 @@ static void tombstone(drpc_rctx *c, uint64_t fk) {
 }
 
 /* Puts an owner handle in the owner table (taking a reference). */
+/* An RRef lifecycle event for the recording (loop thread): what happened,
+ * the RRef's key and a fork key. */
+static void rref_event(drpc_rctx *c, const char *what, drpc_rref_id id,
+                       uint64_t fk) {
+  if (!destroyed(c))
+    drpc_agent_record(c->agent, DRPC_EV_RREF, -1, key_of(id), fk, NULL, 0,
+                      what);
+}
+
 static void owners_put(drpc_rctx *c, drpc_rref *o) {
   uint64_t k = key_of(o->id);
   if (drpc_map_get(&c->owners, k))
@@ -367,6 +376,7 @@ static void owners_put(drpc_rctx *c, drpc_rref *o) {
   if (drpc_map_put(&c->owners, k, o) == 0) {
     drpc_rref_incref(o);
     atomic_fetch_add(&c->n_owners, 1);
+    rref_event(c, "owner_created", o->id, k);
   }
 }
 
@@ -420,6 +430,7 @@ static void add_fork(drpc_rctx *c, drpc_rref_id id, uint64_t fk) {
   s->keys[lo] = fk;
   s->len++;
   atomic_fetch_add(&c->n_forks, 1);
+  rref_event(c, "fork_added", id, fk);
 }
 
 /* A test-only fault switch, for the simulator's self-test alone
@@ -444,6 +455,7 @@ static bool del_fork(drpc_rctx *c, drpc_rref_id id, uint64_t fk) {
   s->len--;
   if (!drpc_test_fault_miscount_forks)
     atomic_fetch_sub(&c->n_forks, 1);
+  rref_event(c, "fork_deleted", id, fk);
   if (s->len == 0) {
     drpc_map_remove(&c->forks, k);
     free(s->keys);
@@ -451,6 +463,7 @@ static bool del_fork(drpc_rctx *c, drpc_rref_id id, uint64_t fk) {
     drpc_rref *o = drpc_map_remove(&c->owners, k);
     if (o) {
       atomic_fetch_sub(&c->n_owners, 1);
+      rref_event(c, "owner_deleted", id, k);
       drpc_rref_decref(o);
     }
     notify(c);
@@ -574,6 +587,7 @@ static void ctl_start(drpc_rctx *c, uint8_t type, int16_t dst, drpc_rref_id id,
 }
 
 static void send_user_delete(drpc_rctx *c, drpc_rref *r) {
+  rref_event(c, "user_deleted", r->id, key_of(r->fork));
   ctl_start(c, DRPC_MSG_RREF_USER_DELETE, r->owner.id, r->id, r->fork, -1);
 }
 
@@ -592,6 +606,7 @@ static void del_pending_user(drpc_rctx *c, uint64_t fk) {
   if (!r)
     return;
   atomic_store(&r->confirmed, true);
+  rref_event(c, "user_confirmed", r->id, fk);
   if (!atomic_load(&r->deleted))
     drpc_map_put(&c->confirmed, fk, r);
   while (r->waiters) {
@@ -844,9 +859,11 @@ static int accept_node(drpc_agent *a, drpc_rctx *c, drpc_value *v, int16_t from,
     atomic_store(&r->deleted, true);
     return 0;
   }
+  rref_event(c, "user_created", id, fk);
   if (parent == owner) {
     /* The owner registered this fork before sending it. */
     atomic_store(&r->confirmed, true);
+    rref_event(c, "user_confirmed", id, fk);
     drpc_map_put(&c->confirmed, fk, r);
     return 0;
   }

@@ -21,6 +21,9 @@
 
 static char dir[64];
 
+/* core/agent.c: the simulator self-test's planted bug. */
+extern int drpc_test_fault_skip_fail_on_reset;
+
 /* Records one simulated run of scn with seed to path. */
 static int record_run(const char *scn, uint64_t seed, const char *path) {
   drpc_sim_config c;
@@ -183,6 +186,29 @@ static void test_altered(void) {
   CHECK_CONTAINS(why, "out_future");
 }
 
+/* A failure found with the planted bug (lost connections do not fail their
+ * calls, so they hang) reproduces from its recording: replay with the same
+ * (buggy) core is identical, and replay with the correct core shows the
+ * first event where it differs: a future it fails that the buggy one left
+ * pending. */
+static void test_planted(void) {
+  char path[128];
+  snprintf(path, sizeof path, "%s/planted.db", dir);
+  drpc_test_fault_skip_fail_on_reset = 1;
+  CHECK(record_run("echo", 1, path) == 0);
+  int node = -1;
+  int64_t bad = -1;
+  uint64_t outputs = 0;
+  char why[512] = "";
+  CHECK_EQ_INT(replay_all(path, &node, &bad, &outputs, why, sizeof why), 0);
+  drpc_test_fault_skip_fail_on_reset = 0;
+  why[0] = 0;
+  CHECK_EQ_INT(replay_all(path, &node, &bad, &outputs, why, sizeof why),
+               DRPC_EDIVERGED);
+  CHECK_CONTAINS(why, "out_future");
+  CHECK(bad > 0);
+}
+
 /* A recording cut short: a clear error, no crash. */
 static void test_truncated(void) {
   char path[128], cut[140];
@@ -217,6 +243,7 @@ static void test_truncated(void) {
 static void body(void) {
   RUN(test_identical);
   RUN(test_altered);
+  RUN(test_planted);
   RUN(test_truncated);
 }
 

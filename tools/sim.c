@@ -63,7 +63,10 @@ static void usage_sim(FILE *f) {
       "reproduces it. --seeds sweeps a range (forking J jobs); --shrink\n"
       "reduces a failing seed's faults to a minimal schedule, written as\n"
       "JSON that --schedule replays. --plant-bug turns on the core's\n"
-      "test-only bug (lost connections do not fail their calls).\n");
+      "test-only bug (lost connections do not fail their calls).\n"
+      "--record FILE.db records the run (every event, for drpc replay and\n"
+      "drpc trace export); in a sweep, each failing seed's run is recorded\n"
+      "to FILE.seed<N>.db.\n");
 }
 
 static void list_scenarios(FILE *f) {
@@ -154,6 +157,51 @@ static int run_config(const sim_opts *o, drpc_sim_config *c, drpc_sim_result *r,
   int rc = drpc_sim_run(c, r, err);
   drpc_test_fault_skip_fail_on_reset = 0;
   return rc;
+}
+
+/* Runs seed once more in a child, recording it to path; the child exits 1
+ * when the run fails its checks again (it should: runs are deterministic),
+ * 2 when it cannot record. */
+static int record_seed(const sim_opts *o, uint64_t seed, const char *path) {
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid < 0)
+    return 2;
+  if (pid == 0) {
+    drpc_sim_config c;
+    drpc_error err = DRPC_ERROR_INIT;
+    drpc_recorder *rec = NULL;
+    drpc_run_info ri = {0};
+    if (make_config(o, seed, &c, &err))
+      _exit(2);
+    char *json = drpc_sim_config_to_json(&c);
+    ri.backend = "sim";
+    ri.scenario = c.scenario;
+    ri.seed = c.seed;
+    ri.has_seed = true;
+    ri.commit = drpc_sim_commit();
+    ri.config_json = json;
+    if (drpc_recorder_open(&rec, path, &ri, false, true, &err))
+      _exit(2);
+    free(json);
+    for (int i = 0; i < c.workers; i++) {
+      char name[32];
+      snprintf(name, sizeof name, "w%d", i);
+      drpc_recorder_node(rec, (int16_t)i, name);
+    }
+    c.record = drpc_recorder_sink;
+    c.record_ctx = rec;
+    drpc_sim_result r;
+    if (run_config(o, &c, &r, &err))
+      _exit(2);
+    if (drpc_recorder_close(rec, &err))
+      _exit(2);
+    _exit(r.ok ? 0 : 1);
+  }
+  int st = 0;
+  if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st))
+    return 2;
+  return WEXITSTATUS(st);
 }
 
 static void print_result(const sim_opts *o, const drpc_sim_config *c,
@@ -375,6 +423,9 @@ static void sweep_child(const sim_opts *o, int fd, uint64_t first,
   exit(0);
 }
 
+/* Failing seeds of a sweep that --record records (the first ones). */
+#define MAX_RECORDED_FAILURES 10
+
 static int sweep(const sim_opts *o) {
   uint64_t nseeds = o->seed_to - o->seed + 1;
   int jobs = o->jobs > 0 ? o->jobs : 1;
@@ -529,6 +580,22 @@ static int sweep(const sim_opts *o) {
     repro(o, fails[i].seed, cmd, sizeof cmd);
     printf("  seed %llu: %s\n    reproduce: %s\n",
            (unsigned long long)fails[i].seed, fails[i].what, cmd);
+    if (o->record && i < MAX_RECORDED_FAILURES) {
+      /* A failure reproduces from its recording alone, too. */
+      char path[4096];
+      size_t len = strlen(o->record);
+      if (len > 3 && strcmp(o->record + len - 3, ".db") == 0)
+        len -= 3;
+      snprintf(path, sizeof path, "%.*s.seed%llu.db", (int)len, o->record,
+               (unsigned long long)fails[i].seed);
+      int rr = record_seed(o, fails[i].seed, path);
+      printf("    recording: %s%s\n", path,
+             rr == 1   ? (o->plant ? " (drpc replay --plant-bug / drpc trace "
+                                     "export it)"
+                                   : " (drpc replay / drpc trace export it)")
+             : rr == 0 ? " (the recorded run passed: not reproduced)"
+                       : " (could not record)");
+    }
   }
   int rc = nfail ? 1 : 0;
   if (nfail && o->shrink) {
@@ -712,8 +779,9 @@ int drpc_cmd_sim(int argc, char **argv) {
   bool abandoned = false;
   drpc_recorder *rec = NULL;
   if (o.record) {
-    if (o.sweep || o.determinism) {
-      fprintf(stderr, "drpc sim: --record records one run (--seed S)\n");
+    if (o.determinism) {
+      fprintf(stderr, "drpc sim: --record records one run (--seed S), or "
+                      "the failing seeds of a sweep\n");
       drpc_sim_config_clear(&cfg);
       return 2;
     }

@@ -11,6 +11,9 @@
 #include "drpc/trace_export.h"
 #include "tools.h"
 
+/* core/agent.c: the simulator self-test's planted bug. */
+extern int drpc_test_fault_skip_fail_on_reset;
+
 static double wall_now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -19,7 +22,8 @@ static double wall_now(void) {
 
 static void usage_replay(FILE *f) {
   fprintf(f,
-          "usage: drpc replay FILE.db [--node NAME] [--context N]\n"
+          "usage: drpc replay FILE.db [--node NAME] [--context N] "
+          "[--plant-bug]\n"
           "\n"
           "Feeds each node's recorded inputs to a fresh agent core, in the\n"
           "recorded order and at the recorded times (function results come\n"
@@ -84,6 +88,7 @@ static int replay_node(drpc_trace *t, int16_t node, const char *name,
 int drpc_cmd_replay(int argc, char **argv) {
   static const struct option opts[] = {{"node", required_argument, 0, 'n'},
                                        {"context", required_argument, 0, 'c'},
+                                       {"plant-bug", no_argument, 0, 'P'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   const char *only = NULL;
@@ -94,6 +99,12 @@ int drpc_cmd_replay(int argc, char **argv) {
     switch (c) {
     case 'n':
       only = optarg;
+      break;
+    case 'P':
+      /* The recorded core ran with the simulator's planted bug; the
+       * replayed one must too (without it, replay shows where the correct
+       * core first differs). */
+      drpc_test_fault_skip_fail_on_reset = 1;
       break;
     case 'c':
       context = (int)drpc_tools_parse_int("--context", optarg, 0,

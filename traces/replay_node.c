@@ -2,6 +2,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sqlite3.h>
+
 #include "drpc/replay.h"
 #include "drpc/trace.h"
 
@@ -51,9 +53,7 @@ static bool grow(void **p, size_t len, size_t size) {
   return true;
 }
 
-static int collect(void *arg, const drpc_trace_event *e) {
-  node_replay *c = arg;
-  const drpc_event *ev = &e->ev;
+static int collect_one(node_replay *c, const drpc_event *ev) {
   if (ev->kind == DRPC_EV_OUT_CONNECT) {
     if (!grow((void **)&c->connects, c->nconnects, sizeof *c->connects))
       return DRPC_ENOMEM;
@@ -72,6 +72,45 @@ static int collect(void *arg, const drpc_trace_event *e) {
     c->nvalues++;
   }
   return 0;
+}
+
+/* The node's connects and shared values, looked up by kind (one indexed
+ * query rather than a second pass over every event). */
+static int collect(drpc_trace *t, int16_t node, node_replay *c,
+                   drpc_error *err) {
+  sqlite3_stmt *st = NULL;
+  int rc = sqlite3_prepare_v2(
+      drpc_trace_db(t),
+      "SELECT e.kind, e.xid, p.bytes FROM events e LEFT JOIN payloads p "
+      "ON p.id = e.payload WHERE e.run = ?1 AND e.node = ?2 AND e.kind IN "
+      "(?3, ?4) ORDER BY e.seq",
+      -1, &st, NULL);
+  if (rc != SQLITE_OK) {
+    sqlite3_finalize(st);
+    return drpc_error_set(err, DRPC_EPROTO, "corrupt recording: %s",
+                          sqlite3_errstr(rc));
+  }
+  sqlite3_bind_int64(st, 1, drpc_trace_run_id(t));
+  sqlite3_bind_int(st, 2, node);
+  sqlite3_bind_int(st, 3, DRPC_EV_OUT_CONNECT);
+  sqlite3_bind_int(st, 4, DRPC_EV_IN_VALUE);
+  int out = 0;
+  while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    drpc_event ev = {0};
+    ev.kind = (drpc_event_kind)sqlite3_column_int(st, 0);
+    ev.id = (uint64_t)sqlite3_column_int64(st, 1);
+    ev.bytes = sqlite3_column_blob(st, 2);
+    ev.len = (size_t)sqlite3_column_bytes(st, 2);
+    if ((out = collect_one(c, &ev)) != 0) {
+      drpc_error_set(err, out, "out of memory reading the recording");
+      break;
+    }
+  }
+  if (!out && rc != SQLITE_DONE)
+    out = drpc_error_set(err, DRPC_EPROTO, "corrupt recording: %s",
+                         sqlite3_errstr(rc));
+  sqlite3_finalize(st);
+  return out;
 }
 
 static void remember(node_replay *c, const drpc_trace_event *e) {
@@ -153,9 +192,7 @@ int drpc_trace_replay_node(drpc_trace *t, int16_t node, int context,
   c.context = context < 0                           ? 0
               : context > DRPC_TRACE_REPLAY_CONTEXT ? DRPC_TRACE_REPLAY_CONTEXT
                                                     : context;
-  int rc = drpc_trace_foreach(t, node, collect, &c, err);
-  if (rc == DRPC_ENOMEM && !err->code)
-    drpc_error_set(err, rc, "out of memory reading the recording");
+  int rc = collect(t, node, &c, err);
   if (rc == 0) {
     rc = drpc_trace_foreach(t, node, step, &c, err);
     if (rc && c.err.code) {
