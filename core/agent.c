@@ -99,6 +99,9 @@ struct drpc_agent {
    * time reads it, so replay sees the same deadlines). */
   bool rec_full;
   uint64_t in_now;
+
+  /* PROFILER: profiling state (core/profiler.c). */
+  drpc_agent_prof *prof;
 };
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -506,6 +509,10 @@ struct drpc_call {
   drpc_value shallow;
   drpc_value **shallow_items;
   drpc_error fail; /* set: answer with this error instead of running */
+  /* PROFILER: the request's profiling (NULL: none); arrival time for the
+   * GIL-wait metric (0: off). */
+  drpc_prof_req *prof;
+  uint64_t arrive_ns;
 };
 
 drpc_agent *drpc_call_agent(drpc_call *call) {
@@ -647,6 +654,7 @@ static void remote_done_apply(drpc_cmd *cmd) {
 }
 
 static void call_free(drpc_call *call) {
+  drpc_prof_req_free(call->prof); /* PROFILER */
   drpc_rref_decref(call->remote_owner);
   free(call->shallow_items);
   drpc_error_clear(&call->fail);
@@ -665,6 +673,14 @@ static void call_respond(drpc_call *call, drpc_value *result,
   atomic_fetch_sub(&a->server_active, 1);
   if (call->async)
     atomic_fetch_sub(&a->server_active_async, 1);
+  /* PROFILER: close the request's events; a flagged request's result goes
+   * back as [value, id, events] under DRPC_FLAG_PROFILE. */
+  drpc_value *prof_body = NULL;
+  if (call->prof) {
+    prof_body = drpc_prof_serve_end(
+        call->prof, result, (!err || err->code == 0) && !call->remote_owner);
+    call->prof = NULL;
+  }
   if (call->remote_owner) {
     remote_done_cmd *r = calloc(1, sizeof *r);
     if (!r) {
@@ -697,13 +713,18 @@ static void call_respond(drpc_call *call, drpc_value *result,
   }
   int rc = 0;
   if (!err || err->code == 0) {
-    rc = drpc_rref_encode(a, DRPC_MSG_RESPONSE, call->req_id, result, &f,
-                          &forks, &eerr);
+    rc = drpc_rref_encode(a, DRPC_MSG_RESPONSE, call->req_id,
+                          prof_body ? prof_body : result, &f, &forks, &eerr);
     if (rc)
       drpc_error_prefix(&eerr, "could not send the result of %s", call->name);
+    else if (prof_body) /* PROFILER: flags are bytes 6-7, little-endian */
+      f->head[6] |= (uint8_t)DRPC_FLAG_PROFILE;
     err = &eerr;
   }
-  drpc_value_free(result);
+  if (prof_body)
+    drpc_value_free(prof_body); /* holds result */
+  else
+    drpc_value_free(result);
   if (!f) {
     drpc_value *body = error_body(a, err);
     if (body)
@@ -744,7 +765,18 @@ static void async_done(drpc_future *f, void *arg) {
   drpc_future_decref(f);
 }
 
+static void call_run_body(drpc_job *job);
+
+/* PROFILER: the run between the profiling hooks (the call is freed
+ * inside). */
 static void call_run(drpc_job *job) {
+  drpc_call *call = (drpc_call *)job;
+  void *saved = drpc_prof_run_enter(call->agent, call->prof, call->arrive_ns);
+  call_run_body(job);
+  drpc_prof_run_leave(saved);
+}
+
+static void call_run_body(drpc_job *job) {
   drpc_call *call = (drpc_call *)job;
   drpc_agent *a = call->agent;
   drpc_error err = DRPC_ERROR_INIT;
@@ -918,8 +950,16 @@ static void handle_call(drpc_agent *a, uint64_t conn, conn_entry *ce,
                         drpc_msg *m) {
   const drpc_value *b = m->body;
   bool remote = m->type == DRPC_MSG_REMOTE_CALL;
-  size_t want = remote ? 6 : 4;
+  /* PROFILER: a flagged CALL carries the profiling id as a fifth item. */
+  bool profiled = !remote && (m->flags & DRPC_FLAG_PROFILE);
+  size_t want = remote ? 6 : profiled ? 5 : 4;
   drpc_rref_id rid = {0, 0}, fid = {0, 0};
+  if (profiled && b && b->kind == DRPC_VAL_LIST && b->u.c.len == 5 &&
+      (b->u.c.items[4]->kind != DRPC_VAL_LIST ||
+       drpc_value_len(b->u.c.items[4]) != 2 ||
+       drpc_list_at(b->u.c.items[4], 0)->kind != DRPC_VAL_INT ||
+       drpc_list_at(b->u.c.items[4], 1)->kind != DRPC_VAL_INT))
+    want = 0; /* malformed */
   if (!b || b->kind != DRPC_VAL_LIST || b->u.c.len != want ||
       b->u.c.items[0]->kind != DRPC_VAL_INT ||
       b->u.c.items[1]->kind != DRPC_VAL_STR ||
@@ -973,6 +1013,12 @@ static void handle_call(drpc_agent *a, uint64_t conn, conn_entry *ce,
   call->name = cb->u.c.items[1]->u.s.data;
   call->args = cb->u.c.items[2];
   call->kwargs = cb->u.c.items[3];
+  /* PROFILER */
+  call->prof =
+      drpc_prof_serve_begin(a, call->name, profiled,
+                            profiled ? cb->u.c.items[4]->u.c.items[0]->u.i : 0,
+                            profiled ? cb->u.c.items[4]->u.c.items[1]->u.i : 0);
+  call->arrive_ns = drpc_prof_arrival(a, a->in_now);
   peer *p = peer_by_id(a, from);
   if (p)
     call->caller = p->info;
@@ -1026,6 +1072,12 @@ static void handle_response(drpc_agent *a, conn_entry *ce, drpc_msg *m) {
   rearm(a);
   int code = 0;
   drpc_error aerr = DRPC_ERROR_INIT;
+  if (m->type == DRPC_MSG_RESPONSE && (m->flags & DRPC_FLAG_PROFILE)) {
+    /* PROFILER: [value, id, events]; the events go to the profiler. */
+    drpc_value *v = drpc_prof_on_response(a, m->body);
+    drpc_value_free(m->body);
+    m->body = v;
+  }
   if (m->type == DRPC_MSG_RESPONSE && m->nrrefs &&
       drpc_rref_accept(a, m->body, ce->peer, NULL, &aerr) != 0) {
     drpc_future_set_error(c->fut, &aerr);
@@ -1507,20 +1559,37 @@ int drpc_agent_call_labelled(drpc_agent *a, int16_t dst, int kind,
   drpc_value name_v = {.kind = DRPC_VAL_STR, .u.s = {(char *)fn, strlen(fn)}};
   drpc_value empty_list = {.kind = DRPC_VAL_LIST};
   drpc_value empty_dict = {.kind = DRPC_VAL_DICT};
-  drpc_value *items[4] = {&kind_v, &name_v,
+  /* PROFILER: the thread's profiler asks for remote profiling: a fifth
+   * item [worker id, local id] and DRPC_FLAG_PROFILE. */
+  int64_t pwid = 0, plid = 0;
+  drpc_prof_pending *pp = drpc_prof_call_begin(a, dst, label, fn, &pwid, &plid);
+  drpc_value pw_v = {.kind = DRPC_VAL_INT, .u.i = pwid};
+  drpc_value pl_v = {.kind = DRPC_VAL_INT, .u.i = plid};
+  drpc_value *pid_items[2] = {&pw_v, &pl_v};
+  drpc_value pid_v = {.kind = DRPC_VAL_LIST, .u.c = {pid_items, NULL, 2, 2}};
+  drpc_value *items[5] = {&kind_v, &name_v,
                           args ? (drpc_value *)args : &empty_list,
-                          kwargs ? (drpc_value *)kwargs : &empty_dict};
-  drpc_value body = {.kind = DRPC_VAL_LIST, .u.c = {items, NULL, 4, 4}};
+                          kwargs ? (drpc_value *)kwargs : &empty_dict, &pid_v};
+  size_t nitems = pp ? 5 : 4;
+  drpc_value body = {.kind = DRPC_VAL_LIST,
+                     .u.c = {items, NULL, nitems, nitems}};
   drpc_outframe *frame = NULL;
   drpc_fork_list *forks = NULL;
-  if ((rc = drpc_rref_encode(a, DRPC_MSG_CALL, 0, &body, &frame, &forks, err)))
+  if ((rc =
+           drpc_rref_encode(a, DRPC_MSG_CALL, 0, &body, &frame, &forks, err))) {
+    drpc_prof_call_abort(pp);
     return rc;
+  }
+  if (pp) /* flags are bytes 6-7 of the header, little-endian */
+    frame->head[6] |= (uint8_t)DRPC_FLAG_PROFILE;
   drpc_future *f = drpc_future_new(&a->env);
   if (!f) {
+    drpc_prof_call_abort(pp);
     drpc_fork_list_drop(forks);
     drpc_outframe_free(frame);
     return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
   }
+  drpc_prof_call_attach(pp, f);
   drpc_agent_post_request(a, dst, frame, forks, timeout_ms, f,
                           label ? label : "rpc_async", fn);
   *fut = f;
@@ -1584,6 +1653,10 @@ int drpc_rpc_sync(drpc_agent *a, const char *dst, drpc_call_kind kind,
 
 drpc_rctx *drpc_agent_rctx(drpc_agent *a) {
   return a->rctx;
+}
+
+drpc_agent_prof *drpc_agent_prof_of(drpc_agent *a) {
+  return a->prof;
 }
 
 bool drpc_agent_stopped(drpc_agent *a) {
@@ -1727,7 +1800,8 @@ drpc_value *drpc_agent_metrics(drpc_agent *a) {
       put_num(d, "agent.client_active_calls", atomic_load(&a->client_active)) ||
       put_num(d, "agent.server_active_calls", atomic_load(&a->server_active)) ||
       put_num(d, "agent.server_active_async_calls",
-              atomic_load(&a->server_active_async))) {
+              atomic_load(&a->server_active_async)) ||
+      drpc_prof_metrics(a, d) /* PROFILER */) {
     drpc_value_free(d);
     return NULL;
   }
@@ -1877,6 +1951,7 @@ static void agent_release(drpc_agent *a) {
   drpc_rctx_release(a->rctx);
   if (a->store)
     drpc_store_decref(a->store);
+  drpc_agent_prof_free(a->prof); /* PROFILER */
   a->env.ops->sync_destroy(a->env.ctx, &a->sync);
   free(a);
 }
@@ -1981,7 +2056,9 @@ int drpc_agent_start(drpc_agent **out, drpc_store *store, const char *name,
   drpc_map_init(&a->calls);
   drpc_map_init(&a->conns);
   env->ops->sync_init(env->ctx, &a->sync);
-  if (!(a->rctx = drpc_rctx_new(a, &a->self, env))) {
+  /* PROFILER: also makes the worker id the default profiler node id. */
+  if (!(a->prof = drpc_agent_prof_new(a, env, a->self.id)) ||
+      !(a->rctx = drpc_rctx_new(a, &a->self, env))) {
     agent_release(a);
     return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
   }

@@ -220,4 +220,51 @@ uint64_t drpc_rref_fork_key(const drpc_rref *r);
 void drpc_call_job_discard(drpc_job *job);
 void drpc_agent_replay_force_stop(drpc_agent *a);
 
+/* ---- profiler hooks (profiler.c; called from agent.c) ------------------- */
+/* Header flag of a profiled CALL and of its RESPONSE (see drpc/profiler.h
+ * for the body layouts). */
+#define DRPC_FLAG_PROFILE 0x0001u
+
+typedef struct drpc_agent_prof drpc_agent_prof;
+typedef struct drpc_prof_pending drpc_prof_pending;
+typedef struct drpc_prof_req drpc_prof_req;
+
+drpc_agent_prof *drpc_agent_prof_new(drpc_agent *a, const drpc_env *env,
+                                     int16_t self_id);
+void drpc_agent_prof_free(drpc_agent_prof *p);
+/* agent.c: the agent's profiling state. */
+drpc_agent_prof *drpc_agent_prof_of(drpc_agent *a);
+
+/* Caller, user thread: non-NULL when the thread's enabled profiler is for
+ * a and label is rpc_sync/rpc_async; wid and lid get the profiling id. */
+drpc_prof_pending *drpc_prof_call_begin(drpc_agent *a, int16_t dst,
+                                        const char *label, const char *fn,
+                                        int64_t *wid, int64_t *lid);
+/* The call was posted: completes when fut does (takes no reference). */
+void drpc_prof_call_attach(drpc_prof_pending *pp, drpc_future *fut);
+/* The call was never posted. */
+void drpc_prof_call_abort(drpc_prof_pending *pp);
+/* Caller, loop: a flagged RESPONSE; takes body [value, id, events] apart
+ * (the events go to the pending call) and returns the value (taken out
+ * of body), or NULL when body is malformed. */
+drpc_value *drpc_prof_on_response(drpc_agent *a, drpc_value *body);
+
+/* Callee, loop: a request arrives (flagged: the caller asked, with id).
+ * NULL when nothing is to be profiled. */
+drpc_prof_req *drpc_prof_serve_begin(drpc_agent *a, const char *fn,
+                                     bool flagged, int64_t wid, int64_t lid);
+/* Callee, loop: the arrival time for the GIL-wait metric (0: off). */
+uint64_t drpc_prof_arrival(drpc_agent *a, uint64_t now_ns);
+/* Executor: around running the function; returns what leave restores. */
+void *drpc_prof_run_enter(drpc_agent *a, drpc_prof_req *r, uint64_t arrive_ns);
+void drpc_prof_run_leave(void *saved);
+/* Any thread, the call completes: closes the function's event, hands the
+ * events to the server ranges and, for a flagged request that succeeded,
+ * returns [value, id, events] wrapping *result (else NULL, result
+ * untouched). Frees r. */
+drpc_value *drpc_prof_serve_end(drpc_prof_req *r, drpc_value *result, bool ok);
+void drpc_prof_req_free(drpc_prof_req *r);
+/* Appends agent.gil_average_wait_time_us to the metrics while enabled. */
+int drpc_prof_metrics(drpc_agent *a, drpc_value *dict);
+
 #endif

@@ -8,6 +8,7 @@
 #include "drpc/error.h"
 #include "drpc/future.h"
 #include "drpc/ops.h"
+#include "drpc/profiler.h"
 #include "drpc/rref.h"
 #include "drpc/store.h"
 #include "drpc/tensor.h"
