@@ -30,6 +30,7 @@ static void usage_main(FILE *f) {
              "every output\n"
              "  trace    export a recording as a Chrome trace; merge "
              "recordings\n"
+             "  viz      write a recording as a self-contained HTML viewer\n"
              "\n"
              "`drpc <command> --help` describes each command.\n");
 }
@@ -432,6 +433,8 @@ int main(int argc, char **argv) {
     return drpc_cmd_replay(argc - 1, argv + 1);
   if (!strcmp(cmd, "trace"))
     return drpc_cmd_trace(argc - 1, argv + 1);
+  if (!strcmp(cmd, "viz"))
+    return drpc_cmd_viz(argc - 1, argv + 1);
   fprintf(stderr, "drpc: unknown command '%s'\n\n", cmd);
   usage_main(stderr);
   return 2;

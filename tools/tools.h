@@ -21,6 +21,8 @@ int drpc_cmd_run(int argc, char **argv);
 int drpc_cmd_bench_sim(int argc, char **argv);
 int drpc_cmd_replay(int argc, char **argv);
 int drpc_cmd_trace(int argc, char **argv);
+/* tools/viz_cmd.c: a recording as a self-contained HTML viewer. */
+int drpc_cmd_viz(int argc, char **argv);
 
 /* Parses a non-negative integer option value or exits with a message. */
 long long drpc_tools_parse_int(const char *opt, const char *s, long long min,
