@@ -79,6 +79,11 @@ struct drpc_rctx {
   drpc_map confirmed;     /* fork key -> user handle (weak) */
   drpc_map children;      /* child fork key -> parent handle (strong) */
   drpc_map tomb;          /* deleted fork keys */
+  /* Owners something waits on (a fetch, a proxy call) before their value
+   * is set: rref key -> owner (the reference belongs to the unwait
+   * callback on its value). Teardown fails their values so the waiters
+   * finish and let go, whether or not the owner is still in the table. */
+  drpc_map waited;
   uint64_t *tomb_ring;
   size_t tomb_head, tomb_len;
   /* Published for debug info and shutdown waits (written on the loop). */
@@ -105,6 +110,7 @@ static void ctx_decref(drpc_rctx *c) {
   drpc_map_free(&c->confirmed);
   drpc_map_free(&c->children);
   drpc_map_free(&c->tomb);
+  drpc_map_free(&c->waited);
   free(c->tomb_ring);
   free(c);
 }
@@ -124,6 +130,7 @@ drpc_rctx *drpc_rctx_new(drpc_agent *a, const drpc_worker_info *self,
   drpc_map_init(&c->confirmed);
   drpc_map_init(&c->children);
   drpc_map_init(&c->tomb);
+  drpc_map_init(&c->waited);
   return c;
 }
 
@@ -961,6 +968,8 @@ static const drpc_value *read_owner_value(drpc_agent *a, drpc_rref *o,
   return live;
 }
 
+static void note_waited(drpc_rctx *c, drpc_rref *o);
+
 static void fetch_done(drpc_future *f, void *arg) {
   fetch *q = arg;
   if (!drpc_agent_stopped(q->a) && !destroyed(q->o->ctx)) {
@@ -1015,6 +1024,7 @@ void drpc_rref_on_request(drpc_agent *a, uint64_t conn, int16_t from,
     q->id = m->id;
     q->o = o;
     drpc_rref_incref(o);
+    note_waited(c, o);
     if (drpc_future_add_done_callback(o->value, fetch_done, q) != 0) {
       drpc_rref_decref(o);
       free(q);
@@ -1080,6 +1090,32 @@ void drpc_rref_owner_settle(drpc_rref *o, drpc_value *value,
     drpc_future_set_value(o->value, value);
 }
 
+static void unwait(drpc_future *f, void *arg) {
+  drpc_rref *o = arg;
+  (void)f;
+  /* Also after teardown began: the map outlives every owner (each holds
+   * the context), and teardown may be walking the owners, not this map. */
+  if (drpc_map_get(&o->ctx->waited, key_of(o->id)) == o)
+    drpc_map_remove(&o->ctx->waited, key_of(o->id));
+  drpc_rref_decref(o);
+}
+
+/* Loop: something is about to wait on owner o's value. */
+static void note_waited(drpc_rctx *c, drpc_rref *o) {
+  uint64_t k = key_of(o->id);
+  if (drpc_future_done(o->value) || drpc_map_get(&c->waited, k))
+    return;
+  drpc_rref_incref(o);
+  if (drpc_map_put(&c->waited, k, o) != 0) {
+    drpc_rref_decref(o);
+    return;
+  }
+  if (drpc_future_add_done_callback(o->value, unwait, o) != 0) {
+    drpc_map_remove(&c->waited, k);
+    drpc_rref_decref(o);
+  }
+}
+
 static void value_ready(drpc_future *f, void *arg) {
   drpc_rref_waiter *w = arg;
   (void)f;
@@ -1090,6 +1126,8 @@ static void value_ready(drpc_future *f, void *arg) {
 void drpc_rref_wait_value(drpc_rref *o, drpc_rref_waiter *w) {
   if (drpc_future_done(o->value))
     return;
+  if (!destroyed(o->ctx))
+    note_waited(o->ctx, o);
   w->pending++;
   if (drpc_future_add_done_callback(o->value, value_ready, w) != 0)
     w->pending--; /* no memory: run now and let the function see no value */
@@ -1653,6 +1691,15 @@ char *drpc_rctx_destroy(drpc_rctx *c) {
       drpc_future_fail(o->value, DRPC_ESHUTDOWN,
                        "the RRef's owner shut down before its value was set");
     drpc_rref_decref(o);
+  }
+  free(keys);
+  /* Owners waited on but gone from the table: the same. */
+  keys = drpc_map_sorted_keys(&c->waited, &n);
+  for (size_t i = 0; keys && i < n; i++) {
+    drpc_rref *o = drpc_map_remove(&c->waited, keys[i]);
+    if (o && !drpc_future_done(o->value))
+      drpc_future_fail(o->value, DRPC_ESHUTDOWN,
+                       "the RRef's owner shut down before its value was set");
   }
   free(keys);
   keys = drpc_map_sorted_keys(&c->pending_users, &n);

