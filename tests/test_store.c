@@ -675,8 +675,9 @@ static void test_memory_timeouts(void) {
   sleep_s(0.3);
   drpc_store_set_str(s, "late", "v", &err);
   pthread_join(th, NULL);
+  /* The key appeared only after 0.3 s: a get that found it waited for it
+   * (no elapsed-time check: a loaded machine may start the thread late). */
   CHECK_EQ_INT(g.rc, 0);
-  CHECK(g.elapsed_s >= 0.29);
   drpc_error_clear(&g.err);
 
   /* More missing keys than a message names are counted. */
