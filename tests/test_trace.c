@@ -191,6 +191,9 @@ static drpc_recorder_stats record_all(const char *path, const xev *v, size_t n,
   return st;
 }
 
+static void write_file(const char *path, const void *data, size_t n);
+static int seq_hash_cb(void *arg, const drpc_trace_event *e);
+
 /* ---- reading back and comparing -------------------------------------- */
 
 typedef struct cmp_state {
@@ -323,6 +326,9 @@ static void roundtrip(bool threaded) {
                                 "NOT NULL AND kind < 20"),
                0);
   CHECK_EQ_INT(count_rows(path, "PRAGMA user_version"), 1);
+  char spill[600];
+  snprintf(spill, sizeof spill, "%s.spill", path);
+  CHECK(access(spill, F_OK) != 0); /* a closed recording stands alone */
   compare_file(path, v, n, 0, 3, n);
 
   /* The run row and the nodes table. */
@@ -533,6 +539,188 @@ static void test_crash(void) {
     CHECK_EQ_INT(drpc_trace_foreach(t, 3, seq_aux_cb, &next, &err), 0);
   CHECK(next >= N && next <= N + 10);
   drpc_trace_close(t);
+  drpc_error_clear(&err);
+}
+
+/* A spill bound far below the data: the writer imports the spill file
+ * many times while recording, and the file is the same as with one
+ * import (events, seq, hashes, payloads stored once across imports). */
+static void test_spill_limit(void) {
+  const char *path = tpath("spill_limit.db");
+  size_t n = 6000;
+  xev *v = gen_events(n, 0, 3, 3000);
+  drpc_error err = DRPC_ERROR_INIT;
+  drpc_recorder *r;
+  CHECK_EQ_INT(drpc_recorder_open(&r, path, NULL, true, true, &err), 0);
+  if (!r) {
+    free_events(v, n);
+    return;
+  }
+  drpc_recorder_set_spill_limit(r, 16 << 10);
+  drpc_recorder_set_queue_limit(r, 4 << 10);
+  size_t with_payload = 0;
+  for (size_t i = 0; i < n; i++) {
+    drpc_recorder_sink(r, &v[i].ev);
+    with_payload += v[i].ev.len > 0;
+  }
+  CHECK_EQ_INT(drpc_recorder_flush(r, &err), 0);
+  drpc_recorder_stats st;
+  drpc_recorder_stats_get(r, &st);
+  size_t distinct = distinct_payloads(v, n, NULL, 0);
+  CHECK(st.imports > 2);
+  CHECK(st.spilled > (16 << 10));
+  CHECK_EQ_INT(st.written, n);
+  CHECK_EQ_INT(st.dropped, 0);
+  CHECK_EQ_INT(st.payloads_stored, distinct);
+  CHECK_EQ_INT(st.payloads_stored + st.payloads_deduped, with_payload);
+  CHECK_EQ_INT(drpc_recorder_close(r, &err), 0);
+  char spill[600];
+  snprintf(spill, sizeof spill, "%s.spill", path);
+  CHECK(access(spill, F_OK) != 0);
+  CHECK_EQ_INT(count_rows(path, "SELECT count(*) FROM payloads"), distinct);
+  compare_file(path, v, n, 0, 3, n);
+  drpc_error_clear(&err);
+  free_events(v, n);
+}
+
+/* More distinct payloads than the import's in-memory table may hold (the
+ * table is shrunk for the test): the rest are deduplicated through the
+ * database, whose payloads_hash index is rebuilt mid-import. */
+static void test_payload_table_full(void) {
+  const char *path = tpath("ptab.db");
+  enum { U = 55000 }; /* > 3/4 of 2^16 slots */
+  setenv("DRPC_RECORDER_PTAB_BITS", "16", 1);
+  drpc_error err = DRPC_ERROR_INIT;
+  drpc_recorder *r;
+  int rc = drpc_recorder_open(&r, path, NULL, true, true, &err);
+  unsetenv("DRPC_RECORDER_PTAB_BITS");
+  CHECK_EQ_INT(rc, 0);
+  if (rc)
+    return;
+  for (int pass = 0; pass < 2; pass++)
+    for (uint64_t i = 0; i < U; i++) {
+      uint64_t b[2] = {i, i * 0x9e3779b97f4a7c15ull};
+      drpc_event ev = {.kind = DRPC_EV_OUT_SEND,
+                       .node = 2,
+                       .peer = 1,
+                       .time_ns = (uint64_t)pass * U + i,
+                       .aux = (uint64_t)pass * U + i,
+                       .bytes = b,
+                       .len = sizeof b};
+      drpc_recorder_record(r, &ev);
+    }
+  CHECK_EQ_INT(drpc_recorder_flush(r, &err), 0);
+  drpc_recorder_stats st;
+  drpc_recorder_stats_get(r, &st);
+  CHECK_EQ_INT(st.written, 2 * U);
+  CHECK_EQ_INT(st.payloads_stored, U);
+  CHECK_EQ_INT(st.payloads_deduped, U);
+  CHECK_EQ_INT(drpc_recorder_close(r, &err), 0);
+  CHECK_EQ_INT(count_rows(path, "SELECT count(*) FROM payloads"), U);
+  CHECK_EQ_INT(count_rows(path, "SELECT count(*) FROM sqlite_master WHERE "
+                                "type='index' AND sql IS NOT NULL"),
+               3);
+  drpc_trace *t;
+  CHECK_EQ_INT(drpc_trace_open(&t, path, &err), 0);
+  int64_t next = 0;
+  if (t)
+    CHECK_EQ_INT(drpc_trace_foreach(t, 2, seq_aux_cb, &next, &err), 0);
+  CHECK_EQ_INT(next, 2 * U);
+  drpc_trace_close(t);
+  drpc_error_clear(&err);
+}
+
+/* A process that dies without flushing leaves the events it recorded
+ * since the last flush in the spill file; drpc_recorder_recover imports
+ * them (ignoring a record cut short at the end), and the file is then as
+ * if the process had closed it. */
+static void test_recover(void) {
+  const char *path = tpath("recover.db");
+  char spill[600];
+  snprintf(spill, sizeof spill, "%s.spill", path);
+  enum { N = 3000 };
+  size_t distinct = 1; /* "same" */
+  for (int i = 0; i < N; i++)
+    distinct += i % 5 != 0;
+  pid_t pid = fork();
+  if (pid == 0) {
+    drpc_recorder *r;
+    if (drpc_recorder_open(&r, path, NULL, true, true, NULL))
+      _exit(2);
+    drpc_recorder_node(r, 4, "four");
+    unsigned char buf[100] = {0};
+    for (int i = 0; i <= N; i++) {
+      if (i == N / 2 && drpc_recorder_flush(r, NULL))
+        _exit(3);
+      /* With a bound of one byte, recording the last (extra) event waits
+       * until everything before it is in the spill file. */
+      if (i == N)
+        drpc_recorder_set_queue_limit(r, 1);
+      memcpy(buf, &i, sizeof i);
+      drpc_event ev = {.kind = i % 3 ? DRPC_EV_OUT_SEND : DRPC_EV_IN_FRAME,
+                       .node = 4,
+                       .peer = -1,
+                       .time_ns = (uint64_t)i,
+                       .aux = (uint64_t)i,
+                       .bytes = i % 5 ? buf : (const void *)"same",
+                       .len = i % 5 ? 8 + (size_t)i % 90 : 4,
+                       .name = i % 7 ? NULL : "seven"};
+      drpc_recorder_record(r, &ev);
+    }
+    _exit(0); /* no close */
+  }
+  int status = -1;
+  waitpid(pid, &status, 0);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  drpc_error err = DRPC_ERROR_INIT;
+  drpc_trace *t;
+  int64_t next = 0;
+  CHECK_EQ_INT(drpc_trace_open(&t, path, &err), 0);
+  if (t)
+    CHECK_EQ_INT(drpc_trace_foreach(t, 4, seq_aux_cb, &next, &err), 0);
+  CHECK_EQ_INT(next, N / 2);
+  drpc_trace_close(t);
+  CHECK(access(spill, F_OK) == 0);
+
+  /* The process died in the middle of appending a record. */
+  FILE *f = fopen(spill, "ab");
+  if (f) {
+    unsigned char junk[40];
+    memset(junk, 0x55, sizeof junk);
+    fwrite(junk, 1, sizeof junk, f);
+    fclose(f);
+  }
+  CHECK_EQ_INT(drpc_recorder_recover(path, &err), 0);
+  CHECK(access(spill, F_OK) != 0);
+  CHECK_EQ_INT(drpc_trace_open(&t, path, &err), 0);
+  next = 0;
+  cmp_state c = {.hash = DRPC_EVENT_HASH_INIT};
+  if (t) {
+    CHECK_EQ_INT(drpc_trace_foreach(t, 4, seq_aux_cb, &next, &err), 0);
+    CHECK_EQ_INT(drpc_trace_foreach(t, 4, seq_hash_cb, &c, &err), 0);
+    int16_t *ids;
+    char **names;
+    size_t nn;
+    CHECK_EQ_INT(drpc_trace_nodes(t, &ids, &names, &nn, &err), 0);
+    CHECK_EQ_INT(nn, 1);
+    if (nn == 1)
+      CHECK_STR_EQ(names[0], "four");
+    drpc_trace_nodes_free(ids, names, nn);
+  }
+  drpc_trace_close(t);
+  CHECK(next == N || next == N + 1); /* the extra event may have made it */
+  CHECK(!c.bad);
+  /* (The extra event, N % 5 == 0, carries "same".) */
+  CHECK_EQ_INT(count_rows(path, "SELECT count(*) FROM payloads"), distinct);
+  CHECK_EQ_INT(count_rows(path, "SELECT count(*) FROM strings"), 1);
+  /* Nothing left to do; a spill without its recording is refused. */
+  CHECK_EQ_INT(drpc_recorder_recover(path, &err), 0);
+  const char *orphan = tpath("orphan.db");
+  char ospill[600];
+  snprintf(ospill, sizeof ospill, "%s.spill", orphan);
+  write_file(ospill, "DRPCSPL1\0\0\0\0\0\0\0\0", 16);
+  CHECK_EQ_INT(drpc_recorder_recover(orphan, &err), DRPC_ENOTFOUND);
+  CHECK_CONTAINS(drpc_error_message(&err), "has no recording");
   drpc_error_clear(&err);
 }
 
@@ -875,6 +1063,9 @@ int main(void) {
   RUN(test_threads);
   RUN(test_backpressure);
   RUN(test_crash);
+  RUN(test_spill_limit);
+  RUN(test_payload_table_full);
+  RUN(test_recover);
   RUN(test_merge);
   RUN(test_reject);
   RUN(test_throughput);

@@ -24,8 +24,12 @@ extern "C" {
 /* Default bound on the threaded recorder's queue, in bytes (payload, name
  * and a fixed per-event overhead). */
 #define DRPC_RECORDER_QUEUE_DEFAULT ((size_t)64 << 20)
-/* Events written per transaction before a commit. */
+/* Events written per transaction before a commit (unthreaded). */
 #define DRPC_RECORDER_BATCH 4096
+/* Default bound on the threaded recorder's spill file (events appended but
+ * not yet imported into SQLite), in bytes; see
+ * drpc_recorder_set_spill_limit. */
+#define DRPC_RECORDER_SPILL_DEFAULT ((uint64_t)8 << 30)
 /* Most input files drpc_trace_merge takes (one open database each). */
 #define DRPC_TRACE_MERGE_MAX_INPUTS 1024
 
@@ -54,16 +58,22 @@ typedef struct drpc_recorder drpc_recorder;
  *
  * threaded=true: drpc_recorder_record copies each event into a bounded
  * queue (DRPC_RECORDER_QUEUE_DEFAULT, see drpc_recorder_set_queue_limit)
- * and a background writer thread inserts them in batched transactions.
- * When the queue is full the caller blocks until the writer catches up
- * (backpressure: nothing is dropped) and stats.stalls counts it.
+ * and a background writer thread appends them, in a compact binary form,
+ * to the spill file "<path>.spill" with large sequential writes. SQLite
+ * does not set the pace while recording: the spill file is imported into
+ * the database by drpc_recorder_flush and drpc_recorder_close (and by the
+ * writer when the spill reaches its bound, see
+ * drpc_recorder_set_spill_limit). When the queue is full the caller
+ * blocks until the writer catches up (backpressure: nothing is dropped)
+ * and stats.stalls counts it. After a crash, events appended since the
+ * last flush are in the spill file: drpc_recorder_recover imports them.
  * threaded=false: events are written on the calling thread, committed
  * every DRPC_RECORDER_BATCH events and at flush/close.
  *
  * Fails with DRPC_EEXISTS when path exists and truncate is false (with
- * truncate the file and its -wal/-shm/-journal companions are removed),
- * DRPC_EIO when SQLite cannot create or write it, DRPC_ENOMEM, DRPC_EINVAL.
- * *out is NULL on failure. */
+ * truncate the file and its -wal/-shm/-journal/.spill companions are
+ * removed), DRPC_EIO when SQLite cannot create or write it (or the spill
+ * file), DRPC_ENOMEM, DRPC_EINVAL. *out is NULL on failure. */
 int drpc_recorder_open(drpc_recorder **out, const char *path,
                        const drpc_run_info *info, bool threaded, bool truncate,
                        drpc_error *err);
@@ -72,6 +82,13 @@ int drpc_recorder_open(drpc_recorder **out, const char *path,
  * event larger than the bound is still accepted when the queue is empty,
  * so a bound of 0 means "one event at a time". No effect unthreaded. */
 void drpc_recorder_set_queue_limit(drpc_recorder *r, size_t bytes);
+
+/* Sets the bound on the spill file's backlog (bytes appended and not yet
+ * imported), default DRPC_RECORDER_SPILL_DEFAULT. When a write would pass
+ * it, the writer imports the backlog into SQLite first, so callers then
+ * wait for SQLite (backpressure, never loss). 0 means "import every
+ * batch". No effect unthreaded. */
+void drpc_recorder_set_spill_limit(drpc_recorder *r, uint64_t bytes);
 
 /* Names a node (the nodes table; name copied, NULL = no name). A node
  * seen in an event gets a row without a name automatically. */
@@ -92,8 +109,9 @@ void drpc_recorder_sink(void *recorder, const drpc_event *ev);
 void drpc_recorder_record_raw(drpc_recorder *r, const drpc_event *ev,
                               int64_t seq, const uint64_t *hash);
 
-/* Waits until every event recorded so far is committed to the file.
- * Returns the first write error (0 when none). */
+/* Waits until every event recorded so far is committed to the file
+ * (threaded: imports the spill file). Returns the first write error (0
+ * when none). */
 int drpc_recorder_flush(drpc_recorder *r, drpc_error *err);
 
 typedef struct drpc_recorder_stats {
@@ -104,14 +122,28 @@ typedef struct drpc_recorder_stats {
   uint64_t payloads_deduped; /* payloads found already stored */
   uint64_t stalls;           /* record calls that waited for queue space */
   uint64_t dropped;          /* events lost to a write error (reported) */
+  uint64_t spilled;          /* bytes appended to the spill file (threaded) */
+  uint64_t imports;          /* spill imports into SQLite so far */
 } drpc_recorder_stats;
 
 void drpc_recorder_stats_get(drpc_recorder *r, drpc_recorder_stats *st);
 
 /* Flushes, commits, converts the file back to a single self-contained
- * file (journal_mode=DELETE), closes and frees r. Returns the first write
- * error (with err's message) or 0. r may be NULL. */
+ * file (journal_mode=DELETE), removes the spill file, closes and frees r.
+ * Returns the first write error (with err's message) or 0; when the
+ * import failed the spill file is kept for drpc_recorder_recover. r may
+ * be NULL. */
 int drpc_recorder_close(drpc_recorder *r, drpc_error *err);
+
+/* Imports what a threaded recorder that did not reach close (a crash, a
+ * kill, a failed import) left in "<path>.spill" into the recording at
+ * path, skipping events the database already holds, then removes the
+ * spill file. A record cut short at the end of the spill (the process
+ * died mid-write) is ignored. Returns 0 when there is nothing to import.
+ * Errors: DRPC_ENOTFOUND (a spill without its recording), DRPC_ETYPE (not
+ * a recording, or not a spill file), DRPC_EIO (SQLite or file errors,
+ * including a recorder still holding the file). */
+int drpc_recorder_recover(const char *path, drpc_error *err);
 
 /* ---- reading ------------------------------------------------------------ */
 
