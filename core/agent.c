@@ -27,6 +27,7 @@ enum { PEER_IDLE = 0, PEER_CONNECTING = 1, PEER_OPEN = 2 };
 typedef struct peer {
   drpc_worker_info info;
   char *addr;
+  char *devinfo; /* the second line of its addrs/ value; NULL when none */
   int state;
   uint64_t conn;
   drpc_outframe *q_head, *q_tail;
@@ -102,7 +103,21 @@ struct drpc_agent {
 
   /* PROFILER: profiling state (core/profiler.c). */
   drpc_agent_prof *prof;
+
+  /* Devices, device maps and lent device memory (core/agent_dev.c). */
+  drpc_devstate *dev;
 };
+
+drpc_devstate *drpc_agent_devstate(drpc_agent *a) {
+  return a->dev;
+}
+
+static peer *peer_by_id(drpc_agent *a, int64_t id);
+
+const char *drpc_agent_peer_devinfo(drpc_agent *a, int16_t id) {
+  peer *p = peer_by_id(a, id);
+  return p ? p->devinfo : NULL;
+}
 
 /* ---- small helpers ---------------------------------------------------- */
 
@@ -447,6 +462,8 @@ static void conn_closed(drpc_agent *a, uint64_t conn,
   conn_entry *ce = drpc_map_remove(&a->conns, conn);
   if (!ce)
     return;
+  if (ce->peer >= 0)
+    drpc_dev_peer_gone(a, ce->peer);
   if (ce->outgoing) {
     peer *p = peer_by_id(a, ce->peer);
     if (p && p->conn == conn) {
@@ -539,6 +556,7 @@ typedef struct send_cmd {
 } send_cmd;
 
 static void handle_message(drpc_agent *a, uint64_t conn, drpc_msg *m);
+static int16_t conn_peer(drpc_agent *a, uint64_t conn);
 
 /* Delivers a frame addressed to this agent itself (calls to self). */
 static void deliver_local(drpc_agent *a, drpc_outframe *f) {
@@ -714,7 +732,8 @@ static void call_respond(drpc_call *call, drpc_value *result,
   int rc = 0;
   if (!err || err->code == 0) {
     rc = drpc_rref_encode(a, DRPC_MSG_RESPONSE, call->req_id,
-                          prof_body ? prof_body : result, &f, &forks, &eerr);
+                          prof_body ? prof_body : result, call->caller.id, &f,
+                          &forks, &eerr);
     if (rc)
       drpc_error_prefix(&eerr, "could not send the result of %s", call->name);
     else if (prof_body) /* PROFILER: flags are bytes 6-7, little-endian */
@@ -929,12 +948,24 @@ void drpc_agent_reply_error(drpc_agent *a, uint64_t conn, uint64_t id, int code,
   drpc_value_free(body);
 }
 
+void drpc_agent_send_oneway(drpc_agent *a, uint64_t conn, uint8_t type,
+                            const drpc_value *body) {
+  drpc_outframe *f = NULL;
+  if (drpc_wire_encode(type, 0, 0, body, &a->lim, &f, NULL) != 0)
+    return;
+  if (conn == SELF_CONN)
+    deliver_local(a, f);
+  else
+    send_frame(a, conn, f);
+}
+
 void drpc_agent_reply(drpc_agent *a, uint64_t conn, uint8_t type, uint64_t id,
                       const drpc_value *body) {
   drpc_outframe *f = NULL;
   drpc_fork_list *forks = NULL;
   drpc_error err = DRPC_ERROR_INIT;
-  if (drpc_rref_encode(a, type, id, body, &f, &forks, &err) != 0) {
+  int16_t dst = conn == SELF_CONN ? a->self.id : conn_peer(a, conn);
+  if (drpc_rref_encode(a, type, id, body, dst, &f, &forks, &err) != 0) {
     drpc_agent_reply_error(a, conn, id, err.code, drpc_error_message(&err));
     drpc_error_clear(&err);
     return;
@@ -1139,6 +1170,34 @@ static void handle_hello(drpc_agent *a, uint64_t conn, conn_entry *ce,
   ce->hello = true;
 }
 
+/* Puts the message's tensors on the devices they are meant for. A request
+ * that cannot be placed is answered with the error; a response becomes
+ * an ERROR so its call fails. False when the message is consumed. */
+static bool place_tensors(drpc_agent *a, uint64_t conn, conn_entry *ce,
+                          drpc_msg *m) {
+  drpc_error err = DRPC_ERROR_INIT;
+  int16_t from = conn == SELF_CONN ? a->self.id : ce->peer;
+  if (drpc_dev_place(a, conn, from, m, &err) == 0)
+    return true;
+  bool keep = false;
+  if (drpc_msg_type_is_request(m->type)) {
+    reply_error(a, conn, m->id, err.code, drpc_error_message(&err));
+  } else if (drpc_msg_type_is_response(m->type)) {
+    drpc_value *body = error_body(a, &err);
+    if (body) {
+      drpc_value_free(m->body);
+      m->body = body;
+      m->type = DRPC_MSG_ERROR;
+      keep = true;
+    }
+  } else {
+    logf_(a, DRPC_LOG_ERROR, "dropping a %s frame: %s",
+          drpc_msg_type_name(m->type), drpc_error_message(&err));
+  }
+  drpc_error_clear(&err);
+  return keep;
+}
+
 static void handle_message(drpc_agent *a, uint64_t conn, drpc_msg *m) {
   conn_entry self_ce = {SELF_CONN, a->self.id, false, true, false};
   conn_entry *ce = conn == SELF_CONN ? &self_ce : drpc_map_get(&a->conns, conn);
@@ -1153,6 +1212,8 @@ static void handle_message(drpc_agent *a, uint64_t conn, drpc_msg *m) {
     close_conn(a, conn, why);
     return;
   }
+  if ((m->devices || m->nshared) && !place_tensors(a, conn, ce, m))
+    return;
   switch (m->type) {
   case DRPC_MSG_HELLO:
     if (ce->outgoing || conn == SELF_CONN || ce->peer >= 0) {
@@ -1192,6 +1253,9 @@ static void handle_message(drpc_agent *a, uint64_t conn, drpc_msg *m) {
   case DRPC_MSG_SHUTDOWN:
     ce->peer_shutdown = true;
     return;
+  case DRPC_MSG_RELEASE:
+    drpc_dev_on_release(a, conn == SELF_CONN ? a->self.id : ce->peer, m->body);
+    return;
   default:
     if (drpc_msg_type_is_request(m->type)) {
       char why[128];
@@ -1219,8 +1283,7 @@ void drpc_agent_on_message(drpc_agent *a, uint64_t conn, drpc_msg *m) {
     drpc_outframe *f = NULL;
     size_t n = 0;
     uint8_t *flat = NULL;
-    if (a->rec_full && drpc_wire_encode(m->type, m->flags, m->id, m->body,
-                                        &a->lim, &f, NULL) == 0)
+    if (a->rec_full && drpc_wire_encode_msg(m, &a->lim, &f, NULL) == 0)
       flat = drpc_outframe_flatten(f, &n);
     drpc_outframe_free(f);
     if (a->rec_full && !flat)
@@ -1518,7 +1581,7 @@ void drpc_agent_request(drpc_agent *a, int16_t dst, uint8_t type,
   drpc_fork_list *forks = NULL;
   drpc_error err = DRPC_ERROR_INIT;
   call_cmd *cc = NULL;
-  if (drpc_rref_encode(a, type, 0, body, &frame, &forks, &err) != 0) {
+  if (drpc_rref_encode(a, type, 0, body, dst, &frame, &forks, &err) != 0) {
     drpc_fork_list_drop(forks);
     drpc_outframe_free(frame);
   } else {
@@ -1575,8 +1638,8 @@ int drpc_agent_call_labelled(drpc_agent *a, int16_t dst, int kind,
                      .u.c = {items, NULL, nitems, nitems}};
   drpc_outframe *frame = NULL;
   drpc_fork_list *forks = NULL;
-  if ((rc =
-           drpc_rref_encode(a, DRPC_MSG_CALL, 0, &body, &frame, &forks, err))) {
+  if ((rc = drpc_rref_encode(a, DRPC_MSG_CALL, 0, &body, dst, &frame, &forks,
+                             err))) {
     drpc_prof_call_abort(pp);
     return rc;
   }
@@ -1812,7 +1875,8 @@ drpc_value *drpc_agent_debug_info(drpc_agent *a) {
   drpc_value *d = drpc_agent_metrics(a);
   if (!d)
     return NULL;
-  if (put_num(d, "agent.calls_sent", (long long)atomic_load(&a->calls_sent)) ||
+  if (drpc_dev_metrics(a, d) ||
+      put_num(d, "agent.calls_sent", (long long)atomic_load(&a->calls_sent)) ||
       put_num(d, "agent.calls_served",
               (long long)atomic_load(&a->calls_served)) ||
       put_num(d, "agent.frames_in", (long long)atomic_load(&a->frames_in)) ||
@@ -1875,8 +1939,8 @@ static int rendezvous(drpc_agent *a, int64_t rank, drpc_error *err) {
                           "yet; pass a world size");
   if ((rc = a->env.ops->listen_addr(a->env.ctx, addr, sizeof addr)))
     return drpc_error_set(err, rc, "backend has no listening address");
-  snprintf(key, sizeof key, "addrs/%s", a->self.name);
-  if ((rc = drpc_store_set_str(a->store, key, addr, err)))
+  if ((rc = drpc_agent_publish_devices(a->store, a->self.name, addr, &a->opts,
+                                       err)))
     return rc;
   snprintf(key, sizeof key, "names/%lld", (long long)rank);
   if ((rc = drpc_store_set_str(a->store, key, a->self.name, err)))
@@ -1908,6 +1972,13 @@ static int rendezvous(drpc_agent *a, int64_t rank, drpc_error *err) {
                         a->peers[r].info.name);
       return rc;
     }
+    /* "<address>\n<device information>" (see drpc_agent_publish_devices). */
+    char *nl = strchr(a->peers[r].addr, '\n');
+    if (nl) {
+      *nl = '\0';
+      if (!(a->peers[r].devinfo = strdup(nl + 1)))
+        return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+    }
   }
   qsort(a->peers, n, sizeof *a->peers, cmp_peer);
   for (size_t r = 0; r < n; r++)
@@ -1933,8 +2004,11 @@ static int rendezvous(drpc_agent *a, int64_t rank, drpc_error *err) {
 static void agent_release(drpc_agent *a) {
   for (size_t i = 0; i < a->npeers; i++) {
     free(a->peers[i].addr);
+    free(a->peers[i].devinfo);
     drop_queue(&a->peers[i]);
   }
+  drpc_dev_free(a->dev);
+  a->dev = NULL;
   free(a->peers);
   free(a->infos);
   free(a->by_name);
@@ -2031,14 +2105,6 @@ int drpc_agent_start(drpc_agent **out, drpc_store *store, const char *name,
   if (world_size > DRPC_MAX_WORKERS)
     return drpc_error_set(err, DRPC_EINVAL, "world size %lld exceeds %d",
                           (long long)world_size, DRPC_MAX_WORKERS);
-  for (int i = 0; i < opts->n_device_maps; i++)
-    for (int k = 0; k < opts->device_maps[i].n; k++)
-      if (opts->device_maps[i].from[k].type != DRPC_DEVICE_CPU ||
-          opts->device_maps[i].to[k].type != DRPC_DEVICE_CPU)
-        return drpc_error_set(err, DRPC_EINVAL,
-                              "Node %s has source devices with invalid indices "
-                              "in its device map for %s (no CUDA devices)",
-                              name, opts->device_maps[i].peer);
   drpc_agent *a = calloc(1, sizeof *a);
   if (!a)
     return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
@@ -2066,15 +2132,10 @@ int drpc_agent_start(drpc_agent **out, drpc_store *store, const char *name,
     agent_release(a);
     return rc;
   }
-  for (int i = 0; i < opts->n_device_maps; i++)
-    if (!peer_by_name(a, opts->device_maps[i].peer)) {
-      rc = drpc_error_set(err, DRPC_EINVAL,
-                          "Node %s has invalid target node names in its "
-                          "device maps",
-                          name);
-      agent_release(a);
-      return rc;
-    }
+  if ((rc = drpc_dev_start(a, &a->dev, err))) {
+    agent_release(a);
+    return rc;
+  }
   atomic_store(&a->state, ST_RUNNING);
   record_start(a);
   *out = a;

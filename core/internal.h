@@ -113,7 +113,7 @@ int drpc_rctx_debug_info(drpc_rctx *c, drpc_value *dict);
  * each; *forks (may stay NULL) must reach drpc_fork_list_apply on the loop
  * before the frame is sent, or drpc_fork_list_drop. */
 int drpc_rref_encode(drpc_agent *a, uint8_t type, uint64_t id,
-                     const drpc_value *body, drpc_outframe **out,
+                     const drpc_value *body, int16_t dst, drpc_outframe **out,
                      drpc_fork_list **forks, drpc_error *err);
 void drpc_fork_list_apply(drpc_agent *a, drpc_fork_list *l);
 void drpc_fork_list_drop(drpc_fork_list *l);
@@ -266,5 +266,32 @@ drpc_value *drpc_prof_serve_end(drpc_prof_req *r, drpc_value *result, bool ok);
 void drpc_prof_req_free(drpc_prof_req *r);
 /* Appends agent.gil_average_wait_time_us to the metrics while enabled. */
 int drpc_prof_metrics(drpc_agent *a, drpc_value *dict);
+
+/* agent_dev.c: devices, device maps and moving tensors between devices. */
+typedef struct drpc_devstate drpc_devstate;
+drpc_devstate *drpc_agent_devstate(drpc_agent *a);
+/* A peer's published device information (NULL: it published none). */
+const char *drpc_agent_peer_devinfo(drpc_agent *a, int16_t id);
+/* After the rendezvous: exchanges device information, validates every
+ * worker's maps, builds reverse maps and the agent's devices. */
+int drpc_dev_start(drpc_agent *a, drpc_devstate **out, drpc_error *err);
+void drpc_dev_free(drpc_devstate *d);
+/* Encodes a message to worker dst with its tensors planned by the device
+ * maps (requests: this worker's map; responses: the reverse map). */
+int drpc_dev_encode(drpc_agent *a, uint8_t type, uint64_t id,
+                    const drpc_value *body, int16_t dst,
+                    drpc_wire_rref_fn rref_fn, void *rref_ctx,
+                    drpc_outframe **out, drpc_error *err);
+/* Loop: puts a received message's tensors on the devices it names (and
+ * sends RELEASE for shared ones on conn). */
+int drpc_dev_place(drpc_agent *a, uint64_t conn, int16_t from, drpc_msg *m,
+                   drpc_error *err);
+void drpc_dev_on_release(drpc_agent *a, int16_t from, const drpc_value *body);
+void drpc_dev_peer_gone(drpc_agent *a, int16_t peer);
+int drpc_dev_metrics(drpc_agent *a, drpc_value *dict);
+int drpc_dev_devices(const drpc_devstate *d, drpc_device *out, int max);
+/* Loop: a one-way frame (no response expected) on conn. */
+void drpc_agent_send_oneway(drpc_agent *a, uint64_t conn, uint8_t type,
+                            const drpc_value *body);
 
 #endif

@@ -1,10 +1,14 @@
-/* Builtin operators (aten::add, ...) with PyTorch's broadcasting rules. */
+/* Builtin operators (aten::add, ...) with PyTorch's broadcasting rules, on
+ * the CPU or, through the installed backend, on the tensors' CUDA device. */
 #include "drpc/ops.h"
 
+#include <assert.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "drpc/device.h"
 
 /* No builtin reads or makes a tensor whose elements take more than this
  * many bytes, so a remote caller cannot ask a worker for an allocation it
@@ -205,20 +209,50 @@ typedef struct operand {
   double f;
 } operand;
 
-/* Checks that a tensor is one builtins can read: on the CPU, with an
- * in-bounds layout, and (when need_supported) of a supported dtype. */
+/* Checks that a tensor's device is one builtins run on: the CPU, or a CUDA
+ * device of the installed backend. */
+static int check_device(const char *op, const char *param, drpc_device dev,
+                        drpc_error *err) {
+  if (dev.type == DRPC_DEVICE_CPU) {
+    return 0;
+  }
+  char name[16];
+  drpc_device_format(dev, name, sizeof name);
+  if (dev.type != DRPC_DEVICE_CUDA) {
+    return drpc_error_set(
+        err, DRPC_EUNSUPPORTED,
+        "%s: expected a CPU tensor for argument '%s', got one on %s", op, param,
+        name);
+  }
+  /* Without a backend no CUDA tensor can have been made by drpc, but one
+   * can be wrapped by hand or decoded from the wire. */
+  if (drpc_device_backend_get(NULL) == NULL) {
+    return drpc_error_set(err, DRPC_EUNSUPPORTED,
+                          "%s: expected a CPU tensor for argument '%s', got "
+                          "one on %s: no CUDA backend",
+                          op, param, name);
+  }
+  if (!drpc_device_valid(dev)) {
+    return drpc_error_set(err, DRPC_EINVAL,
+                          "%s: no such device %s (argument '%s')", op, name,
+                          param);
+  }
+  return 0;
+}
+
+/* Checks that a tensor is one builtins can read: on the CPU or a CUDA
+ * device, with an in-bounds layout, and (when need_supported) of a
+ * supported dtype. The checks read only the tensor's header, never its
+ * data, so they are the same for both. */
 static int check_tensor(const char *op, const char *param, const drpc_tensor *t,
                         bool need_supported, drpc_error *err) {
   if (t == NULL) {
     return drpc_error_set(err, DRPC_EINVAL,
                           "%s: argument '%s' is a null tensor", op, param);
   }
-  if (t->storage != NULL && t->storage->device.type != DRPC_DEVICE_CPU) {
-    char dev[16];
-    return drpc_error_set(
-        err, DRPC_EUNSUPPORTED,
-        "%s: expected a CPU tensor for argument '%s', got one on %s", op, param,
-        drpc_device_format(t->storage->device, dev, sizeof dev));
+  int rc = check_device(op, param, drpc_tensor_device(t), err);
+  if (rc != 0) {
+    return rc;
   }
   if (drpc_dtype_size(t->dtype) == 0) {
     return drpc_error_set(err, DRPC_ETYPE, "%s: invalid dtype %d", op,
@@ -355,6 +389,122 @@ static drpc_value *number_value(const char *op, drpc_value *v,
     drpc_error_set(err, DRPC_ENOMEM, "%s: out of memory", op);
   }
   return v;
+}
+
+/* ---- devices ----------------------------------------------------------- */
+
+/* Where an op's kernels run: on the CPU (b is NULL), or on a CUDA device
+ * through the installed backend, queued on the calling thread's current
+ * stream there. Validation, promotion and shapes are worked out on the host
+ * either way; only the loops over elements move. */
+typedef struct place {
+  drpc_device dev;
+  const drpc_device_backend *b;
+  void *ctx;
+  drpc_stream *s;
+} place;
+
+/* The device the tensors ts[0..n) are on (NULL entries are numbers, which
+ * go with any device), cpu when there are none. Two tensors on different
+ * devices are an error with PyTorch's message, the devices named in the
+ * order the operands come. */
+static int common_device(const char *op, const drpc_tensor *const *ts, int n,
+                         drpc_device *out, drpc_error *err) {
+  bool have = false;
+  *out = DRPC_CPU;
+  for (int k = 0; k < n; k++) {
+    if (ts[k] == NULL) {
+      continue;
+    }
+    drpc_device d = drpc_tensor_device(ts[k]);
+    if (!have) {
+      *out = d;
+      have = true;
+    } else if (!drpc_device_equal(*out, d)) {
+      char first[16], second[16];
+      return drpc_error_set(err, DRPC_EINVAL,
+                            "%s: Expected all tensors to be on the same "
+                            "device, but found at least two devices, %s and "
+                            "%s!",
+                            op, drpc_device_format(*out, first, sizeof first),
+                            drpc_device_format(d, second, sizeof second));
+    }
+  }
+  return 0;
+}
+
+/* Fills p for running on dev: the backend and the current stream. */
+static int place_on(const char *op, drpc_device dev, place *p,
+                    drpc_error *err) {
+  *p = (place){dev, NULL, NULL, NULL};
+  if (dev.type == DRPC_DEVICE_CPU) {
+    return 0;
+  }
+  p->b = drpc_device_backend_get(&p->ctx);
+  if (p->b == NULL) {
+    return drpc_error_set(err, DRPC_EUNSUPPORTED, "%s: no CUDA backend", op);
+  }
+  p->s = drpc_stream_current(dev.index);
+  if (p->s == NULL) {
+    char name[16];
+    return drpc_error_set(err, DRPC_EINVAL, "%s: no such device %s", op,
+                          drpc_device_format(dev, name, sizeof name));
+  }
+  return 0;
+}
+
+/* An uninitialised contiguous result on p's device, ordered on its stream,
+ * refusing shapes past the bound as result_tensor does. */
+static drpc_tensor *device_result(const char *op, const place *p, drpc_dtype dt,
+                                  int ndim, const int64_t *shape,
+                                  drpc_error *err) {
+  if (check_nbytes(op, "result", dt, ndim, shape, err) != 0) {
+    return NULL;
+  }
+  drpc_tensor *t = drpc_tensor_empty_on(p->dev, dt, ndim, shape, p->s, err);
+  if (t == NULL) {
+    drpc_error_prefix(err, "%s", op);
+  }
+  return t;
+}
+
+/* Hands back out once its kernels are queued (rc 0), else drops it and
+ * names the op in the backend's message. */
+static drpc_value *device_value(const char *op, drpc_tensor *out, int rc,
+                                drpc_error *err) {
+  if (rc != 0) {
+    drpc_tensor_decref(out);
+    drpc_error_prefix(err, "%s", op);
+    return NULL;
+  }
+  return tensor_value(op, out, err);
+}
+
+/* The first element of t in device memory. */
+static const void *device_data(const drpc_tensor *t) {
+  return (const char *)t->storage->data +
+         t->offset * (int64_t)drpc_dtype_size(t->dtype);
+}
+
+/* t's elements as one contiguous run of dtype dt in device memory: t's own
+ * when it already is one, else a copy queued on p's stream into *tmp. The
+ * caller drops *tmp once the work that reads it is queued: its memory goes
+ * back on that same stream, after that work. */
+static int device_dense(const place *p, const drpc_tensor *t, drpc_dtype dt,
+                        drpc_tensor **tmp, const void **data, drpc_error *err) {
+  *tmp = NULL;
+  if (t->dtype == dt && drpc_tensor_is_contiguous(t)) {
+    *data = device_data(t);
+    return 0;
+  }
+  *tmp = drpc_tensor_empty_on(p->dev, dt, t->ndim, t->shape, p->s, err);
+  if (*tmp == NULL) {
+    return err != NULL && err->code != 0 ? err->code : DRPC_ENOMEM;
+  }
+  *data = drpc_tensor_data(*tmp);
+  return p->b->strided_copy(p->ctx, p->s, drpc_tensor_data(*tmp), dt,
+                            device_data(t), t->dtype, t->ndim, t->shape,
+                            t->strides, err);
 }
 
 /* ---- strided runs ------------------------------------------------------ */
@@ -550,6 +700,64 @@ static void binary_kernel(binop kind, const operand *a, const operand *b,
   }
 }
 
+/* One input of the backend's elementwise kernel. Tensors are read in place
+ * through their broadcast strides; check_tensor admits only the compute
+ * dtypes, which the kernel reads directly. A number is converted to the
+ * compute dtype here exactly as fill_run does, so the device sees the
+ * value the CPU loop would. */
+static void device_operand(const operand *o, drpc_dtype dt, int ndim,
+                           drpc_dev_operand *d) {
+  memset(d, 0, sizeof *d);
+  if (o->t != NULL) {
+    assert(is_supported(o->t->dtype));
+    d->data = device_data(o->t);
+    d->dtype = o->t->dtype;
+    broadcast_strides(o, ndim, d->strides);
+    return;
+  }
+  d->dtype = dt;
+  if (dt == DRPC_INT64) {
+    d->i = o->i;
+    return;
+  }
+  d->is_float = true;
+  if (dt == DRPC_FLOAT32) {
+    d->f = o->is_float ? (float)o->f : (float)o->i;
+  } else {
+    d->f = o->is_float ? o->f : (double)o->i;
+  }
+}
+
+/* The backend's name for each op; the values happen to agree, but the
+ * table keeps the two enums free to differ. */
+static const drpc_devop DEVOPS[] = {
+    [BINOP_ADD] = DRPC_DEVOP_ADD,
+    [BINOP_SUB] = DRPC_DEVOP_SUB,
+    [BINOP_MUL] = DRPC_DEVOP_MUL,
+    [BINOP_DIV] = DRPC_DEVOP_DIV,
+};
+
+/* The elementwise op as one kernel on p's device. */
+static drpc_value *binary_device(const char *op, const place *p, binop kind,
+                                 const operand *a, const operand *b,
+                                 drpc_dtype dt, int ndim, const int64_t *shape,
+                                 double alpha_f, int64_t alpha_i,
+                                 drpc_error *err) {
+  drpc_tensor *out = device_result(op, p, dt, ndim, shape, err);
+  if (out == NULL) {
+    return NULL;
+  }
+  int rc = 0;
+  if (drpc_tensor_numel(out) > 0) {
+    drpc_dev_operand da, db;
+    device_operand(a, dt, ndim, &da);
+    device_operand(b, dt, ndim, &db);
+    rc = p->b->binary(p->ctx, p->s, DEVOPS[kind], drpc_tensor_data(out), dt,
+                      ndim, shape, &da, &db, alpha_f, alpha_i, err);
+  }
+  return device_value(op, out, rc, err);
+}
+
 /* Number op number, with Python's rules: int results for ints (wrapping
  * like int64), float as soon as a float is involved or for division. */
 static drpc_value *binary_numbers(const char *op, binop kind, const operand *a,
@@ -616,6 +824,13 @@ static drpc_value *binary(const op_sig *sig, binop kind, const drpc_value *args,
     return binary_numbers(op, kind, &ops[0], &ops[1], alpha_is_float, alpha_f,
                           alpha_i, err);
   }
+  const drpc_tensor *ts[2] = {ops[0].t, ops[1].t};
+  drpc_device dev;
+  place where;
+  if (common_device(op, ts, 2, &dev, err) != 0 ||
+      place_on(op, dev, &where, err) != 0) {
+    return NULL;
+  }
   drpc_dtype dt = result_dtype(ops, 2);
   if (kind == BINOP_DIV && dt == DRPC_INT64) {
     /* True division of integers yields the default dtype, float32. */
@@ -636,6 +851,10 @@ static drpc_value *binary(const op_sig *sig, binop kind, const drpc_value *args,
   int ndim = 0;
   if (broadcast_shapes(op, &ops[0], &ops[1], shape, &ndim, err) != 0) {
     return NULL;
+  }
+  if (where.b != NULL) {
+    return binary_device(op, &where, kind, &ops[0], &ops[1], dt, ndim, shape,
+                         alpha_f, alpha_i, err);
   }
   drpc_tensor *out = result_tensor(op, dt, ndim, shape, false, err);
   if (out == NULL) {
@@ -807,6 +1026,30 @@ static void sum_kernel(const drpc_tensor *t, const int64_t *ostrides,
   }
 }
 
+/* The sum as one kernel on p's device. The kernel zeroes the result and
+ * adds each element at the offset ostrides give, as sum_kernel does; an
+ * empty input has nothing to add, so its result is only zeroed. */
+static drpc_value *sum_device(const char *op, const place *p,
+                              const drpc_tensor *t, const int64_t *ostrides,
+                              int ondim, const int64_t *oshape,
+                              drpc_error *err) {
+  drpc_tensor *out = device_result(op, p, t->dtype, ondim, oshape, err);
+  if (out == NULL) {
+    return NULL;
+  }
+  int64_t out_numel = drpc_tensor_numel(out);
+  int rc = 0;
+  if (drpc_tensor_numel(t) > 0) {
+    rc = p->b->sum(p->ctx, p->s, drpc_tensor_data(out), t->dtype, out_numel,
+                   device_data(t), t->dtype, t->ndim, t->shape, t->strides,
+                   ostrides, err);
+  } else if (out_numel > 0) {
+    rc = p->b->fill(p->ctx, p->s, drpc_tensor_data(out), t->dtype, out_numel,
+                    0.0, err);
+  }
+  return device_value(op, out, rc, err);
+}
+
 static drpc_value *op_sum(const drpc_value *args, const drpc_value *kwargs,
                           drpc_error *err) {
   const char *op = SIG_SUM.op;
@@ -821,7 +1064,9 @@ static drpc_value *op_sum(const drpc_value *args, const drpc_value *kwargs,
     return NULL;
   }
   const drpc_tensor *t = bound[0]->u.t;
-  if (check_tensor(op, "input", t, true, err) != 0) {
+  place where;
+  if (check_tensor(op, "input", t, true, err) != 0 ||
+      place_on(op, drpc_tensor_device(t), &where, err) != 0) {
     return NULL;
   }
   bool keepdim = false;
@@ -853,6 +1098,9 @@ static drpc_value *op_sum(const drpc_value *args, const drpc_value *kwargs,
   for (int d = t->ndim - 1; d >= 0; d--) {
     ostrides[d] = reduce[d] ? 0 : stride;
     stride *= kshape[d];
+  }
+  if (where.b != NULL) {
+    return sum_device(op, &where, t, ostrides, ondim, oshape, err);
   }
   drpc_tensor *out = result_tensor(op, t->dtype, ondim, oshape, false, err);
   if (out == NULL) {
@@ -1002,6 +1250,7 @@ static drpc_value *filled(const char *op, bool one, const drpc_value *args,
     }
   }
   drpc_dtype dt = DRPC_FLOAT32;
+  place where = {DRPC_CPU, NULL, NULL, NULL};
   if (dtype_kw != NULL && dtype_kw->kind != DRPC_VAL_NIL) {
     if (dtype_kw->kind != DRPC_VAL_STR) {
       drpc_error_set(err, DRPC_ETYPE,
@@ -1028,11 +1277,14 @@ static drpc_value *filled(const char *op, bool one, const drpc_value *args,
       drpc_error_set(err, DRPC_EINVAL, "%s: invalid device", op);
       return NULL;
     }
-    if (dev.type != DRPC_DEVICE_CPU) {
+    if (dev.type != DRPC_DEVICE_CPU && drpc_device_backend_get(NULL) == NULL) {
       char name[16];
       drpc_error_set(err, DRPC_EUNSUPPORTED,
-                     "%s: builtin ops run on the CPU, not %s", op,
-                     drpc_device_format(dev, name, sizeof name));
+                     "%s: builtin ops run on the CPU, not %s: no CUDA backend",
+                     op, drpc_device_format(dev, name, sizeof name));
+      return NULL;
+    }
+    if (place_on(op, dev, &where, err) != 0) {
       return NULL;
     }
   }
@@ -1043,6 +1295,18 @@ static drpc_value *filled(const char *op, bool one, const drpc_value *args,
   int ndim = 0;
   if (parse_size(op, args, size_kw, shape, &ndim, err) != 0) {
     return NULL;
+  }
+  if (where.b != NULL) {
+    drpc_tensor *out = device_result(op, &where, dt, ndim, shape, err);
+    if (out == NULL) {
+      return NULL;
+    }
+    int64_t numel = drpc_tensor_numel(out);
+    int rc = numel == 0
+                 ? 0
+                 : where.b->fill(where.ctx, where.s, drpc_tensor_data(out), dt,
+                                 numel, one ? 1.0 : 0.0, err);
+    return device_value(op, out, rc, err);
   }
   drpc_tensor *t = result_tensor(op, dt, ndim, shape, !one, err);
   if (t == NULL) {
@@ -1093,8 +1357,26 @@ static drpc_value *op_clone(const drpc_value *args, const drpc_value *kwargs,
   }
   /* Copying bytes needs no arithmetic, so clone takes every dtype. */
   const drpc_tensor *t = bound[0]->u.t;
-  if (check_tensor(op, "input", t, false, err) != 0) {
+  place where;
+  if (check_tensor(op, "input", t, false, err) != 0 ||
+      place_on(op, drpc_tensor_device(t), &where, err) != 0) {
     return NULL;
+  }
+  if (where.b != NULL) {
+    /* A contiguous copy on the same device, as drpc_tensor_clone makes on
+     * the CPU. */
+    drpc_tensor *out =
+        device_result(op, &where, t->dtype, t->ndim, t->shape, err);
+    if (out == NULL) {
+      return NULL;
+    }
+    int rc =
+        drpc_tensor_numel(t) == 0
+            ? 0
+            : where.b->strided_copy(where.ctx, where.s, drpc_tensor_data(out),
+                                    t->dtype, device_data(t), t->dtype, t->ndim,
+                                    t->shape, t->strides, err);
+    return device_value(op, out, rc, err);
   }
   drpc_tensor *c = drpc_tensor_clone(t);
   if (c == NULL) {
@@ -1155,6 +1437,38 @@ MATMUL_IKJ(matmul_f32, float, FLOAT_MUL, FLOAT_ADD)
 MATMUL_IKJ(matmul_f64, double, FLOAT_MUL, FLOAT_ADD)
 MATMUL_IKJ(matmul_i64, int64_t, WRAP_MUL, WRAP_ADD)
 
+/* The product as one kernel on p's device, over contiguous copies of the
+ * operands in the compute dtype (the operands themselves when they already
+ * are). With k == 0 every sum is empty and the result is zeros. */
+static drpc_value *matmul_device(const char *op, const place *p,
+                                 const drpc_tensor *a, const drpc_tensor *b,
+                                 drpc_dtype dt, drpc_error *err) {
+  int64_t m = a->shape[0], k = a->shape[1], n = b->shape[1];
+  int64_t oshape[2] = {m, n};
+  drpc_tensor *out = device_result(op, p, dt, 2, oshape, err);
+  if (out == NULL) {
+    return NULL;
+  }
+  int rc = 0;
+  if (m > 0 && n > 0 && k == 0) {
+    rc = p->b->fill(p->ctx, p->s, drpc_tensor_data(out), dt, m * n, 0.0, err);
+  } else if (m > 0 && n > 0) {
+    drpc_tensor *ta = NULL, *tb = NULL;
+    const void *da = NULL, *db = NULL;
+    rc = device_dense(p, a, dt, &ta, &da, err);
+    if (rc == 0) {
+      rc = device_dense(p, b, dt, &tb, &db, err);
+    }
+    if (rc == 0) {
+      rc = p->b->matmul(p->ctx, p->s, drpc_tensor_data(out), dt, da, db, m, k,
+                        n, err);
+    }
+    drpc_tensor_decref(ta);
+    drpc_tensor_decref(tb);
+  }
+  return device_value(op, out, rc, err);
+}
+
 static drpc_value *op_matmul(const drpc_value *args, const drpc_value *kwargs,
                              drpc_error *err) {
   const char *op = SIG_MATMUL.op;
@@ -1174,6 +1488,13 @@ static drpc_value *op_matmul(const drpc_value *args, const drpc_value *kwargs,
     }
   }
   const drpc_tensor *a = bound[0]->u.t, *b = bound[1]->u.t;
+  const drpc_tensor *ts[2] = {a, b};
+  drpc_device dev;
+  place where;
+  if (common_device(op, ts, 2, &dev, err) != 0 ||
+      place_on(op, dev, &where, err) != 0) {
+    return NULL;
+  }
   if (a->ndim != 2 || b->ndim != 2) {
     drpc_error_set(err, DRPC_EINVAL,
                    "%s: only 2-D tensors are supported, got %d-D and %d-D", op,
@@ -1191,6 +1512,9 @@ static drpc_value *op_matmul(const drpc_value *args, const drpc_value *kwargs,
   drpc_dtype dt = promote(a->dtype, b->dtype);
   int64_t m = a->shape[0], k = a->shape[1], n = b->shape[1];
   int64_t oshape[2] = {m, n};
+  if (where.b != NULL) {
+    return matmul_device(op, &where, a, b, dt, err);
+  }
   drpc_tensor *out = result_tensor(op, dt, 2, oshape, false, err);
   if (out == NULL) {
     return NULL;

@@ -771,12 +771,11 @@ void drpc_fork_list_drop(drpc_fork_list *l) {
 }
 
 int drpc_rref_encode(drpc_agent *a, uint8_t type, uint64_t id,
-                     const drpc_value *body, drpc_outframe **out,
+                     const drpc_value *body, int16_t dst, drpc_outframe **out,
                      drpc_fork_list **forks, drpc_error *err) {
   enc_ctx ec = {a, drpc_agent_rctx(a), NULL};
   *forks = NULL;
-  int rc = drpc_wire_encode_ex(type, 0, id, body, drpc_agent_wire_limits(a),
-                               fork_hook, &ec, out, err);
+  int rc = drpc_dev_encode(a, type, id, body, dst, fork_hook, &ec, out, err);
   if (rc) {
     drpc_fork_list_drop(ec.l);
     return rc;
@@ -1303,7 +1302,8 @@ int drpc_rref_remote_kind(drpc_agent *a, int16_t dst, int kind, const char *fn,
   drpc_value body = {.kind = DRPC_VAL_LIST, .u.c = {items, NULL, 6, 6}};
   drpc_outframe *frame = NULL;
   drpc_fork_list *forks = NULL;
-  if ((rc = drpc_rref_encode(a, DRPC_MSG_REMOTE_CALL, 0, &body, &frame, &forks,
+  if ((rc = drpc_rref_encode(a, DRPC_MSG_REMOTE_CALL, 0, &body, dst, &frame,
+                             &forks,
                              err)))
     return rc;
   drpc_rref *r = rref_alloc(c, self, &owner, id, fork);

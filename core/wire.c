@@ -114,6 +114,7 @@ enum {
   TAG_TENSOR = 9,
   TAG_WORKER = 10,
   TAG_RREF = 11,
+  TAG_SHARED = 12,
 };
 
 /* Bytes of a tensor descriptor before its shape: dtype, device type, device
@@ -178,6 +179,8 @@ const char *drpc_msg_type_name(int type) {
     return "LEAVE";
   case DRPC_MSG_SHUTDOWN:
     return "SHUTDOWN";
+  case DRPC_MSG_RELEASE:
+    return "RELEASE";
   default:
     return "UNKNOWN";
   }
@@ -319,6 +322,10 @@ void drpc_msg_clear(drpc_msg *m) {
   for (uint32_t i = 0; i < m->ntensors; i++)
     drpc_tensor_decref(m->tensors[i]);
   free(m->tensors);
+  free(m->devices);
+  for (uint32_t i = 0; i < m->nshared; i++)
+    drpc_tensor_decref(m->shared[i].tensor);
+  free(m->shared);
   memset(m, 0, sizeof(*m));
 }
 
@@ -353,7 +360,9 @@ typedef struct reader {
   tensor_ref *refs;
   size_t nrefs;
   size_t refcap;
-  uint32_t nrrefs; /* rref nodes decoded */
+  uint32_t nrrefs;          /* rref nodes decoded */
+  drpc_wire_shared *shared; /* shared tensors decoded, in payload order */
+  uint32_t nshared, sharedcap;
 } reader;
 
 static size_t remaining(const reader *r) {
@@ -552,7 +561,9 @@ static int add_ref(reader *r, drpc_value *v, uint32_t index) {
   return 0;
 }
 
-static int read_tensor(reader *r, size_t at, drpc_value **out) {
+/* The part of a descriptor that tensors and shared tensors have in common:
+ * dtype, device, ndim, shape; checks them and sizes the data. */
+static int read_tensor_head(reader *r, size_t at, tensor_decl *out) {
   if (remaining(r) < TENSOR_FIXED)
     return drpc_error_set(r->err, DRPC_ETRUNC,
                           "payload truncated: tensor descriptor at offset %zu",
@@ -578,11 +589,6 @@ static int read_tensor(reader *r, size_t at, drpc_value **out) {
       return drpc_error_set(r->err, DRPC_EPROTO,
                             "cuda device index %d in tensor at offset %zu",
                             devindex, at);
-    /* Receiving into device memory needs device maps, which land later. */
-    return drpc_error_set(r->err, DRPC_EUNSUPPORTED,
-                          "cuda tensors are not supported yet (tensor at "
-                          "offset %zu on cuda:%d)",
-                          at, devindex);
   } else {
     return drpc_error_set(r->err, DRPC_EPROTO,
                           "unknown device type %u in tensor at offset %zu",
@@ -630,8 +636,17 @@ static int read_tensor(reader *r, size_t at, drpc_value **out) {
                           "tensor size overflows in tensor at offset %zu", at);
   int64_t numel = empty ? 0 : span;
   d.nbytes = (uint64_t)numel * (uint64_t)esize;
+  *out = d;
+  return 0;
+}
+
+static int read_tensor(reader *r, size_t at, drpc_value **out) {
+  tensor_decl d;
+  int rc = read_tensor_head(r, at, &d);
+  if (rc)
+    return rc;
   uint64_t index;
-  int rc = read_varint(r, &index, "tensor index");
+  rc = read_varint(r, &index, "tensor index");
   if (rc)
     return rc;
   if (index >= r->ndecls)
@@ -656,6 +671,75 @@ static int read_tensor(reader *r, size_t at, drpc_value **out) {
     return drpc_error_set(r->err, DRPC_ENOMEM,
                           "out of memory decoding a tensor");
   }
+  *out = v;
+  return 0;
+}
+
+/* A shared tensor: the descriptor, then the handle. The body gets an empty
+ * placeholder; the same descriptor and handle twice is the same tensor. */
+static int read_shared(reader *r, size_t at, drpc_value **out) {
+  tensor_decl d;
+  int rc = read_tensor_head(r, at, &d);
+  if (rc)
+    return rc;
+  if (d.device.type != DRPC_DEVICE_CUDA)
+    return drpc_error_set(r->err, DRPC_EPROTO,
+                          "shared tensor at offset %zu is not on a CUDA "
+                          "device",
+                          at);
+  size_t hlen = 0;
+  rc = read_len(r, at, "shared tensor handle length", &hlen);
+  if (rc)
+    return rc;
+  if (hlen == 0 || hlen > DRPC_WIRE_MAX_HANDLE)
+    return drpc_error_set(r->err, DRPC_EPROTO,
+                          "shared tensor handle of %zu bytes at offset %zu "
+                          "(1..%d)",
+                          hlen, at, DRPC_WIRE_MAX_HANDLE);
+  const uint8_t *hp = r->p + r->pos;
+  r->pos += hlen;
+  drpc_wire_shared *sh = NULL;
+  for (uint32_t i = 0; i < r->nshared && !sh; i++) {
+    drpc_wire_shared *c = &r->shared[i];
+    if (c->handle_len == hlen && memcmp(c->handle, hp, hlen) == 0 &&
+        c->dtype == (drpc_dtype)d.dtype && c->ndim == d.ndim &&
+        drpc_device_equal(c->device, d.device) &&
+        memcmp(c->shape, d.shape, sizeof c->shape) == 0)
+      sh = c;
+  }
+  if (!sh) {
+    if (r->nshared >= DRPC_WIRE_MAX_TENSORS)
+      return drpc_error_set(r->err, DRPC_EPROTO,
+                            "more than %d shared tensors in one frame",
+                            DRPC_WIRE_MAX_TENSORS);
+    if (r->nshared == r->sharedcap) {
+      uint32_t cap = r->sharedcap ? r->sharedcap * 2 : 4;
+      drpc_wire_shared *p = realloc(r->shared, cap * sizeof(*p));
+      if (!p)
+        return drpc_error_set(r->err, DRPC_ENOMEM,
+                              "out of memory decoding a shared tensor");
+      r->shared = p;
+      r->sharedcap = cap;
+    }
+    int64_t zero = 0;
+    drpc_tensor *ph = drpc_tensor_new((drpc_dtype)d.dtype, 1, &zero);
+    if (!ph)
+      return drpc_error_set(r->err, DRPC_ENOMEM,
+                            "out of memory decoding a shared tensor");
+    sh = &r->shared[r->nshared++];
+    memset(sh, 0, sizeof(*sh));
+    sh->tensor = ph;
+    sh->dtype = (drpc_dtype)d.dtype;
+    sh->ndim = d.ndim;
+    memcpy(sh->shape, d.shape, sizeof sh->shape);
+    sh->device = d.device;
+    sh->handle_len = (uint32_t)hlen;
+    memcpy(sh->handle, hp, hlen);
+  }
+  drpc_value *v = drpc_value_tensor(sh->tensor);
+  if (!v)
+    return drpc_error_set(r->err, DRPC_ENOMEM,
+                          "out of memory decoding a shared tensor");
   *out = v;
   return 0;
 }
@@ -834,6 +918,8 @@ static int read_value(reader *r, uint32_t depth, drpc_value **out) {
     return read_worker(r, at, out);
   case TAG_RREF:
     return read_rref(r, at, out);
+  case TAG_SHARED:
+    return read_shared(r, at, out);
   default:
     return drpc_error_set(r->err, DRPC_EPROTO,
                           "unknown value tag %u at offset %zu", (unsigned)tag,
@@ -946,11 +1032,25 @@ int drpc_wire_decode_payload(const drpc_frame_header *h, const uint8_t *payload,
     r.refs[i].v->u.t = t;
   }
 
+  for (uint32_t i = 0; i < h->ntensors && !out->devices; i++) {
+    if (r.decls[i].device.type == DRPC_DEVICE_CPU)
+      continue;
+    out->devices = malloc(h->ntensors * sizeof(*out->devices));
+    if (!out->devices) {
+      rc = drpc_error_set(err, DRPC_ENOMEM, "out of memory decoding a frame");
+      goto fail;
+    }
+    for (uint32_t k = 0; k < h->ntensors; k++)
+      out->devices[k] = r.decls[k].device;
+  }
+
   out->type = h->type;
   out->flags = h->flags;
   out->id = h->id;
   out->body = body;
   out->nrrefs = r.nrrefs;
+  out->shared = r.shared;
+  out->nshared = r.nshared;
   free(r.decls);
   free(r.refs);
   return 0;
@@ -958,6 +1058,9 @@ int drpc_wire_decode_payload(const drpc_frame_header *h, const uint8_t *payload,
 fail:
   drpc_value_free(body);
   drpc_msg_clear(out);
+  for (uint32_t i = 0; i < r.nshared; i++)
+    drpc_tensor_decref(r.shared[i].tensor);
+  free(r.shared);
   free(r.decls);
   free(r.refs);
   return rc;
@@ -1052,6 +1155,12 @@ typedef struct encoder {
   void *rref_ctx;
   drpc_value *forks; /* fork data chosen in pass one, in payload order */
   size_t nforks, capforks, fork_pos;
+  drpc_wire_tensor_fn tensor_fn; /* NULL: tensors travel as they are */
+  void *tensor_ctx;
+  drpc_wire_tensor_plan *plans; /* per distinct tensor, parallel to list */
+  uint32_t *data_idx;           /* per distinct tensor: data-section index, or
+                                   UINT32_MAX when shared by handle */
+  uint32_t ndata;
 } encoder;
 
 static size_t slot_of(const encoder *e, const drpc_tensor *t) {
@@ -1096,6 +1205,14 @@ static int tensor_index(encoder *e, drpc_tensor *t, uint32_t *index) {
     if (!list)
       goto nomem;
     e->list = list;
+    drpc_wire_tensor_plan *plans = realloc(e->plans, cap * sizeof(*plans));
+    if (!plans)
+      goto nomem;
+    e->plans = plans;
+    uint32_t *didx = realloc(e->data_idx, cap * sizeof(*didx));
+    if (!didx)
+      goto nomem;
+    e->data_idx = didx;
     e->listcap = cap;
   }
   size_t i = slot_of(e, t);
@@ -1124,10 +1241,11 @@ static int check_tensor(encoder *e, const drpc_tensor *t) {
                             (long long)t->shape[d]);
   if (!t->storage)
     return drpc_error_set(e->err, DRPC_EINVAL, "tensor has no storage");
-  if (t->storage->device.type != DRPC_DEVICE_CPU) {
+  if (t->storage->device.type != DRPC_DEVICE_CPU && !e->tensor_fn) {
     char dev[32];
     return drpc_error_set(
-        e->err, DRPC_EUNSUPPORTED, "tensors on %s are not supported yet",
+        e->err, DRPC_EUNSUPPORTED,
+        "a tensor on %s can only be sent through an agent (device maps)",
         drpc_device_format(t->storage->device, dev, sizeof(dev)));
   }
   /* The decoder's rule: the product of max(dim, 1) times the element size
@@ -1186,6 +1304,60 @@ static int fork_of(encoder *e, const drpc_value *v) {
   return 0;
 }
 
+/* Pass one of a tensor met for the first time (list index i): asks the
+ * hook how it travels, and checks the answer. */
+static int plan_tensor(encoder *e, uint32_t i) {
+  drpc_tensor *t = e->list[i];
+  drpc_wire_tensor_plan *pl = &e->plans[i];
+  memset(pl, 0, sizeof(*pl));
+  pl->dtype = t->dtype;
+  pl->ndim = t->ndim;
+  memcpy(pl->shape, t->shape, sizeof pl->shape);
+  e->data_idx[i] = UINT32_MAX;
+  if (!e->tensor_fn) {
+    pl->target = DRPC_CPU;
+    pl->send = t;
+    drpc_tensor_incref(t);
+  } else {
+    int rc = e->tensor_fn(e->tensor_ctx, t, pl, e->err);
+    if (rc) {
+      drpc_tensor_decref(pl->send);
+      pl->send = NULL;
+      return rc;
+    }
+  }
+  if (pl->send) {
+    drpc_tensor *c = pl->send;
+    uint64_t a = 0, b = 0;
+    if (!c->storage || c->storage->device.type != DRPC_DEVICE_CPU ||
+        c->dtype != t->dtype || !tensor_wire_bytes(c, &a) ||
+        !tensor_wire_bytes(t, &b) || a != b)
+      return drpc_error_set(e->err, DRPC_EINVAL,
+                            "tensor hook gave data that is not a CPU copy of "
+                            "the tensor");
+    if (pl->target.type == DRPC_DEVICE_CPU
+            ? pl->target.index != -1
+            : pl->target.type != DRPC_DEVICE_CUDA || pl->target.index < 0)
+      return drpc_error_set(e->err, DRPC_EINVAL,
+                            "tensor hook chose an invalid target device");
+    e->data_idx[i] = e->ndata++;
+    return 0;
+  }
+  if (pl->target.type != DRPC_DEVICE_CUDA || pl->target.index < 0 ||
+      pl->handle_len == 0 || pl->handle_len > DRPC_WIRE_MAX_HANDLE ||
+      drpc_dtype_size(pl->dtype) == 0 || pl->ndim < 0 ||
+      pl->ndim > DRPC_TENSOR_MAX_DIMS)
+    return drpc_error_set(e->err, DRPC_EINVAL,
+                          "tensor hook shared a tensor without a valid "
+                          "handle, descriptor or CUDA target");
+  for (int d = 0; d < pl->ndim; d++)
+    if (pl->shape[d] < 0)
+      return drpc_error_set(e->err, DRPC_EINVAL,
+                            "tensor hook shared a tensor with a negative "
+                            "dimension");
+  return 0;
+}
+
 static int measure(encoder *e, const drpc_value *v, uint32_t depth) {
   if (depth > e->lim->max_depth)
     return drpc_error_set(e->err, DRPC_EINVAL, "value nesting deeper than %u",
@@ -1228,13 +1400,19 @@ static int measure(encoder *e, const drpc_value *v, uint32_t depth) {
     int rc = check_tensor(e, v->u.t);
     if (rc)
       return rc;
-    uint32_t index = 0;
+    uint32_t index = 0, before = e->n;
     rc = tensor_index(e, v->u.t, &index);
     if (rc)
       return rc;
-    n += TENSOR_FIXED + varint_size(index);
-    for (int d = 0; d < v->u.t->ndim; d++)
-      n += varint_size((uint64_t)v->u.t->shape[d]);
+    if (e->n != before && (rc = plan_tensor(e, index)))
+      return rc;
+    const drpc_wire_tensor_plan *pl = &e->plans[index];
+    if (e->data_idx[index] != UINT32_MAX)
+      n += TENSOR_FIXED + varint_size(e->data_idx[index]);
+    else
+      n += TENSOR_FIXED + varint_size(pl->handle_len) + pl->handle_len;
+    for (int d = 0; d < pl->ndim; d++)
+      n += varint_size((uint64_t)pl->shape[d]);
     break;
   }
   case DRPC_VAL_WORKER: {
@@ -1312,15 +1490,23 @@ static void emit(encoder *e, const drpc_value *v) {
     const drpc_tensor *t = v->u.t;
     size_t slot = slot_of(e, t);
     assert(e->slots[slot].key == t);
-    p[e->pos++] = TAG_TENSOR;
-    p[e->pos++] = (uint8_t)t->dtype;
-    p[e->pos++] = (uint8_t)t->storage->device.type;
+    uint32_t i = e->slots[slot].index;
+    const drpc_wire_tensor_plan *pl = &e->plans[i];
+    p[e->pos++] = e->data_idx[i] != UINT32_MAX ? TAG_TENSOR : TAG_SHARED;
+    p[e->pos++] = (uint8_t)pl->dtype;
+    p[e->pos++] = (uint8_t)pl->target.type;
     /* Two's complement by arithmetic, so -1 is written as 0xff anywhere. */
-    p[e->pos++] = (uint8_t)(t->storage->device.index & 0xff);
-    p[e->pos++] = (uint8_t)t->ndim;
-    for (int d = 0; d < t->ndim; d++)
-      e->pos += put_varint(p + e->pos, (uint64_t)t->shape[d]);
-    e->pos += put_varint(p + e->pos, e->slots[slot].index);
+    p[e->pos++] = (uint8_t)(pl->target.index & 0xff);
+    p[e->pos++] = (uint8_t)pl->ndim;
+    for (int d = 0; d < pl->ndim; d++)
+      e->pos += put_varint(p + e->pos, (uint64_t)pl->shape[d]);
+    if (e->data_idx[i] != UINT32_MAX) {
+      e->pos += put_varint(p + e->pos, e->data_idx[i]);
+    } else {
+      e->pos += put_varint(p + e->pos, pl->handle_len);
+      memcpy(p + e->pos, pl->handle, pl->handle_len);
+      e->pos += pl->handle_len;
+    }
     break;
   }
   case DRPC_VAL_WORKER: {
@@ -1365,6 +1551,25 @@ int drpc_wire_encode_ex(uint8_t type, uint16_t flags, uint64_t id,
                         const drpc_value *body, const drpc_wire_limits *lim,
                         drpc_wire_rref_fn rref_fn, void *rref_ctx,
                         drpc_outframe **out, drpc_error *err) {
+  drpc_wire_hooks hooks = {rref_fn, rref_ctx, NULL, NULL};
+  return drpc_wire_encode_hooks(type, flags, id, body, lim, &hooks, out, err);
+}
+
+/* Frees what pass one gathered. */
+static void encoder_release(encoder *e) {
+  for (uint32_t i = 0; i < e->n; i++)
+    drpc_tensor_decref(e->plans[i].send);
+  free(e->list);
+  free(e->slots);
+  free(e->forks);
+  free(e->plans);
+  free(e->data_idx);
+}
+
+int drpc_wire_encode_hooks(uint8_t type, uint16_t flags, uint64_t id,
+                           const drpc_value *body, const drpc_wire_limits *lim,
+                           const drpc_wire_hooks *hooks, drpc_outframe **out,
+                           drpc_error *err) {
   *out = NULL;
   drpc_wire_limits defaults;
   lim = limits_or_default(lim, &defaults);
@@ -1381,8 +1586,12 @@ int drpc_wire_encode_ex(uint8_t type, uint16_t flags, uint64_t id,
   memset(&e, 0, sizeof(e));
   e.lim = lim;
   e.err = err;
-  e.rref_fn = rref_fn;
-  e.rref_ctx = rref_ctx;
+  if (hooks) {
+    e.rref_fn = hooks->rref_fn;
+    e.rref_ctx = hooks->rref_ctx;
+    e.tensor_fn = hooks->tensor_fn;
+    e.tensor_ctx = hooks->tensor_ctx;
+  }
   drpc_outframe *f = NULL;
   int rc = measure(&e, body, 1);
   if (rc)
@@ -1401,9 +1610,11 @@ int drpc_wire_encode_ex(uint8_t type, uint16_t flags, uint64_t id,
   h.flags = flags;
   h.id = id;
   h.payload_len = (uint32_t)e.payload_len;
-  h.ntensors = e.n;
+  h.ntensors = e.ndata;
   uint64_t data_len = 0;
   for (uint32_t i = 0; i < e.n; i++) {
+    if (e.data_idx[i] == UINT32_MAX)
+      continue;
     uint64_t nb = checked_bytes(e.list[i]);
     if (nb == 0)
       continue;
@@ -1436,15 +1647,17 @@ int drpc_wire_encode_ex(uint8_t type, uint16_t flags, uint64_t id,
     goto nomem;
   f->head_len = (size_t)head_len;
   f->total_len = total;
-  if (e.n) {
-    f->tensors = calloc(e.n, sizeof(*f->tensors));
+  if (e.ndata) {
+    f->tensors = calloc(e.ndata, sizeof(*f->tensors));
     if (!f->tensors)
       goto nomem;
   }
   for (uint32_t i = 0; i < e.n; i++) {
+    if (e.data_idx[i] == UINT32_MAX)
+      continue;
     /* A contiguous tensor is shared as is; a strided view is copied so its
      * bytes can go out in one piece. */
-    drpc_tensor *c = drpc_tensor_contiguous(e.list[i]);
+    drpc_tensor *c = drpc_tensor_contiguous(e.plans[i].send);
     if (!c)
       goto nomem;
     f->tensors[f->ntensors++] = c;
@@ -1456,9 +1669,7 @@ int drpc_wire_encode_ex(uint8_t type, uint16_t flags, uint64_t id,
   emit(&e, body);
   assert(e.pos == DRPC_WIRE_HEADER_SIZE + e.payload_len);
   assert(e.fork_pos == e.nforks);
-  free(e.list);
-  free(e.slots);
-  free(e.forks);
+  encoder_release(&e);
   *out = f;
   return 0;
 
@@ -1466,10 +1677,42 @@ nomem:
   rc = drpc_error_set(err, DRPC_ENOMEM, "out of memory encoding a frame");
 fail:
   drpc_outframe_free(f);
-  free(e.list);
-  free(e.slots);
-  free(e.forks);
+  encoder_release(&e);
   return rc;
+}
+
+/* drpc_wire_encode_msg's hook: each tensor travels as it arrived. */
+static int msg_plan(void *ctx, drpc_tensor *t, drpc_wire_tensor_plan *plan,
+                    drpc_error *err) {
+  const drpc_msg *m = ctx;
+  for (uint32_t i = 0; i < m->nshared; i++) {
+    if (m->shared[i].tensor != t)
+      continue;
+    plan->target = m->shared[i].device;
+    plan->dtype = m->shared[i].dtype;
+    plan->ndim = m->shared[i].ndim;
+    memcpy(plan->shape, m->shared[i].shape, sizeof plan->shape);
+    plan->handle_len = m->shared[i].handle_len;
+    memcpy(plan->handle, m->shared[i].handle, m->shared[i].handle_len);
+    return 0;
+  }
+  if (!t->storage || t->storage->device.type != DRPC_DEVICE_CPU)
+    return drpc_error_set(err, DRPC_EUNSUPPORTED,
+                          "a message placed on devices cannot be re-encoded");
+  plan->target = DRPC_CPU;
+  for (uint32_t i = 0; m->devices && i < m->ntensors; i++)
+    if (m->tensors[i] == t)
+      plan->target = m->devices[i];
+  drpc_tensor_incref(t);
+  plan->send = t;
+  return 0;
+}
+
+int drpc_wire_encode_msg(const drpc_msg *m, const drpc_wire_limits *lim,
+                         drpc_outframe **out, drpc_error *err) {
+  drpc_wire_hooks hooks = {NULL, NULL, msg_plan, (void *)m};
+  return drpc_wire_encode_hooks(m->type, m->flags, m->id, m->body, lim, &hooks,
+                                out, err);
 }
 
 void drpc_outframe_set_id(drpc_outframe *f, uint64_t id) {

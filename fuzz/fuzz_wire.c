@@ -112,7 +112,7 @@ static uint8_t *encode(const drpc_msg *m, const drpc_wire_limits *lim,
                        size_t *len, drpc_outframe **keep) {
   drpc_outframe *f = NULL;
   drpc_error err = DRPC_ERROR_INIT;
-  int rc = drpc_wire_encode(m->type, m->flags, m->id, m->body, lim, &f, &err);
+  int rc = drpc_wire_encode_msg(m, lim, &f, &err);
   FUZZ_CHECK(rc == 0, "a decoded frame does not encode: %s",
              drpc_error_message(&err));
   uint8_t *flat = drpc_outframe_flatten(f, len);

@@ -369,7 +369,8 @@ static void test_msg_types(void) {
                          "RREF_ACK",
                          "JOIN",
                          "LEAVE",
-                         "SHUTDOWN"};
+                         "SHUTDOWN",
+                         "RELEASE"};
   for (int t = 0; t <= DRPC_MSG_TYPE_MAX; t++)
     CHECK_STR_EQ(drpc_msg_type_name(t), names[t]);
   CHECK_STR_EQ(drpc_msg_type_name(DRPC_MSG_TYPE_MAX + 1), "UNKNOWN");
@@ -390,6 +391,8 @@ static void test_msg_types(void) {
   CHECK(drpc_msg_type_is_response(DRPC_MSG_ERROR));
   CHECK(!drpc_msg_type_is_request(DRPC_MSG_HELLO));
   CHECK(!drpc_msg_type_is_response(DRPC_MSG_SHUTDOWN));
+  CHECK(!drpc_msg_type_is_request(DRPC_MSG_RELEASE));
+  CHECK(!drpc_msg_type_is_response(DRPC_MSG_RELEASE));
 
   /* Every type travels, each with a body of its usual shape. */
   for (int t = 1; t <= DRPC_MSG_TYPE_MAX; t++) {
@@ -903,6 +906,7 @@ static void test_encode_limits(void) {
   CHECK_EQ_INT(drpc_wire_encode(DRPC_MSG_CALL, 0, 1, gv, NULL, &f, &err),
                DRPC_EUNSUPPORTED);
   CHECK_CONTAINS(err.msg, "cuda:0");
+  CHECK_CONTAINS(err.msg, "can only be sent through an agent");
   drpc_value_free(gv);
   drpc_tensor_decref(gt);
 
@@ -1126,8 +1130,8 @@ static void test_bad_payloads(void) {
   expect_payload_fail(&p, 0, 0, DRPC_ETRUNC, "rref type name length 9");
   /* Tags. */
   RESET();
-  b_put(&p, 1, 12);
-  expect_payload_fail(&p, 0, 0, DRPC_EPROTO, "unknown value tag 12");
+  b_put(&p, 1, 13);
+  expect_payload_fail(&p, 0, 0, DRPC_EPROTO, "unknown value tag 13");
   RESET();
   b_put(&p, 2, 0, 0);
   expect_payload_fail(&p, 0, 0, DRPC_EPROTO,
@@ -1152,9 +1156,30 @@ static void test_bad_payloads(void) {
   b_put(&p, 6, 9, 0, 0, 3, 0, 0);
   expect_payload_fail(&p, 1, 4, DRPC_EPROTO, "cpu device index 3");
   RESET();
+  b_put(&p, 6, 9, 0, 1, 0x80, 0, 0);
+  expect_payload_fail(&p, 1, 4, DRPC_EPROTO, "cuda device index -128");
+  RESET();
   b_put(&p, 6, 9, 0, 1, 0, 0, 0);
-  expect_payload_fail(&p, 1, 4, DRPC_EUNSUPPORTED,
-                      "cuda tensors are not supported yet");
+  expect_payload_ok(&p, 1, 4); /* the receiver's agent places it */
+  /* Shared tensors: CUDA only, handle 1..DRPC_WIRE_MAX_HANDLE bytes. */
+  RESET();
+  b_put(&p, 7, 12, 0, 1, 0, 0, 1, 'h');
+  expect_payload_ok(&p, 0, 0);
+  RESET();
+  b_put(&p, 7, 12, 0, 0, 0xff, 0, 1, 'h');
+  expect_payload_fail(&p, 0, 0, DRPC_EPROTO, "is not on a CUDA device");
+  RESET();
+  b_put(&p, 6, 12, 0, 1, 0, 0, 0);
+  expect_payload_fail(&p, 0, 0, DRPC_EPROTO, "handle of 0 bytes");
+  RESET();
+  b_put(&p, 5, 12, 0, 1, 0, 0);
+  b_varint(&p, DRPC_WIRE_MAX_HANDLE + 1);
+  for (int i = 0; i <= DRPC_WIRE_MAX_HANDLE; i++)
+    b_put(&p, 1, 7);
+  expect_payload_fail(&p, 0, 0, DRPC_EPROTO, "handle of 257 bytes");
+  RESET();
+  b_put(&p, 7, 12, 0, 1, 0, 0, 4, 'h');
+  expect_payload_fail(&p, 0, 0, DRPC_ETRUNC, "handle length");
   RESET();
   uint64_t neg[1] = {1ull << 63};
   b_tensor(&p, 0, 1, neg, 0);
@@ -1399,6 +1424,133 @@ static void test_random_mutations(void) {
   free(base);
 }
 
+/* ---- devices: target devices, shared tensors, hooks --------------------- */
+
+typedef struct plan_ctx {
+  int calls;
+  drpc_device target;
+  bool share;    /* share by handle instead of sending bytes */
+  bool bad;      /* return data of the wrong size */
+  int fail_code; /* fail the encode */
+} plan_ctx;
+
+static int test_plan(void *ctx, drpc_tensor *t, drpc_wire_tensor_plan *pl,
+                     drpc_error *err) {
+  plan_ctx *c = ctx;
+  c->calls++;
+  if (c->fail_code)
+    return drpc_error_set(err, c->fail_code, "hook refused");
+  pl->target = c->target;
+  if (c->share) {
+    pl->handle_len = 3;
+    memcpy(pl->handle, "abc", 3);
+    return 0;
+  }
+  if (c->bad) {
+    int64_t one = 1;
+    pl->send = drpc_tensor_new(t->dtype, 1, &one);
+    return 0;
+  }
+  drpc_tensor_incref(t);
+  pl->send = t;
+  return 0;
+}
+
+static void test_device_descriptors(void) {
+  drpc_error err = DRPC_ERROR_INIT;
+  int64_t shape[2] = {2, 3};
+  drpc_tensor *a = make_tensor(DRPC_FLOAT32, 2, shape, 1);
+  drpc_tensor *b = make_tensor(DRPC_INT64, 1, shape, 2);
+  /* a twice, b once: the hook sees each distinct tensor once. */
+  drpc_value *body = drpc_value_list_of(3, drpc_value_tensor(a),
+                                        drpc_value_tensor(b),
+                                        drpc_value_tensor(a));
+  plan_ctx pc = {0, {DRPC_DEVICE_CUDA, 1}, false, false, 0};
+  drpc_wire_hooks hooks = {NULL, NULL, test_plan, &pc};
+  drpc_outframe *f = NULL;
+  CHECK_EQ_INT(drpc_wire_encode_hooks(DRPC_MSG_CALL, 0, 7, body, NULL, &hooks,
+                                      &f, &err),
+               0);
+  CHECK_EQ_INT(pc.calls, 2);
+  size_t len = 0;
+  uint8_t *flat = drpc_outframe_flatten(f, &len);
+  drpc_msg m;
+  CHECK_EQ_INT(drpc_wire_decode(flat, len, NULL, &m, &err), 0);
+  CHECK_EQ_INT(m.ntensors, 2);
+  CHECK(m.devices != NULL);
+  if (m.devices) {
+    CHECK(drpc_device_equal(m.devices[0], pc.target));
+    CHECK(drpc_device_equal(m.devices[1], pc.target));
+  }
+  /* Decoded tensors hold the bytes on the CPU until an agent places them. */
+  CHECK(m.tensors[0]->storage->device.type == DRPC_DEVICE_CPU);
+  CHECK(drpc_tensor_equal(m.tensors[0], a));
+  CHECK(drpc_list_at(m.body, 0)->u.t == drpc_list_at(m.body, 2)->u.t);
+  /* Re-encoding the decoded message gives the frame's bytes back. */
+  drpc_outframe *g = NULL;
+  CHECK_EQ_INT(drpc_wire_encode_msg(&m, NULL, &g, &err), 0);
+  size_t glen = 0;
+  uint8_t *gflat = g ? drpc_outframe_flatten(g, &glen) : NULL;
+  CHECK(gflat && glen == len && memcmp(gflat, flat, len) == 0);
+  free(gflat);
+  drpc_outframe_free(g);
+  drpc_msg_clear(&m);
+  free(flat);
+  drpc_outframe_free(f);
+
+  /* Shared by handle: no data section; the body holds a placeholder. */
+  pc = (plan_ctx){0, {DRPC_DEVICE_CUDA, 0}, true, false, 0};
+  CHECK_EQ_INT(drpc_wire_encode_hooks(DRPC_MSG_CALL, 0, 7, body, NULL, &hooks,
+                                      &f, &err),
+               0);
+  CHECK_EQ_INT(f->ntensors, 0);
+  flat = drpc_outframe_flatten(f, &len);
+  CHECK_EQ_INT(drpc_wire_decode(flat, len, NULL, &m, &err), 0);
+  CHECK_EQ_INT(m.ntensors, 0);
+  /* a and b had the same handle but different dtypes and shapes. */
+  CHECK_EQ_INT(m.nshared, 2);
+  if (m.nshared == 2) {
+    CHECK_EQ_INT(m.shared[0].ndim, 2);
+    CHECK_EQ_INT(m.shared[0].shape[1], 3);
+    CHECK_EQ_INT(m.shared[0].handle_len, 3);
+    CHECK(memcmp(m.shared[0].handle, "abc", 3) == 0);
+    CHECK_EQ_INT(m.shared[1].dtype, DRPC_INT64);
+    CHECK(drpc_list_at(m.body, 0)->u.t == m.shared[0].tensor);
+    CHECK(drpc_list_at(m.body, 2)->u.t == m.shared[0].tensor);
+    CHECK_EQ_INT((int)drpc_tensor_nbytes(m.shared[0].tensor), 0);
+  }
+  CHECK_EQ_INT(drpc_wire_encode_msg(&m, NULL, &g, &err), 0);
+  gflat = g ? drpc_outframe_flatten(g, &glen) : NULL;
+  CHECK(gflat && glen == len && memcmp(gflat, flat, len) == 0);
+  free(gflat);
+  drpc_outframe_free(g);
+  drpc_msg_clear(&m);
+  free(flat);
+  drpc_outframe_free(f);
+
+  /* Hooks that fail or answer nonsense fail the encode cleanly. */
+  pc = (plan_ctx){0, {DRPC_DEVICE_CUDA, 0}, false, false, DRPC_EINVAL};
+  CHECK_EQ_INT(drpc_wire_encode_hooks(DRPC_MSG_CALL, 0, 7, body, NULL, &hooks,
+                                      &f, &err),
+               DRPC_EINVAL);
+  CHECK_CONTAINS(err.msg, "hook refused");
+  pc = (plan_ctx){0, {DRPC_DEVICE_CUDA, 0}, false, true, 0};
+  CHECK_EQ_INT(drpc_wire_encode_hooks(DRPC_MSG_CALL, 0, 7, body, NULL, &hooks,
+                                      &f, &err),
+               DRPC_EINVAL);
+  CHECK_CONTAINS(err.msg, "not a CPU copy");
+  pc = (plan_ctx){0, {DRPC_DEVICE_CPU, 3}, false, false, 0};
+  CHECK_EQ_INT(drpc_wire_encode_hooks(DRPC_MSG_CALL, 0, 7, body, NULL, &hooks,
+                                      &f, &err),
+               DRPC_EINVAL);
+  CHECK_CONTAINS(err.msg, "invalid target device");
+  CHECK(f == NULL);
+  drpc_value_free(body);
+  drpc_tensor_decref(a);
+  drpc_tensor_decref(b);
+  drpc_error_clear(&err);
+}
+
 int main(void) {
   RUN(test_error_object);
   RUN(test_header_layout);
@@ -1417,6 +1569,7 @@ int main(void) {
   RUN(test_encode_limits);
   RUN(test_bad_headers);
   RUN(test_bad_payloads);
+  RUN(test_device_descriptors);
   RUN(test_flip_every_byte);
   RUN(test_truncate_everywhere);
   RUN(test_random_mutations);

@@ -11,6 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "drpc/device.h"
+#include "drpc/gpu.h"
 #include "tools.h"
 
 static double now_s(void) {
@@ -43,6 +45,7 @@ static void usage(FILE *f) {
              "[--json]\n"
              "                  [--iters N] [--calls N] [--max-bytes B]\n"
              "                  [--threads N] [--record FILE.db]\n"
+             "                  [--device cuda:N [--cuda SPEC] [--channel C]]\n"
              "\n"
              "Starts two workers (two processes) over loopback and prints\n"
              "noop_sync_p50_us, noop_sync_p99_us, async_calls_per_s and\n"
@@ -52,7 +55,13 @@ static void usage(FILE *f) {
              "p50) and forks_per_s (RRefs\nforked to the peer and deleted "
              "again).\n--record: both workers record every event (the cost of "
              "recording); the\nrecordings are merged into FILE.db and "
-             "replayed (replay_s).\n");
+             "replayed (replay_s).\n--device cuda:N: the echo tensors live on "
+             "that CUDA "
+             "device on both\nworkers (a device map cuda:N -> cuda:N each way; "
+             "sizes up to 512 MiB),\nand every figure is of the CUDA-enabled "
+             "agent. --cuda picks the backend\n(cuda, the default, or sim:N "
+             "for simcuda; see DRPC_CUDA); --channel forces cuda_ipc or "
+             "cuda_staged.\n");
 }
 
 typedef struct result {
@@ -143,10 +152,15 @@ int drpc_cmd_bench(int argc, char **argv) {
                                        {"max-bytes", required_argument, 0, 'm'},
                                        {"threads", required_argument, 0, 't'},
                                        {"record", required_argument, 0, 'R'},
+                                       {"device", required_argument, 0, 'd'},
+                                       {"cuda", required_argument, 0, 'C'},
+                                       {"channel", required_argument, 0, 'H'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   bool json = false;
-  const char *record = NULL;
+  const char *record = NULL, *cuda = NULL, *channel = NULL;
+  drpc_device dev = DRPC_CPU;
+  bool max_set = false;
   long long iters = 3000, calls = 20000, max_bytes = 128ll << 20;
   int threads = DRPC_DEFAULT_NUM_WORKER_THREADS;
   int c;
@@ -164,6 +178,20 @@ int drpc_cmd_bench(int argc, char **argv) {
       break;
     case 'm':
       max_bytes = drpc_tools_parse_int("--max-bytes", optarg, 1024, 1ll << 30);
+      max_set = true;
+      break;
+    case 'd':
+      if (drpc_device_parse(optarg, &dev)) {
+        fprintf(stderr, "drpc bench: --device %s: expected cpu or cuda:N\n",
+                optarg);
+        return 2;
+      }
+      break;
+    case 'C':
+      cuda = optarg;
+      break;
+    case 'H':
+      channel = optarg;
       break;
     case 't':
       threads = (int)drpc_tools_parse_int("--threads", optarg, 1, 4096);
@@ -199,6 +227,23 @@ int drpc_cmd_bench(int argc, char **argv) {
   o.num_worker_threads = threads;
   o.rpc_timeout_s = 300;
   o.shutdown_timeout_s = 600;
+  o.channels[0] = channel; /* NULL: every channel, the best one chosen */
+  char devname[16];
+  drpc_device_format(dev, devname, sizeof devname);
+  if (dev.type == DRPC_DEVICE_CUDA) {
+    /* Both workers pick the backend after the fork (CUDA does not survive
+     * one); the map sends the tensors device to device both ways. */
+    setenv("DRPC_CUDA", cuda ? cuda : "cuda", 1);
+    if (!max_set)
+      max_bytes = 512ll << 20;
+    drpc_error merr = DRPC_ERROR_INIT;
+    if (drpc_options_set_device_map(&o, "w1", &dev, &dev, 1, &merr) ||
+        drpc_options_set_device_map(&o, "w0", &dev, &dev, 1, &merr)) {
+      fprintf(stderr, "drpc bench: %s\n", drpc_error_message(&merr));
+      drpc_error_clear(&merr);
+      return 2;
+    }
+  }
   drpc_tools_record_prefix = record;
   pid_t child = drpc_tools_spawn_passive("w1", 1, 2, &o);
   if (child < 0) {
@@ -212,6 +257,14 @@ int drpc_cmd_bench(int argc, char **argv) {
   }
   drpc_agent *a = NULL;
   drpc_error err = DRPC_ERROR_INIT;
+  if (dev.type == DRPC_DEVICE_CUDA &&
+      (drpc_gpu_setup(NULL, &err) || !drpc_device_valid(dev))) {
+    fprintf(stderr, "drpc bench: --device %s: %s\n", devname,
+            err.code ? drpc_error_message(&err) : "no such device");
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
+    return 1;
+  }
   if (drpc_init(&a, "w0", 0, 2, &o, &err)) {
     fprintf(stderr, "drpc bench: %s\n", drpc_error_message(&err));
     kill(child, SIGKILL);
@@ -289,7 +342,8 @@ int drpc_cmd_bench(int argc, char **argv) {
   }
   if (bw) {
     static const long long sizes[] = {1ll << 10, 1ll << 16, 1ll << 20,
-                                      1ll << 24, 1ll << 26, 1ll << 27};
+                                      1ll << 24, 1ll << 26, 1ll << 27,
+                                      1ll << 28, 1ll << 29};
     for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
       long long size = sizes[k];
       if (size > max_bytes)
@@ -299,6 +353,18 @@ int drpc_cmd_bench(int argc, char **argv) {
       float *p = drpc_tensor_data(t);
       for (int64_t i = 0; i < shape[0]; i++)
         p[i] = 1.0f;
+      if (dev.type == DRPC_DEVICE_CUDA) {
+        drpc_tensor *g = drpc_tensor_to(t, dev, NULL, &err);
+        drpc_tensor_decref(t);
+        if (!g || drpc_stream_sync(drpc_stream_current(dev.index), &err)) {
+          fprintf(stderr, "drpc bench: %s: %s\n", devname,
+                  drpc_error_message(&err));
+          drpc_tensor_decref(g);
+          failed = 1;
+          goto done;
+        }
+        t = g;
+      }
       drpc_value *args = drpc_value_list_of(1, drpc_value_tensor(t));
       drpc_tensor_decref(t);
       long long reps = (1ll << 31) / size;
@@ -320,16 +386,34 @@ int drpc_cmd_bench(int argc, char **argv) {
         }
         drpc_value_free(out);
       }
+      /* As torch.cuda.synchronize() after PyTorch's loop. */
+      if (dev.type == DRPC_DEVICE_CUDA)
+        drpc_stream_sync(drpc_stream_current(dev.index), NULL);
       double dt = (now_s() - t0) / (double)reps;
       drpc_value_free(args);
-      snprintf(res[nres].key, sizeof res[nres].key, "echo_%lldB_GBps", size);
+      const char *pre = dev.type == DRPC_DEVICE_CUDA ? devname : "";
+      const char *sep = dev.type == DRPC_DEVICE_CUDA ? "_" : "";
+      snprintf(res[nres].key, sizeof res[nres].key, "echo_%s%s%lldB_GBps", pre,
+               sep, size);
       res[nres++].value = 2.0 * (double)size / dt / 1e9;
-      snprintf(res[nres].key, sizeof res[nres].key, "echo_%lldB_us", size);
+      snprintf(res[nres].key, sizeof res[nres].key, "echo_%s%s%lldB_us", pre,
+               sep, size);
       res[nres++].value = dt * 1e6;
     }
   }
   if (rr && bench_rref(a, iters, res, &nres) != 0)
     failed = 1;
+  if (dev.type == DRPC_DEVICE_CUDA) {
+    drpc_value *dbg = drpc_agent_debug_info(a);
+    static const char *const keys[] = {"cuda.tensors_shared",
+                                       "cuda.tensors_staged"};
+    for (int k = 0; k < 2; k++) {
+      const drpc_value *v = drpc_dict_get(dbg, keys[k]);
+      snprintf(res[nres].key, sizeof res[nres].key, "%s", keys[k]);
+      res[nres++].value = v && v->kind == DRPC_VAL_STR ? atof(v->u.s.data) : -1;
+    }
+    drpc_value_free(dbg);
+  }
 done:
   drpc_error_clear(&err);
   if (drpc_shutdown(a, true, 60, &err)) {
@@ -349,7 +433,8 @@ done:
     res[nres++].value = now_s() - t0;
   }
   if (json) {
-    printf("{\n \"drpc\": \"%s\"", DRPC_VERSION_STRING);
+    printf("{\n \"drpc\": \"%s\",\n \"device\": \"%s\",\n \"cuda\": \"%s\"",
+           DRPC_VERSION_STRING, devname, drpc_gpu_describe());
     for (int i = 0; i < nres; i++)
       printf(",\n \"%s\": %.6g", res[i].key, res[i].value);
     printf("\n}\n");

@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "drpc/gpu.h"
 #include "tools.h"
 
 static void usage_main(FILE *f) {
@@ -90,7 +91,9 @@ pid_t drpc_tools_spawn_passive(const char *name, int rank, int world,
     if (drpc_tools_record_begin(path, NULL, name, rank))
       _exit(1);
   }
-  if (drpc_init(&a, name, rank, world, o, &err) ||
+  /* The CUDA backend (DRPC_CUDA; auto by default) starts after the fork:
+   * CUDA does not survive one. */
+  if (drpc_gpu_setup(NULL, &err) || drpc_init(&a, name, rank, world, o, &err) ||
       drpc_shutdown(a, true, -1, &err)) {
     fprintf(stderr, "worker %s: %s\n", name, drpc_error_message(&err));
     drpc_tools_record_end();
@@ -135,7 +138,9 @@ typedef struct worker_state {
  * thread can answer SIGINT / SIGTERM at any time, rendezvous included. */
 static void *worker_thread(void *arg) {
   worker_state *w = arg;
-  if (drpc_init(&w->agent, w->name, w->rank, w->world, w->opts, &w->err)) {
+  /* CUDA devices as DRPC_CUDA says (auto: the CUDA runtime when present). */
+  if (drpc_gpu_setup(NULL, &w->err) ||
+      drpc_init(&w->agent, w->name, w->rank, w->world, w->opts, &w->err)) {
     w->rc = DRPC_EINVAL;
     fprintf(stderr, "drpc worker %s: %s\n", w->name,
             drpc_error_message(&w->err));

@@ -82,6 +82,15 @@ int drpc_options_set_device_map(drpc_options *o, const char *peer,
                                 const drpc_device *from, const drpc_device *to,
                                 int n, drpc_error *err);
 
+/* Writes what a worker publishes at start under addrs/<name>: its
+ * address, then on a second line its device information (CUDA device
+ * count, host, devices, device maps), which every worker reads at start.
+ * drpc_agent_start writes it; harnesses that start agents one after the
+ * other on one thread write it for every worker with device maps first. */
+int drpc_agent_publish_devices(drpc_store *st, const char *name,
+                               const char *addr, const drpc_options *o,
+                               drpc_error *err);
+
 /* ---- functions -------------------------------------------------------- */
 
 typedef struct drpc_agent drpc_agent;
@@ -185,6 +194,14 @@ int drpc_agent_worker_by_name(drpc_agent *a, const char *name,
 int drpc_agent_worker_by_id(drpc_agent *a, int64_t id, drpc_worker_info *out,
                             drpc_error *err);
 bool drpc_agent_is_static_group(drpc_agent *a);
+/* The device map toward peer as the agent uses it (at most max pairs);
+ * *n gets the count (0 when none). */
+int drpc_agent_device_map(drpc_agent *a, const char *peer, drpc_device *from,
+                          drpc_device *to, int max, int *n, drpc_error *err);
+/* The agent's devices, sorted (as configured, else every CUDA device its
+ * maps and its peers' maps toward it name); returns the count, which may
+ * exceed max. */
+int drpc_agent_devices(drpc_agent *a, drpc_device *out, int max);
 drpc_store *drpc_agent_store(drpc_agent *a);
 const drpc_options *drpc_agent_options(drpc_agent *a);
 const drpc_env *drpc_agent_env(drpc_agent *a);

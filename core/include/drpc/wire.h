@@ -21,6 +21,13 @@
  *     local_id, zigzag fork created_on, varint fork local_id, zigzag
  *     parent, varint type-name length, type-name bytes (0: unknown).
  *     Worker ids are 0..32767, local ids below 2^48.
+ *   12 shared tensor (same host, no bytes in the data section): dtype u8,
+ *     device type u8 (cuda), device index i8, ndim u8, ndim shape varints,
+ *     varint handle length (1..DRPC_WIRE_MAX_HANDLE), handle bytes: how
+ *     the receiver reaches the sender's device memory (gpu/ IPC).
+ *
+ * A tensor's device in a descriptor is where the receiver is to put it
+ * (the sender's device map applied), not where the sender had it.
  */
 #ifndef DRPC_WIRE_H
 #define DRPC_WIRE_H
@@ -47,6 +54,8 @@ extern "C" {
 #define DRPC_WIRE_DEFAULT_MAX_PAYLOAD (64u << 20)
 /* Bound on tensors in one frame. */
 #define DRPC_WIRE_MAX_TENSORS 4096
+/* Bytes of a shared tensor's handle. */
+#define DRPC_WIRE_MAX_HANDLE 256
 /* Local ids of RRefs and forks stay below this (ids pack into 64 bits). */
 #define DRPC_RREF_MAX_LOCAL_ID (1ull << 48)
 
@@ -66,7 +75,8 @@ typedef enum drpc_msg_type {
   DRPC_MSG_JOIN = 12,     /* dynamic membership: a worker joins */
   DRPC_MSG_LEAVE = 13,    /* dynamic membership: a worker leaves */
   DRPC_MSG_SHUTDOWN = 14, /* the sender is closing this connection cleanly */
-  DRPC_MSG_TYPE_MAX = 14
+  DRPC_MSG_RELEASE = 15,  /* one-way: [lend ids] of shared tensors read */
+  DRPC_MSG_TYPE_MAX = 15
 } drpc_msg_type;
 
 const char *drpc_msg_type_name(int type);
@@ -110,14 +120,32 @@ int drpc_wire_header_decode(const uint8_t *buf, size_t len,
 
 /* A decoded message: the header fields, the body value and the tensors
  * the body refers to (in data-section order). */
+/* A shared tensor as decoded: the body holds `tensor`, an empty CPU
+ * placeholder, until the agent reaches the memory through the handle and
+ * puts the data in place (drpc_agent's device code). */
+typedef struct drpc_wire_shared {
+  drpc_tensor *tensor; /* owned reference */
+  drpc_dtype dtype;
+  int ndim;
+  int64_t shape[DRPC_TENSOR_MAX_DIMS];
+  drpc_device device;
+  uint32_t handle_len;
+  uint8_t handle[DRPC_WIRE_MAX_HANDLE];
+} drpc_wire_shared;
+
 typedef struct drpc_msg {
   uint8_t type;
   uint16_t flags;
   uint64_t id;
   drpc_value *body;
-  drpc_tensor **tensors; /* ntensors references, owned */
+  drpc_tensor **tensors; /* ntensors references, owned, all on the CPU */
   uint32_t ntensors;
   uint32_t nrrefs; /* rref nodes (fork data) in the body */
+  /* Per tensor, the device its descriptor names (where the sender wants it
+   * put); NULL when every one names the CPU. */
+  drpc_device *devices;
+  drpc_wire_shared *shared; /* shared tensors, in payload order */
+  uint32_t nshared;
 } drpc_msg;
 
 void drpc_msg_clear(drpc_msg *m);
@@ -173,6 +201,45 @@ int drpc_wire_encode_ex(uint8_t type, uint16_t flags, uint64_t id,
                         const drpc_value *body, const drpc_wire_limits *lim,
                         drpc_wire_rref_fn rref_fn, void *rref_ctx,
                         drpc_outframe **out, drpc_error *err);
+/* How one tensor travels, chosen by an encoder's tensor hook. */
+typedef struct drpc_wire_tensor_plan {
+  /* Written in the descriptor: the device the receiver puts it on. */
+  drpc_device target;
+  /* The CPU tensor whose bytes fill the data section (the encoder takes
+   * this reference; it may be the tensor itself, increfed). NULL: the
+   * tensor is shared by handle instead. */
+  drpc_tensor *send;
+  uint32_t handle_len; /* when send is NULL: 1..DRPC_WIRE_MAX_HANDLE */
+  uint8_t handle[DRPC_WIRE_MAX_HANDLE];
+  /* A shared tensor's descriptor: preset from the tensor (a hook that
+   * re-sends a decoded placeholder sets the real ones). */
+  drpc_dtype dtype;
+  int ndim;
+  int64_t shape[DRPC_TENSOR_MAX_DIMS];
+} drpc_wire_tensor_plan;
+/* Called once per distinct tensor, in payload order, before anything is
+ * written. Non-zero fails the encode (the plan's reference, if set, is
+ * dropped by the encoder). */
+typedef int (*drpc_wire_tensor_fn)(void *ctx, drpc_tensor *t,
+                                   drpc_wire_tensor_plan *plan,
+                                   drpc_error *err);
+typedef struct drpc_wire_hooks {
+  drpc_wire_rref_fn rref_fn; /* NULL: see drpc_wire_encode_ex */
+  void *rref_ctx;
+  /* NULL: CPU tensors travel as they are; other devices fail with
+   * DRPC_EUNSUPPORTED. */
+  drpc_wire_tensor_fn tensor_fn;
+  void *tensor_ctx;
+} drpc_wire_hooks;
+int drpc_wire_encode_hooks(uint8_t type, uint16_t flags, uint64_t id,
+                           const drpc_value *body, const drpc_wire_limits *lim,
+                           const drpc_wire_hooks *hooks, drpc_outframe **out,
+                           drpc_error *err);
+/* Re-encodes a decoded message as it arrived (devices and shared tensors
+ * included): the encoding is canonical, so the bytes are the frame's. The
+ * message must not have been placed on devices yet. */
+int drpc_wire_encode_msg(const drpc_msg *m, const drpc_wire_limits *lim,
+                         drpc_outframe **out, drpc_error *err);
 /* Changes the request id in an encoded frame. */
 void drpc_outframe_set_id(drpc_outframe *f, uint64_t id);
 /* Fills iov with the frame's pieces starting at byte offset `from`; returns

@@ -1,0 +1,1045 @@
+/* The agent's device code: device information exchanged at start, device
+ * map validation (with the reference's messages), reverse maps, the
+ * tensor hook that decides how each tensor of an outgoing message travels
+ * (CPU bytes, bytes staged from a device, or a same-host handle), and the
+ * placing of received tensors on their devices.
+ *
+ * Channels (options.channels): "cuda_ipc" shares device memory with a
+ * peer on the same host through the backend's IPC handles (no copy
+ * through the host; the receiver copies device to device and tells the
+ * sender with a RELEASE frame when the sender's memory is free again);
+ * "cuda_staged" stages through host memory. Both are allowed by default
+ * and cuda_ipc is preferred where it works; naming only one forces it. */
+#include "drpc/agent.h"
+#include "drpc/device.h"
+#include "internal.h"
+
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Lends outstanding per agent (device memory a peer may still read); past
+ * it, tensors are staged through the host instead. */
+#define DEV_MAX_LENDS 1024
+/* Interprocess events a receiver keeps open. */
+#define DEV_EVENT_CACHE 256
+#define IPC_MAGIC 0x50495244u /* "DRIP" */
+
+typedef struct dev_map {
+  int n;
+  drpc_device from[DRPC_MAX_DEVICES];
+  drpc_device to[DRPC_MAX_DEVICES];
+} dev_map;
+
+typedef struct lend {
+  uint64_t id;
+  int16_t peer;
+  drpc_tensor *tensor;  /* kept alive until the peer releases it */
+  drpc_devevent *event; /* recorded when the data was ready */
+  int event_slot;       /* index into ev_pool */
+} lend;
+
+typedef struct ipc_event {
+  drpc_devevent *ev;
+  int device;
+  bool busy;
+  uint32_t hlen;
+  uint8_t handle[DRPC_IPC_HANDLE_MAX];
+} ipc_event;
+
+typedef struct opened_event {
+  uint32_t hlen;
+  uint8_t handle[DRPC_IPC_HANDLE_MAX];
+  drpc_devevent *ev;
+  uint64_t used; /* for eviction: the oldest goes */
+} opened_event;
+
+struct drpc_devstate {
+  drpc_agent *agent;
+  int nworkers;     /* ids 0..nworkers-1 */
+  dev_map *mine;    /* per peer id: my map toward it */
+  dev_map *reverse; /* per peer id: its map toward me, inverted */
+  bool *same_host;  /* per peer id */
+  int ndevices;     /* the agent's devices */
+  drpc_device devices[DRPC_MAX_DEVICES];
+  bool allow_ipc, allow_staged;
+
+  /* Lends and IPC events: touched by encoding threads and the loop. */
+  drpc_sync lock;
+  lend lends[DEV_MAX_LENDS];
+  int nlends;
+  uint64_t next_lend;
+  ipc_event ev_pool[DEV_MAX_LENDS];
+  int nev;
+  /* Loop only: events opened from peers' handles. */
+  opened_event opened[DEV_EVENT_CACHE];
+  int nopened;
+  uint64_t use_clock;
+  _Atomic uint64_t shared_sent, staged_sent, shared_received;
+};
+
+/* ---- small helpers ----------------------------------------------------- */
+
+static bool dev_in(const drpc_device *list, int n, drpc_device d) {
+  for (int i = 0; i < n; i++)
+    if (drpc_device_equal(list[i], d))
+      return true;
+  return false;
+}
+
+static int dev_cmp(const void *x, const void *y) {
+  const drpc_device *a = x, *b = y;
+  if (a->type != b->type)
+    return a->type - b->type;
+  return a->index - b->index;
+}
+
+/* "[cuda:0, cuda:1]" into buf. */
+static const char *dev_list(const drpc_device *l, int n, char *buf,
+                            size_t cap) {
+  size_t k = 0;
+  k += (size_t)snprintf(buf + k, cap - k, "[");
+  for (int i = 0; i < n && k < cap; i++) {
+    char d[16];
+    k += (size_t)snprintf(buf + k, cap - k, "%s%s", i ? ", " : "",
+                          drpc_device_format(l[i], d, sizeof d));
+  }
+  if (k < cap)
+    snprintf(buf + k, cap - k, "]");
+  return buf;
+}
+
+static bool valid_on(drpc_device d, int count) {
+  return d.type == DRPC_DEVICE_CPU ||
+         (d.type == DRPC_DEVICE_CUDA && d.index >= 0 && d.index < count);
+}
+
+/* ---- published device information ------------------------------------- */
+
+/* The second line of addrs/<name>, text so a person can read the store:
+ *   drpc-devices count=2 host=H devices=cuda:0,cuda:1 maps=w1:cuda:0>cuda:1
+ * devices and maps are "-" when empty; maps are peer:from>to,from>to;... */
+#define DEVINFO_TAG "drpc-devices"
+
+typedef struct sbuf {
+  char *p;
+  size_t len, cap;
+  bool failed;
+} sbuf;
+
+static void sb_put(sbuf *b, const char *s) {
+  size_t n = strlen(s);
+  if (b->failed)
+    return;
+  if (b->len + n + 1 > b->cap) {
+    size_t cap = (b->len + n + 1) * 2;
+    char *p = realloc(b->p, cap);
+    if (!p) {
+      b->failed = true;
+      return;
+    }
+    b->p = p;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, s, n + 1);
+  b->len += n;
+}
+
+static void sb_devs(sbuf *b, const drpc_device *l, int n) {
+  if (n == 0)
+    sb_put(b, "-");
+  for (int i = 0; i < n; i++) {
+    char d[16];
+    if (i)
+      sb_put(b, ",");
+    sb_put(b, drpc_device_format(l[i], d, sizeof d));
+  }
+}
+
+int drpc_agent_publish_devices(drpc_store *st, const char *name,
+                               const char *addr, const drpc_options *o,
+                               drpc_error *err) {
+  sbuf b = {0};
+  char num[32];
+  sb_put(&b, addr);
+  sb_put(&b, "\n" DEVINFO_TAG " count=");
+  snprintf(num, sizeof num, "%d", drpc_device_count());
+  sb_put(&b, num);
+  /* The host name keeps to characters that cannot break the line up. */
+  char host[128];
+  size_t k = 0;
+  for (const char *h = drpc_device_host(); *h && k + 1 < sizeof host; h++)
+    host[k++] = (*h >= 'a' && *h <= 'z') || (*h >= 'A' && *h <= 'Z') ||
+                        (*h >= '0' && *h <= '9') || *h == '-' || *h == '.' ||
+                        *h == '/'
+                    ? *h
+                    : '_';
+  host[k] = '\0';
+  sb_put(&b, " host=");
+  sb_put(&b, k ? host : "-");
+  sb_put(&b, " devices=");
+  sb_devs(&b, o->devices, o->n_devices);
+  sb_put(&b, " maps=");
+  if (o->n_device_maps == 0)
+    sb_put(&b, "-");
+  for (int i = 0; i < o->n_device_maps; i++) {
+    const drpc_device_map_entry *m = &o->device_maps[i];
+    if (i)
+      sb_put(&b, ";");
+    sb_put(&b, m->peer);
+    sb_put(&b, ":");
+    for (int j = 0; j < m->n; j++) {
+      char f[16], t[16];
+      if (j)
+        sb_put(&b, ",");
+      sb_put(&b, drpc_device_format(m->from[j], f, sizeof f));
+      sb_put(&b, ">");
+      sb_put(&b, drpc_device_format(m->to[j], t, sizeof t));
+    }
+  }
+  if (b.failed) {
+    free(b.p);
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  }
+  char key[DRPC_MAX_NAME_LEN + 16];
+  snprintf(key, sizeof key, "addrs/%s", name);
+  int rc = drpc_store_set_str(st, key, b.p, err);
+  free(b.p);
+  return rc;
+}
+
+typedef struct node_info {
+  const char *name;
+  int count;
+  int ndevices;
+  drpc_device devices[DRPC_MAX_DEVICES];
+  int nmaps;
+  char (*peers)[DRPC_MAX_NAME_LEN + 1];
+  dev_map *maps;
+  char host[128];
+} node_info;
+
+/* Parses "a,b,c" (or "-") of at most max devices from s[0..n). */
+static int parse_devs(const char *s, size_t n, drpc_device *out, int max,
+                      int *count) {
+  *count = 0;
+  if (n == 1 && s[0] == '-')
+    return 0;
+  while (n > 0) {
+    const char *c = memchr(s, ',', n);
+    size_t len = c ? (size_t)(c - s) : n;
+    char d[16];
+    if (len == 0 || len >= sizeof d || *count >= max)
+      return DRPC_EPROTO;
+    memcpy(d, s, len);
+    d[len] = '\0';
+    if (drpc_device_parse(d, &out[(*count)++]))
+      return DRPC_EPROTO;
+    s += len;
+    n -= len;
+    if (c) {
+      s++;
+      n--;
+      if (n == 0)
+        return DRPC_EPROTO;
+    }
+  }
+  return 0;
+}
+
+/* Finds " key=" in line and returns its value's extent (up to a space). */
+static const char *field(const char *line, const char *key, size_t *n) {
+  size_t kl = strlen(key);
+  for (const char *p = strchr(line, ' '); p; p = strchr(p + 1, ' ')) {
+    if (strncmp(p + 1, key, kl) == 0 && p[1 + kl] == '=') {
+      const char *v = p + 2 + kl;
+      const char *e = strchr(v, ' ');
+      *n = e ? (size_t)(e - v) : strlen(v);
+      return v;
+    }
+  }
+  return NULL;
+}
+
+/* A peer that published nothing has no CUDA devices and no maps. */
+static int parse_info(const char *line, node_info *ni) {
+  ni->maps = calloc(DRPC_MAX_DEVICE_MAPS, sizeof *ni->maps);
+  ni->peers = calloc(DRPC_MAX_DEVICE_MAPS, sizeof *ni->peers);
+  if (!ni->maps || !ni->peers)
+    return DRPC_ENOMEM;
+  if (!line)
+    return 0;
+  if (strncmp(line, DEVINFO_TAG " ", strlen(DEVINFO_TAG) + 1) != 0)
+    return DRPC_EPROTO;
+  size_t n = 0;
+  const char *v = field(line, "count", &n);
+  if (!v || n == 0 || n > 3)
+    return DRPC_EPROTO;
+  ni->count = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (v[i] < '0' || v[i] > '9')
+      return DRPC_EPROTO;
+    ni->count = ni->count * 10 + (v[i] - '0');
+  }
+  if (!(v = field(line, "host", &n)) || n >= sizeof ni->host)
+    return DRPC_EPROTO;
+  if (!(n == 1 && v[0] == '-')) {
+    memcpy(ni->host, v, n);
+    ni->host[n] = '\0';
+  }
+  if (!(v = field(line, "devices", &n)) ||
+      parse_devs(v, n, ni->devices, DRPC_MAX_DEVICES, &ni->ndevices))
+    return DRPC_EPROTO;
+  if (!(v = field(line, "maps", &n)))
+    return DRPC_EPROTO;
+  if (n == 1 && v[0] == '-')
+    return 0;
+  while (n > 0) {
+    const char *semi = memchr(v, ';', n);
+    size_t len = semi ? (size_t)(semi - v) : n;
+    const char *colon = memchr(v, ':', len);
+    if (!colon || ni->nmaps >= DRPC_MAX_DEVICE_MAPS ||
+        (size_t)(colon - v) > DRPC_MAX_NAME_LEN || colon == v)
+      return DRPC_EPROTO;
+    memcpy(ni->peers[ni->nmaps], v, (size_t)(colon - v));
+    ni->peers[ni->nmaps][colon - v] = '\0';
+    dev_map *m = &ni->maps[ni->nmaps++];
+    const char *p = colon + 1, *end = v + len;
+    while (p < end) {
+      const char *c = memchr(p, ',', (size_t)(end - p));
+      const char *ee = c ? c : end;
+      const char *gt = memchr(p, '>', (size_t)(ee - p));
+      int one = 0;
+      if (!gt || m->n >= DRPC_MAX_DEVICES ||
+          parse_devs(p, (size_t)(gt - p), &m->from[m->n], 1, &one) ||
+          one != 1 ||
+          parse_devs(gt + 1, (size_t)(ee - gt - 1), &m->to[m->n], 1, &one) ||
+          one != 1)
+        return DRPC_EPROTO;
+      m->n++;
+      p = c ? c + 1 : end;
+    }
+    v += len;
+    n -= len;
+    if (semi) {
+      v++;
+      n--;
+    }
+  }
+  return 0;
+}
+
+static void info_free(node_info *ni) {
+  free(ni->maps);
+  free(ni->peers);
+}
+
+static const node_info *info_by_name(const node_info *all, int n,
+                                     const char *name) {
+  for (int i = 0; i < n; i++)
+    if (all[i].name && strcmp(all[i].name, name) == 0)
+      return &all[i];
+  return NULL;
+}
+
+/* The reference's checks of one node's devices and maps against every
+ * node's device information; the first problem fails the start. */
+static int validate_node(const node_info *all, int n, const node_info *ni,
+                         drpc_error *err) {
+  char a[512], b[512];
+  for (int i = 0; i < ni->ndevices; i++)
+    for (int j = i + 1; j < ni->ndevices; j++)
+      if (drpc_device_equal(ni->devices[i], ni->devices[j]))
+        return drpc_error_set(
+            err, DRPC_EINVAL, "Node %s has duplicated devices\ndevices = %s",
+            ni->name, dev_list(ni->devices, ni->ndevices, a, sizeof a));
+  for (int i = 0; i < ni->ndevices; i++)
+    if (ni->devices[i].type != DRPC_DEVICE_CUDA ||
+        !valid_on(ni->devices[i], ni->count))
+      return drpc_error_set(
+          err, DRPC_EINVAL,
+          "Node %s has devices with invalid indices\ndevices = %s\ndevice "
+          "count = %d",
+          ni->name, dev_list(ni->devices, ni->ndevices, a, sizeof a),
+          ni->count);
+  for (int k = 0; k < ni->nmaps; k++)
+    if (!info_by_name(all, n, ni->peers[k]))
+      return drpc_error_set(err, DRPC_EINVAL,
+                            "Node %s has invalid target node names in its "
+                            "device maps",
+                            ni->name);
+  for (int k = 0; k < ni->nmaps; k++) {
+    const dev_map *m = &ni->maps[k];
+    const node_info *tn = info_by_name(all, n, ni->peers[k]);
+    const char *tname = ni->peers[k];
+    for (int i = 0; i < m->n; i++)
+      for (int j = i + 1; j < m->n; j++) {
+        if (drpc_device_equal(m->from[i], m->from[j]))
+          return drpc_error_set(err, DRPC_EINVAL,
+                                "Node %s has duplicated source devices in its "
+                                "device map for %s",
+                                ni->name, tname);
+        if (drpc_device_equal(m->to[i], m->to[j]))
+          return drpc_error_set(err, DRPC_EINVAL,
+                                "Node %s has duplicated target devices in its "
+                                "device map for %s",
+                                ni->name, tname);
+      }
+    for (int i = 0; i < m->n; i++) {
+      drpc_device s = m->from[i];
+      if (ni->ndevices > 0 && s.type == DRPC_DEVICE_CUDA &&
+          !dev_in(ni->devices, ni->ndevices, s))
+        return drpc_error_set(
+            err, DRPC_EINVAL,
+            "Node %s has unexpected source devices in its device map for "
+            "%s\ndevice map = %s\ndevices = %s",
+            ni->name, tname, dev_list(m->from, m->n, a, sizeof a),
+            dev_list(ni->devices, ni->ndevices, b, sizeof b));
+      if (ni->ndevices == 0 && !valid_on(s, ni->count))
+        return drpc_error_set(
+            err, DRPC_EINVAL,
+            "Node %s has source devices with invalid indices "
+            "in its device map for %s\ndevice map = %s\ndevice "
+            "count = %d",
+            ni->name, tname, dev_list(m->from, m->n, a, sizeof a), ni->count);
+    }
+    for (int i = 0; i < m->n; i++) {
+      drpc_device t = m->to[i];
+      if (tn->ndevices > 0 && t.type == DRPC_DEVICE_CUDA &&
+          !dev_in(tn->devices, tn->ndevices, t))
+        return drpc_error_set(
+            err, DRPC_EINVAL,
+            "Node %s has unexpected target devices in its device map for "
+            "%s\ndevice map = %s\ndevices = %s",
+            ni->name, tname, dev_list(m->to, m->n, a, sizeof a),
+            dev_list(tn->devices, tn->ndevices, b, sizeof b));
+      if (tn->ndevices == 0 && !valid_on(t, tn->count))
+        return drpc_error_set(
+            err, DRPC_EINVAL,
+            "Node %s has target devices with invalid indices "
+            "in its device map for %s\ndevice map = %s\ndevice "
+            "count = %d",
+            ni->name, tname, dev_list(m->to, m->n, a, sizeof a), tn->count);
+    }
+  }
+  return 0;
+}
+
+/* Hosts are "<host>/<process>": sharing needs the same host, and another
+ * process unless the backend opens its own handles. */
+static bool ipc_reachable(const char *peer, const char *me) {
+  const char *ps = strrchr(peer, '/'), *ms = strrchr(me, '/');
+  if (!peer[0] || !ps || !ms || ps - peer != ms - me ||
+      strncmp(peer, me, (size_t)(ps - peer)) != 0)
+    return false;
+  const drpc_device_backend *b = drpc_device_backend_get(NULL);
+  return (b && b->ipc_in_process) || strcmp(ps, ms) != 0;
+}
+
+void drpc_dev_free(drpc_devstate *d) {
+  if (!d)
+    return;
+  drpc_agent *a = d->agent;
+  const drpc_env *env = drpc_agent_env(a);
+  for (int i = 0; i < d->nlends; i++)
+    drpc_tensor_decref(d->lends[i].tensor);
+  for (int i = 0; i < d->nev; i++)
+    drpc_devevent_free(d->ev_pool[i].ev);
+  for (int i = 0; i < d->nopened; i++)
+    drpc_devevent_free(d->opened[i].ev);
+  env->ops->sync_destroy(env->ctx, &d->lock);
+  free(d->mine);
+  free(d->reverse);
+  free(d->same_host);
+  free(d);
+}
+
+int drpc_dev_start(drpc_agent *a, drpc_devstate **out, drpc_error *err) {
+  *out = NULL;
+  const drpc_options *o = drpc_agent_options(a);
+  const drpc_worker_info *self = drpc_agent_self(a);
+  size_t nw = 0;
+  const drpc_worker_info *ws = drpc_agent_workers(a, &nw);
+  int rc = 0;
+  node_info *all = calloc(nw ? nw : 1, sizeof *all);
+  drpc_devstate *d = calloc(1, sizeof *d);
+  if (!all || !d) {
+    free(all);
+    free(d);
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  }
+  d->agent = a;
+  const drpc_env *env = drpc_agent_env(a);
+  env->ops->sync_init(env->ctx, &d->lock);
+  for (size_t i = 0; i < nw && !rc; i++) {
+    all[i].name = ws[i].name;
+    if (parse_info(drpc_agent_peer_devinfo(a, ws[i].id), &all[i]))
+      rc = drpc_error_set(err, DRPC_EPROTO,
+                          "rendezvous: malformed device information of %s",
+                          ws[i].name);
+  }
+  for (size_t i = 0; i < nw && !rc; i++)
+    rc = validate_node(all, (int)nw, &all[i], err);
+  int maxid = 0;
+  for (size_t i = 0; i < nw; i++)
+    if (ws[i].id > maxid)
+      maxid = ws[i].id;
+  d->nworkers = maxid + 1;
+  if (!rc) {
+    d->mine = calloc((size_t)d->nworkers, sizeof *d->mine);
+    d->reverse = calloc((size_t)d->nworkers, sizeof *d->reverse);
+    d->same_host = calloc((size_t)d->nworkers, sizeof *d->same_host);
+    if (!d->mine || !d->reverse || !d->same_host)
+      rc = drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  }
+  const node_info *me = info_by_name(all, (int)nw, self->name);
+  for (size_t i = 0; i < nw && !rc && me; i++) {
+    int id = ws[i].id;
+    const node_info *pi = &all[i];
+    d->same_host[id] = ipc_reachable(pi->host, me->host);
+    for (int k = 0; k < me->nmaps; k++)
+      if (strcmp(me->peers[k], pi->name) == 0)
+        d->mine[id] = me->maps[k];
+    for (int k = 0; k < pi->nmaps; k++)
+      if (strcmp(pi->peers[k], self->name) == 0) {
+        const dev_map *m = &pi->maps[k];
+        d->reverse[id].n = m->n;
+        for (int j = 0; j < m->n; j++) {
+          d->reverse[id].from[j] = m->to[j];
+          d->reverse[id].to[j] = m->from[j];
+        }
+      }
+  }
+  if (!rc) {
+    /* The agent's devices: as configured, else every CUDA device its maps
+     * and its peers' maps toward it name. */
+    if (o->n_devices > 0) {
+      d->ndevices = o->n_devices;
+      memcpy(d->devices, o->devices,
+             sizeof(drpc_device) * (size_t)o->n_devices);
+    } else {
+      for (int id = 0; id < d->nworkers; id++)
+        for (int pass = 0; pass < 2; pass++) {
+          const dev_map *m = pass ? &d->reverse[id] : &d->mine[id];
+          for (int j = 0; j < m->n; j++)
+            if (m->from[j].type == DRPC_DEVICE_CUDA &&
+                !dev_in(d->devices, d->ndevices, m->from[j]) &&
+                d->ndevices < DRPC_MAX_DEVICES)
+              d->devices[d->ndevices++] = m->from[j];
+        }
+    }
+    qsort(d->devices, (size_t)d->ndevices, sizeof(drpc_device), dev_cmp);
+    bool named = false;
+    for (int i = 0; i < 4 && o->channels[i]; i++) {
+      named = true;
+      if (strcmp(o->channels[i], "cuda_ipc") == 0)
+        d->allow_ipc = true;
+      else if (strcmp(o->channels[i], "cuda_staged") == 0)
+        d->allow_staged = true;
+    }
+    if (!named || (!d->allow_ipc && !d->allow_staged))
+      d->allow_ipc = d->allow_staged = true;
+    const drpc_device_backend *b = drpc_device_backend_get(NULL);
+    if (!b || !b->ipc_export || !b->ipc_open || !b->ipc_event_new)
+      d->allow_ipc = false;
+  }
+  for (size_t i = 0; i < nw; i++)
+    info_free(&all[i]);
+  free(all);
+  if (rc) {
+    drpc_dev_free(d);
+    return rc;
+  }
+  *out = d;
+  return 0;
+}
+
+int drpc_dev_devices(const drpc_devstate *d, drpc_device *out, int max) {
+  if (!d)
+    return 0;
+  int n = d->ndevices < max ? d->ndevices : max;
+  memcpy(out, d->devices, sizeof(drpc_device) * (size_t)(n > 0 ? n : 0));
+  return d->ndevices;
+}
+
+int drpc_agent_devices(drpc_agent *a, drpc_device *out, int max) {
+  return drpc_dev_devices(drpc_agent_devstate(a), out, max);
+}
+
+int drpc_agent_device_map(drpc_agent *a, const char *peer, drpc_device *from,
+                          drpc_device *to, int max, int *n, drpc_error *err) {
+  *n = 0;
+  drpc_worker_info wi;
+  int rc = drpc_agent_worker_by_name(a, peer, &wi, err);
+  if (rc)
+    return rc;
+  const drpc_devstate *d = drpc_agent_devstate(a);
+  if (!d || wi.id >= d->nworkers)
+    return 0;
+  const dev_map *m = &d->mine[wi.id];
+  int k = m->n < max ? m->n : max;
+  memcpy(from, m->from, sizeof(drpc_device) * (size_t)(k > 0 ? k : 0));
+  memcpy(to, m->to, sizeof(drpc_device) * (size_t)(k > 0 ? k : 0));
+  *n = m->n;
+  return 0;
+}
+
+/* ---- sending ------------------------------------------------------------ */
+
+/* Copies t (on a CUDA device) into host memory after the work queued so
+ * far on the calling thread's current stream: a pool stream waits for it
+ * (no wait on the caller's stream itself) and the copy is awaited. */
+static drpc_tensor *stage(drpc_tensor *t, drpc_error *err) {
+  int idx = t->storage->device.index;
+  drpc_stream *cur = drpc_stream_current(idx);
+  drpc_stream *side = drpc_stream_from_pool(idx);
+  if (!cur || !side) {
+    drpc_error_set(err, DRPC_EINVAL, "no stream on cuda:%d", idx);
+    return NULL;
+  }
+  if (drpc_stream_wait_stream(side, cur, err))
+    return NULL;
+  return drpc_tensor_to(t, DRPC_CPU, side, err);
+}
+
+static int lend_slot_event(drpc_devstate *d, int device, drpc_error *err) {
+  for (int i = 0; i < d->nev; i++)
+    if (!d->ev_pool[i].busy && d->ev_pool[i].device == device) {
+      d->ev_pool[i].busy = true;
+      return i;
+    }
+  if (d->nev >= DEV_MAX_LENDS)
+    return drpc_error_set(err, DRPC_ETOOBIG, "too many interprocess events");
+  void *ctx = NULL;
+  const drpc_device_backend *b = drpc_device_backend_get(&ctx);
+  ipc_event *e = &d->ev_pool[d->nev];
+  memset(e, 0, sizeof *e);
+  e->ev = b->ipc_event_new(ctx, device, err);
+  if (!e->ev)
+    return err && err->code ? err->code : DRPC_EIO;
+  size_t hlen = sizeof e->handle;
+  int rc = b->ipc_event_export(ctx, e->ev, e->handle, &hlen, err);
+  if (rc || hlen > DRPC_IPC_HANDLE_MAX) {
+    drpc_devevent_free(e->ev);
+    return rc ? rc : drpc_error_set(err, DRPC_EIO, "event handle too long");
+  }
+  e->hlen = (uint32_t)hlen;
+  e->device = device;
+  e->busy = true;
+  return d->nev++;
+}
+
+static void put_u64(uint8_t *p, uint64_t v) {
+  for (int i = 0; i < 8; i++)
+    p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t get_u64(const uint8_t *p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++)
+    v |= (uint64_t)p[i] << (8 * i);
+  return v;
+}
+
+/* Shares t (contiguous, on a CUDA device) by handle: records an event on
+ * the caller's current stream, exports the memory and the event, and
+ * keeps t until the peer releases it. The handle: magic u32, source
+ * device u8, lend id u64, offset u64, bytes u64, memory handle (u8 length
+ * + bytes), event handle (u8 length + bytes). Returns 1 when sharing is
+ * not possible now (the caller stages instead). */
+static int share(drpc_devstate *d, int16_t peer, drpc_tensor *t,
+                 drpc_wire_tensor_plan *pl, drpc_error *err) {
+  void *ctx = NULL;
+  const drpc_device_backend *b = drpc_device_backend_get(&ctx);
+  int idx = t->storage->device.index;
+  uint8_t mh[DRPC_IPC_HANDLE_MAX];
+  size_t mlen = sizeof mh, off = 0;
+  const void *data = drpc_tensor_data(t);
+  if (b->ipc_export(ctx, data, mh, &mlen, &off, NULL) != 0 ||
+      mlen > DRPC_IPC_HANDLE_MAX)
+    return 1; /* memory the backend cannot share (not its allocation) */
+  const drpc_env *env = drpc_agent_env(d->agent);
+  env->ops->sync_lock(env->ctx, &d->lock);
+  int rc = 1;
+  if (d->nlends < DEV_MAX_LENDS) {
+    /* No event to spare: staged instead. */
+    int slot = lend_slot_event(d, idx, NULL);
+    if (slot >= 0) {
+      ipc_event *e = &d->ev_pool[slot];
+      rc = drpc_devevent_record(e->ev, drpc_stream_current(idx), err);
+      if (rc) {
+        e->busy = false;
+      } else {
+        lend *l = &d->lends[d->nlends++];
+        l->id = ++d->next_lend;
+        l->peer = peer;
+        l->tensor = t;
+        drpc_tensor_incref(t);
+        l->event = e->ev;
+        l->event_slot = slot;
+        uint8_t *h = pl->handle;
+        size_t k = 0;
+        put_u64(h, IPC_MAGIC); /* the low four bytes */
+        k += 4;
+        h[k++] = (uint8_t)idx;
+        put_u64(h + k, l->id);
+        k += 8;
+        put_u64(h + k, off);
+        k += 8;
+        put_u64(h + k, drpc_tensor_nbytes(t));
+        k += 8;
+        h[k++] = (uint8_t)mlen;
+        memcpy(h + k, mh, mlen);
+        k += mlen;
+        h[k++] = (uint8_t)e->hlen;
+        memcpy(h + k, e->handle, e->hlen);
+        k += e->hlen;
+        pl->handle_len = (uint32_t)k;
+      }
+    }
+  }
+  env->ops->sync_unlock(env->ctx, &d->lock);
+  return rc;
+}
+
+typedef struct plan_ctx {
+  drpc_agent *agent;
+  int16_t dst;
+  bool response;
+} plan_ctx;
+
+static int plan(void *vctx, drpc_tensor *t, drpc_wire_tensor_plan *pl,
+                drpc_error *err) {
+  plan_ctx *pc = vctx;
+  drpc_devstate *d = drpc_agent_devstate(pc->agent);
+  drpc_device dev = t->storage->device;
+  const dev_map *m = NULL;
+  if (d && pc->dst >= 0 && pc->dst < d->nworkers)
+    m = pc->response ? &d->reverse[pc->dst] : &d->mine[pc->dst];
+  char dn[16];
+  if (pc->response && dev.type == DRPC_DEVICE_CUDA && d &&
+      !dev_in(d->devices, d->ndevices, dev)) {
+    char l[512];
+    return drpc_error_set(
+        err, DRPC_EINVAL,
+        "RPC detected that a user-function output tensor on device %s. This "
+        "device is not one of the input tensor devices: %s, which is not yet "
+        "supported. Please file a feature request issue in PyTorch GitHub "
+        "repo.",
+        drpc_device_format(dev, dn, sizeof dn),
+        dev_list(d->devices, d->ndevices, l, sizeof l));
+  }
+  pl->target = DRPC_CPU;
+  bool found = false;
+  for (int i = 0; m && i < m->n && !found; i++)
+    if (drpc_device_equal(m->from[i], dev)) {
+      pl->target = m->to[i];
+      found = true;
+    }
+  if (!found && dev.type != DRPC_DEVICE_CPU) {
+    drpc_worker_info wi = {0};
+    drpc_agent_worker_by_id(pc->agent, pc->dst, &wi, NULL);
+    return drpc_error_set(
+        err, DRPC_EINVAL,
+        "TensorPipe RPC backend only supports CPU tensors by default, please "
+        "move your tensors to CPU before sending them over RPC, or call "
+        "`set_device_map` on `TensorPipeRpcBackendOptions` to explicitly "
+        "configure device mapping. %s device mapping is not available for "
+        "destination %s, but found tensor on device: %s",
+        pc->response ? "Response" : "Request", wi.name,
+        drpc_device_format(dev, dn, sizeof dn));
+  }
+  if (dev.type == DRPC_DEVICE_CPU) {
+    drpc_tensor_incref(t);
+    pl->send = t;
+    return 0;
+  }
+  drpc_tensor *c = t;
+  bool own = false;
+  if (!drpc_tensor_is_contiguous(t)) {
+    /* Dense on its own device first, ordered on the current stream. */
+    c = drpc_tensor_to(t, dev, drpc_stream_current(dev.index), err);
+    if (!c)
+      return err && err->code ? err->code : DRPC_ENOMEM;
+    own = true;
+  }
+  int rc = 1;
+  if (d && d->allow_ipc && pl->target.type == DRPC_DEVICE_CUDA &&
+      pc->dst >= 0 && pc->dst < d->nworkers && d->same_host[pc->dst])
+    rc = share(d, pc->dst, c, pl, err);
+  if (rc == 0) {
+    atomic_fetch_add(&d->shared_sent, 1);
+  } else if (rc == 1 && d && !d->allow_staged) {
+    rc = drpc_error_set(err, DRPC_EUNSUPPORTED,
+                        "channel cuda_ipc cannot reach %d from this worker",
+                        pc->dst);
+  } else if (rc == 1) {
+    pl->send = stage(c, err);
+    rc = pl->send ? 0 : (err && err->code ? err->code : DRPC_ENOMEM);
+    if (!rc && d)
+      atomic_fetch_add(&d->staged_sent, 1);
+  }
+  if (own)
+    drpc_tensor_decref(c);
+  return rc;
+}
+
+int drpc_dev_encode(drpc_agent *a, uint8_t type, uint64_t id,
+                    const drpc_value *body, int16_t dst,
+                    drpc_wire_rref_fn rref_fn, void *rref_ctx,
+                    drpc_outframe **out, drpc_error *err) {
+  plan_ctx pc = {a, dst, drpc_msg_type_is_response(type)};
+  drpc_wire_hooks h = {rref_fn, rref_ctx, plan, &pc};
+  return drpc_wire_encode_hooks(type, 0, id, body, drpc_agent_wire_limits(a),
+                                &h, out, err);
+}
+
+/* ---- receiving ---------------------------------------------------------- */
+
+/* Makes tensor t (its storage is replaced in place, so every holder sees
+ * it) a contiguous tensor of dtype/shape over storage s. */
+static void adopt(drpc_tensor *t, drpc_dtype dt, int ndim, const int64_t *shape,
+                  drpc_storage *s) {
+  drpc_storage *old = t->storage;
+  t->dtype = dt;
+  t->ndim = ndim;
+  int64_t stride = 1;
+  for (int i = ndim - 1; i >= 0; i--) {
+    t->shape[i] = shape[i];
+    t->strides[i] = stride;
+    stride *= shape[i] > 1 ? shape[i] : 1;
+  }
+  t->offset = 0;
+  t->storage = s;
+  drpc_storage_decref(old);
+}
+
+static drpc_devevent *open_event(drpc_devstate *d, const uint8_t *h,
+                                 size_t hlen, drpc_error *err) {
+  for (int i = 0; i < d->nopened; i++)
+    if (d->opened[i].hlen == hlen &&
+        memcmp(d->opened[i].handle, h, hlen) == 0) {
+      d->opened[i].used = ++d->use_clock;
+      return d->opened[i].ev;
+    }
+  void *ctx = NULL;
+  const drpc_device_backend *b = drpc_device_backend_get(&ctx);
+  drpc_devevent *ev = b->ipc_event_open(ctx, h, hlen, err);
+  if (!ev)
+    return NULL;
+  int slot = d->nopened;
+  if (slot == DEV_EVENT_CACHE) {
+    slot = 0;
+    for (int i = 1; i < d->nopened; i++)
+      if (d->opened[i].used < d->opened[slot].used)
+        slot = i;
+    drpc_devevent_free(d->opened[slot].ev);
+  } else {
+    d->nopened++;
+  }
+  opened_event *o = &d->opened[slot];
+  o->hlen = (uint32_t)hlen;
+  memcpy(o->handle, h, hlen);
+  o->ev = ev;
+  o->used = ++d->use_clock;
+  return ev;
+}
+
+/* Reaches one shared tensor: waits (on a pool stream) for the sender's
+ * event, copies device to device into fresh memory, and waits for that
+ * copy so the sender's memory can be released at once. */
+static int place_shared(drpc_devstate *d, drpc_wire_shared *sh,
+                        uint64_t *lend_id, drpc_error *err) {
+  const uint8_t *h = sh->handle;
+  size_t n = sh->handle_len, k = 0;
+  if (n < 4 + 1 + 24 + 2 || (uint32_t)get_u64(h) != IPC_MAGIC)
+    return drpc_error_set(err, DRPC_EPROTO, "malformed shared tensor handle");
+  k = 4;
+  int src = h[k++];
+  *lend_id = get_u64(h + k);
+  uint64_t off = get_u64(h + k + 8), nbytes = get_u64(h + k + 16);
+  k += 24;
+  size_t mlen = h[k++];
+  if (k + mlen + 1 > n)
+    return drpc_error_set(err, DRPC_EPROTO, "malformed shared tensor handle");
+  const uint8_t *mh = h + k;
+  k += mlen;
+  size_t elen = h[k++];
+  if (k + elen != n)
+    return drpc_error_set(err, DRPC_EPROTO, "malformed shared tensor handle");
+  const uint8_t *eh = h + k;
+  uint64_t want = drpc_dtype_size(sh->dtype);
+  for (int i = 0; i < sh->ndim; i++) {
+    if (sh->shape[i] != 0 && want > UINT64_MAX / (uint64_t)sh->shape[i])
+      return drpc_error_set(err, DRPC_EPROTO, "shared tensor size overflows");
+    want *= (uint64_t)sh->shape[i];
+  }
+  if (want != nbytes)
+    return drpc_error_set(err, DRPC_EPROTO,
+                          "shared tensor handle names %" PRIu64
+                          " bytes for a tensor of %" PRIu64,
+                          nbytes, want);
+  if (!drpc_device_valid(sh->device))
+    return drpc_error_set(err, DRPC_EINVAL,
+                          "a shared tensor is meant for cuda:%d, which this "
+                          "worker does not have",
+                          sh->device.index);
+  void *ctx = NULL;
+  const drpc_device_backend *b = drpc_device_backend_get(&ctx);
+  /* Opened on the sender's device (same host: the same numbering); the
+   * copy below crosses to the target device when they differ. */
+  if (src >= drpc_device_count())
+    return drpc_error_set(err, DRPC_EINVAL,
+                          "a shared tensor comes from cuda:%d, which this "
+                          "worker does not have",
+                          src);
+  void *base = b->ipc_open(ctx, src, mh, mlen, err);
+  if (!base)
+    return err && err->code ? err->code : DRPC_EIO;
+  drpc_devevent *ev = open_event(d, eh, elen, err);
+  if (!ev)
+    return err && err->code ? err->code : DRPC_EIO;
+  int idx = sh->device.index;
+  drpc_stream *s = drpc_stream_from_pool(idx);
+  int rc = drpc_stream_wait_event(s, ev, err);
+  drpc_storage *st =
+      rc ? NULL : drpc_device_storage_new(sh->device, (size_t)nbytes, s, err);
+  if (!st)
+    return rc ? rc : (err && err->code ? err->code : DRPC_ENOMEM);
+  drpc_device sdev = {DRPC_DEVICE_CUDA, (int8_t)src};
+  if (nbytes)
+    rc = b->copy(ctx, st->data, sh->device, (const uint8_t *)base + off, sdev,
+                 (size_t)nbytes, s, err);
+  if (!rc)
+    rc = drpc_stream_sync(s, err);
+  if (rc) {
+    drpc_storage_decref(st);
+    return rc;
+  }
+  adopt(sh->tensor, sh->dtype, sh->ndim, sh->shape, st);
+  atomic_fetch_add(&d->shared_received, 1);
+  return 0;
+}
+
+int drpc_dev_place(drpc_agent *a, uint64_t conn, int16_t from, drpc_msg *m,
+                   drpc_error *err) {
+  drpc_devstate *d = drpc_agent_devstate(a);
+  int rc = 0;
+  for (uint32_t i = 0; m->devices && i < m->ntensors && !rc; i++) {
+    drpc_device dev = m->devices[i];
+    if (dev.type == DRPC_DEVICE_CPU)
+      continue;
+    drpc_tensor *t = m->tensors[i];
+    if (!drpc_device_valid(dev)) {
+      char dn[16];
+      rc = drpc_error_set(err, DRPC_EINVAL,
+                          "a tensor is meant for %s, which this worker does "
+                          "not have (%d CUDA devices)",
+                          drpc_device_format(dev, dn, sizeof dn),
+                          drpc_device_count());
+      break;
+    }
+    drpc_stream *s = drpc_stream_from_pool(dev.index);
+    drpc_tensor *g = drpc_tensor_to(t, dev, s, err);
+    /* The host bytes go with the old storage: wait for the copy first. */
+    if (!g || drpc_stream_sync(s, err)) {
+      drpc_tensor_decref(g);
+      rc = err && err->code ? err->code : DRPC_ENOMEM;
+      break;
+    }
+    drpc_storage_incref(g->storage);
+    adopt(t, t->dtype, t->ndim, t->shape, g->storage);
+    drpc_tensor_decref(g);
+  }
+  drpc_value *released = NULL;
+  for (uint32_t i = 0; i < m->nshared && !rc; i++) {
+    uint64_t lid = 0;
+    if (!d) {
+      rc = drpc_error_set(err, DRPC_EUNSUPPORTED,
+                          "shared tensors need the agent's device state");
+      break;
+    }
+    rc = place_shared(d, &m->shared[i], &lid, err);
+    if (!rc) {
+      if (!released)
+        released = drpc_value_list();
+      if (!released || drpc_list_append(released, drpc_value_int((int64_t)lid)))
+        rc = drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+    }
+  }
+  if (released) {
+    drpc_agent_send_oneway(a, conn, DRPC_MSG_RELEASE, released);
+    drpc_value_free(released);
+  }
+  (void)from;
+  return rc;
+}
+
+/* RELEASE [lend ids]: the peer is done reading these. */
+void drpc_dev_on_release(drpc_agent *a, int16_t from, const drpc_value *body) {
+  drpc_devstate *d = drpc_agent_devstate(a);
+  if (!d || !body || body->kind != DRPC_VAL_LIST)
+    return;
+  const drpc_env *env = drpc_agent_env(a);
+  env->ops->sync_lock(env->ctx, &d->lock);
+  for (size_t k = 0; k < body->u.c.len; k++) {
+    const drpc_value *v = body->u.c.items[k];
+    if (v->kind != DRPC_VAL_INT)
+      continue;
+    for (int i = 0; i < d->nlends; i++) {
+      lend *l = &d->lends[i];
+      /* Only the peer the memory was lent to may release it. */
+      if (l->id != (uint64_t)v->u.i || l->peer != from)
+        continue;
+      drpc_tensor_decref(l->tensor);
+      d->ev_pool[l->event_slot].busy = false;
+      d->lends[i] = d->lends[--d->nlends];
+      break;
+    }
+  }
+  env->ops->sync_unlock(env->ctx, &d->lock);
+}
+
+/* A peer is gone: what was lent to it is free again. */
+void drpc_dev_peer_gone(drpc_agent *a, int16_t peer) {
+  drpc_devstate *d = drpc_agent_devstate(a);
+  if (!d)
+    return;
+  const drpc_env *env = drpc_agent_env(a);
+  env->ops->sync_lock(env->ctx, &d->lock);
+  for (int i = 0; i < d->nlends;) {
+    lend *l = &d->lends[i];
+    if (l->peer != peer) {
+      i++;
+      continue;
+    }
+    drpc_tensor_decref(l->tensor);
+    d->ev_pool[l->event_slot].busy = false;
+    d->lends[i] = d->lends[--d->nlends];
+  }
+  env->ops->sync_unlock(env->ctx, &d->lock);
+}
+
+int drpc_dev_metrics(drpc_agent *a, drpc_value *dict) {
+  drpc_devstate *d = drpc_agent_devstate(a);
+  if (!d)
+    return 0;
+  const drpc_env *env = drpc_agent_env(a);
+  env->ops->sync_lock(env->ctx, &d->lock);
+  int lent = d->nlends;
+  env->ops->sync_unlock(env->ctx, &d->lock);
+  const char *keys[4] = {"cuda.tensors_shared", "cuda.tensors_staged",
+                         "cuda.tensors_received_shared", "cuda.lent"};
+  uint64_t vals[4] = {atomic_load(&d->shared_sent),
+                      atomic_load(&d->staged_sent),
+                      atomic_load(&d->shared_received), (uint64_t)lent};
+  for (int i = 0; i < 4; i++) {
+    char buf[32];
+    snprintf(buf, sizeof buf, "%" PRIu64, vals[i]);
+    if (drpc_dict_set(dict, keys[i], drpc_value_str(buf)))
+      return DRPC_ENOMEM;
+  }
+  return 0;
+}

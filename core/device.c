@@ -1,0 +1,336 @@
+/* The device interface: the installed CUDA backend, stream pools, the
+ * calling thread's current streams, and tensors on devices. */
+#include "drpc/device.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const drpc_device_backend *g_backend;
+static void *g_ctx;
+static int g_count;
+/* Pool streams, made on first use; a slot lost in a race is kept by the
+ * backend until shutdown, like every stream. */
+static _Atomic(drpc_stream *) g_pool[DRPC_DEVICE_MAX][DRPC_STREAM_POOL_SIZE];
+static atomic_uint g_next[DRPC_DEVICE_MAX];
+/* Bumped by drpc_device_use so threads drop current streams of an old
+ * backend. */
+static atomic_uint g_generation;
+
+static char g_host[128];
+
+static _Thread_local drpc_stream *t_current[DRPC_DEVICE_MAX];
+static _Thread_local unsigned t_generation;
+
+void drpc_device_use(const drpc_device_backend *b, void *ctx) {
+  if (g_backend && g_backend->shutdown)
+    g_backend->shutdown(g_ctx);
+  for (int d = 0; d < DRPC_DEVICE_MAX; d++)
+    for (int i = 0; i < DRPC_STREAM_POOL_SIZE; i++)
+      atomic_store(&g_pool[d][i], NULL);
+  g_backend = b;
+  g_ctx = ctx;
+  int n = b ? b->device_count(ctx) : 0;
+  g_count = n < 0 ? 0 : n > DRPC_DEVICE_MAX ? DRPC_DEVICE_MAX : n;
+  atomic_fetch_add(&g_generation, 1);
+}
+
+void drpc_device_set_host(const char *host) {
+  snprintf(g_host, sizeof g_host, "%s", host ? host : "");
+}
+
+const char *drpc_device_host(void) {
+  return g_host;
+}
+
+const drpc_device_backend *drpc_device_backend_get(void **ctx) {
+  if (ctx)
+    *ctx = g_ctx;
+  return g_backend;
+}
+
+int drpc_device_count(void) {
+  return g_backend ? g_count : 0;
+}
+
+bool drpc_device_valid(drpc_device d) {
+  if (d.type == DRPC_DEVICE_CPU)
+    return true;
+  return d.type == DRPC_DEVICE_CUDA && d.index >= 0 &&
+         d.index < drpc_device_count();
+}
+
+static bool index_ok(int index) {
+  return index >= 0 && index < drpc_device_count();
+}
+
+/* ---- streams and events ------------------------------------------------ */
+
+drpc_stream *drpc_stream_default(int index) {
+  return index_ok(index) ? g_backend->stream_default(g_ctx, index) : NULL;
+}
+
+drpc_stream *drpc_stream_from_pool(int index) {
+  if (!index_ok(index))
+    return NULL;
+  unsigned k = atomic_fetch_add(&g_next[index], 1) % DRPC_STREAM_POOL_SIZE;
+  drpc_stream *s = atomic_load(&g_pool[index][k]);
+  if (s)
+    return s;
+  drpc_stream *made = g_backend->stream_new(g_ctx, index, NULL);
+  if (!made)
+    return g_backend->stream_default(g_ctx, index);
+  drpc_stream *expected = NULL;
+  if (atomic_compare_exchange_strong(&g_pool[index][k], &expected, made))
+    return made;
+  return expected; /* another thread filled the slot first */
+}
+
+static void check_generation(void) {
+  unsigned g = atomic_load(&g_generation);
+  if (t_generation != g) {
+    memset(t_current, 0, sizeof t_current);
+    t_generation = g;
+  }
+}
+
+drpc_stream *drpc_stream_current(int index) {
+  if (!index_ok(index))
+    return NULL;
+  check_generation();
+  drpc_stream *s = t_current[index];
+  return s ? s : g_backend->stream_default(g_ctx, index);
+}
+
+void drpc_stream_set_current(int index, drpc_stream *s) {
+  if (index < 0 || index >= DRPC_DEVICE_MAX)
+    return;
+  check_generation();
+  t_current[index] = s;
+}
+
+int drpc_stream_sync(drpc_stream *s, drpc_error *err) {
+  if (!g_backend || !s)
+    return drpc_error_set(err, DRPC_EINVAL, "no such stream");
+  return g_backend->stream_sync(g_ctx, s, err);
+}
+
+/* Streams do not carry their device through the interface; the backend's
+ * default and pool streams are looked up instead. Backends put the index
+ * first in their stream objects so that this stays O(1). */
+int drpc_stream_device(const drpc_stream *s) {
+  return s ? *(const int *)(const void *)s : -1;
+}
+
+drpc_devevent *drpc_devevent_new(int index, drpc_error *err) {
+  if (!index_ok(index)) {
+    drpc_error_set(err, DRPC_EINVAL, "no CUDA device %d", index);
+    return NULL;
+  }
+  return g_backend->event_new(g_ctx, index, err);
+}
+
+void drpc_devevent_free(drpc_devevent *e) {
+  if (e && g_backend)
+    g_backend->event_free(g_ctx, e);
+}
+
+int drpc_devevent_record(drpc_devevent *e, drpc_stream *s, drpc_error *err) {
+  if (!g_backend || !e || !s)
+    return drpc_error_set(err, DRPC_EINVAL, "no such event or stream");
+  return g_backend->event_record(g_ctx, e, s, err);
+}
+
+int drpc_stream_wait_event(drpc_stream *s, drpc_devevent *e, drpc_error *err) {
+  if (!g_backend || !e || !s)
+    return drpc_error_set(err, DRPC_EINVAL, "no such event or stream");
+  return g_backend->stream_wait(g_ctx, s, e, err);
+}
+
+int drpc_devevent_sync(drpc_devevent *e, drpc_error *err) {
+  if (!g_backend || !e)
+    return drpc_error_set(err, DRPC_EINVAL, "no such event");
+  return g_backend->event_sync(g_ctx, e, err);
+}
+
+int drpc_stream_wait_stream(drpc_stream *waiter, drpc_stream *on,
+                            drpc_error *err) {
+  if (waiter == on)
+    return 0;
+  drpc_devevent *e = drpc_devevent_new(drpc_stream_device(on), err);
+  if (!e)
+    return err ? err->code : DRPC_ENOMEM;
+  int rc = drpc_devevent_record(e, on, err);
+  if (!rc)
+    rc = drpc_stream_wait_event(waiter, e, err);
+  drpc_devevent_free(e);
+  return rc;
+}
+
+/* ---- storages ---------------------------------------------------------- */
+
+typedef struct dev_mem {
+  const drpc_device_backend *backend;
+  void *ctx;
+  drpc_stream *stream;
+  int index;
+  size_t nbytes;
+} dev_mem;
+
+static void dev_mem_free(void *ctx, void *data) {
+  dev_mem *m = ctx;
+  /* Memory of a backend that has been replaced went with its shutdown. */
+  if (m->backend == g_backend && m->ctx == g_ctx)
+    m->backend->free(m->ctx, m->index, data, m->nbytes, m->stream);
+  free(m);
+}
+
+drpc_storage *drpc_device_storage_new(drpc_device dev, size_t nbytes,
+                                      drpc_stream *s, drpc_error *err) {
+  if (dev.type == DRPC_DEVICE_CPU) {
+    drpc_storage *st = drpc_storage_new(nbytes, false);
+    if (!st)
+      drpc_error_set(err, DRPC_ENOMEM, "out of memory (%zu bytes)", nbytes);
+    return st;
+  }
+  if (!drpc_device_valid(dev)) {
+    char name[16];
+    drpc_error_set(err, DRPC_EINVAL, "no such device: %s",
+                   drpc_device_format(dev, name, sizeof name));
+    return NULL;
+  }
+  if (!s)
+    s = drpc_stream_current(dev.index);
+  dev_mem *m = malloc(sizeof *m);
+  if (!m) {
+    drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+    return NULL;
+  }
+  void *p = g_backend->alloc(g_ctx, dev.index, nbytes, s, err);
+  if (!p) {
+    free(m);
+    return NULL;
+  }
+  *m = (dev_mem){g_backend, g_ctx, s, dev.index, nbytes};
+  drpc_storage *st = drpc_storage_wrap(p, nbytes, dev, dev_mem_free, m);
+  if (!st) {
+    g_backend->free(g_ctx, dev.index, p, nbytes, s);
+    free(m);
+    drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  }
+  return st;
+}
+
+drpc_stream *drpc_storage_stream(const drpc_storage *st) {
+  if (!st || st->device.type == DRPC_DEVICE_CPU || st->free_fn != dev_mem_free)
+    return NULL;
+  return ((const dev_mem *)st->free_ctx)->stream;
+}
+
+drpc_device drpc_tensor_device(const drpc_tensor *t) {
+  return t && t->storage ? t->storage->device : DRPC_CPU;
+}
+
+static bool contiguous_shape(int ndim, const int64_t *shape, int64_t *numel) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++) {
+    if (shape[i] < 0 || (shape[i] > 0 && n > INT64_MAX / shape[i]))
+      return false;
+    n *= shape[i];
+  }
+  *numel = n;
+  return true;
+}
+
+drpc_tensor *drpc_tensor_empty_on(drpc_device dev, drpc_dtype dt, int ndim,
+                                  const int64_t *shape, drpc_stream *s,
+                                  drpc_error *err) {
+  int64_t numel = 0;
+  if (ndim < 0 || ndim > DRPC_TENSOR_MAX_DIMS || drpc_dtype_size(dt) == 0 ||
+      (ndim > 0 && !shape) || !contiguous_shape(ndim, shape, &numel) ||
+      (uint64_t)numel > SIZE_MAX / 8) {
+    drpc_error_set(err, DRPC_EINVAL, "invalid tensor shape or dtype");
+    return NULL;
+  }
+  if (dev.type == DRPC_DEVICE_CPU) {
+    drpc_tensor *t = drpc_tensor_empty(dt, ndim, shape);
+    if (!t)
+      drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+    return t;
+  }
+  size_t nbytes = (size_t)numel * drpc_dtype_size(dt);
+  drpc_storage *st = drpc_device_storage_new(dev, nbytes, s, err);
+  if (!st)
+    return NULL;
+  drpc_tensor *t = drpc_tensor_from_storage(st, dt, ndim, shape, 0);
+  drpc_storage_decref(st);
+  if (!t)
+    drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  return t;
+}
+
+drpc_tensor *drpc_tensor_to(const drpc_tensor *t, drpc_device dev,
+                            drpc_stream *s, drpc_error *err) {
+  if (!t || !t->storage) {
+    drpc_error_set(err, DRPC_EINVAL, "null tensor");
+    return NULL;
+  }
+  drpc_device src = t->storage->device;
+  if (!drpc_device_valid(src) || !drpc_device_valid(dev)) {
+    char a[16], b[16];
+    drpc_error_set(err, DRPC_EINVAL, "cannot copy a tensor from %s to %s",
+                   drpc_device_format(src, a, sizeof a),
+                   drpc_device_format(dev, b, sizeof b));
+    return NULL;
+  }
+  if (src.type == DRPC_DEVICE_CPU && dev.type == DRPC_DEVICE_CPU) {
+    drpc_tensor *c = drpc_tensor_clone(t);
+    if (!c)
+      drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+    return c;
+  }
+  int side = dev.type == DRPC_DEVICE_CUDA ? dev.index : src.index;
+  if (!s)
+    s = drpc_stream_current(side);
+  /* A strided device source is made contiguous on its own device first. */
+  drpc_tensor *dense = NULL;
+  const drpc_tensor *from = t;
+  if (!drpc_tensor_is_contiguous(t)) {
+    if (src.type == DRPC_DEVICE_CPU) {
+      dense = drpc_tensor_contiguous((drpc_tensor *)t);
+    } else {
+      dense = drpc_tensor_empty_on(src, t->dtype, t->ndim, t->shape, s, err);
+      if (dense && g_backend->strided_copy(
+                       g_ctx, s, drpc_tensor_data(dense), t->dtype,
+                       (const char *)t->storage->data +
+                           t->offset * (int64_t)drpc_dtype_size(t->dtype),
+                       t->dtype, t->ndim, t->shape, t->strides, err)) {
+        drpc_tensor_decref(dense);
+        return NULL;
+      }
+    }
+    if (!dense) {
+      if (err && !err->code)
+        drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+      return NULL;
+    }
+    from = dense;
+  }
+  drpc_tensor *out =
+      drpc_tensor_empty_on(dev, t->dtype, t->ndim, t->shape,
+                           dev.type == DRPC_DEVICE_CPU ? NULL : s, err);
+  size_t n = drpc_tensor_nbytes(t);
+  int rc = out ? 0 : DRPC_ENOMEM;
+  if (out && n > 0)
+    rc = g_backend->copy(g_ctx, drpc_tensor_data(out), dev,
+                         drpc_tensor_data(from), src, n, s, err);
+  if (!rc && out && dev.type == DRPC_DEVICE_CPU)
+    rc = g_backend->stream_sync(g_ctx, s, err);
+  drpc_tensor_decref(dense);
+  if (rc) {
+    drpc_tensor_decref(out);
+    return NULL;
+  }
+  return out;
+}
