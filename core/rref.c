@@ -1303,8 +1303,7 @@ int drpc_rref_remote_kind(drpc_agent *a, int16_t dst, int kind, const char *fn,
   drpc_outframe *frame = NULL;
   drpc_fork_list *forks = NULL;
   if ((rc = drpc_rref_encode(a, DRPC_MSG_REMOTE_CALL, 0, &body, dst, &frame,
-                             &forks,
-                             err)))
+                             &forks, err)))
     return rc;
   drpc_rref *r = rref_alloc(c, self, &owner, id, fork);
   remote_cmd *cmd = calloc(1, sizeof *cmd);

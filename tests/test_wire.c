@@ -1462,15 +1462,14 @@ static void test_device_descriptors(void) {
   drpc_tensor *a = make_tensor(DRPC_FLOAT32, 2, shape, 1);
   drpc_tensor *b = make_tensor(DRPC_INT64, 1, shape, 2);
   /* a twice, b once: the hook sees each distinct tensor once. */
-  drpc_value *body = drpc_value_list_of(3, drpc_value_tensor(a),
-                                        drpc_value_tensor(b),
-                                        drpc_value_tensor(a));
+  drpc_value *body = drpc_value_list_of(
+      3, drpc_value_tensor(a), drpc_value_tensor(b), drpc_value_tensor(a));
   plan_ctx pc = {0, {DRPC_DEVICE_CUDA, 1}, false, false, 0};
   drpc_wire_hooks hooks = {NULL, NULL, test_plan, &pc};
   drpc_outframe *f = NULL;
-  CHECK_EQ_INT(drpc_wire_encode_hooks(DRPC_MSG_CALL, 0, 7, body, NULL, &hooks,
-                                      &f, &err),
-               0);
+  CHECK_EQ_INT(
+      drpc_wire_encode_hooks(DRPC_MSG_CALL, 0, 7, body, NULL, &hooks, &f, &err),
+      0);
   CHECK_EQ_INT(pc.calls, 2);
   size_t len = 0;
   uint8_t *flat = drpc_outframe_flatten(f, &len);
@@ -1500,9 +1499,9 @@ static void test_device_descriptors(void) {
 
   /* Shared by handle: no data section; the body holds a placeholder. */
   pc = (plan_ctx){0, {DRPC_DEVICE_CUDA, 0}, true, false, 0};
-  CHECK_EQ_INT(drpc_wire_encode_hooks(DRPC_MSG_CALL, 0, 7, body, NULL, &hooks,
-                                      &f, &err),
-               0);
+  CHECK_EQ_INT(
+      drpc_wire_encode_hooks(DRPC_MSG_CALL, 0, 7, body, NULL, &hooks, &f, &err),
+      0);
   CHECK_EQ_INT(f->ntensors, 0);
   flat = drpc_outframe_flatten(f, &len);
   CHECK_EQ_INT(drpc_wire_decode(flat, len, NULL, &m, &err), 0);
@@ -1530,19 +1529,19 @@ static void test_device_descriptors(void) {
 
   /* Hooks that fail or answer nonsense fail the encode cleanly. */
   pc = (plan_ctx){0, {DRPC_DEVICE_CUDA, 0}, false, false, DRPC_EINVAL};
-  CHECK_EQ_INT(drpc_wire_encode_hooks(DRPC_MSG_CALL, 0, 7, body, NULL, &hooks,
-                                      &f, &err),
-               DRPC_EINVAL);
+  CHECK_EQ_INT(
+      drpc_wire_encode_hooks(DRPC_MSG_CALL, 0, 7, body, NULL, &hooks, &f, &err),
+      DRPC_EINVAL);
   CHECK_CONTAINS(err.msg, "hook refused");
   pc = (plan_ctx){0, {DRPC_DEVICE_CUDA, 0}, false, true, 0};
-  CHECK_EQ_INT(drpc_wire_encode_hooks(DRPC_MSG_CALL, 0, 7, body, NULL, &hooks,
-                                      &f, &err),
-               DRPC_EINVAL);
+  CHECK_EQ_INT(
+      drpc_wire_encode_hooks(DRPC_MSG_CALL, 0, 7, body, NULL, &hooks, &f, &err),
+      DRPC_EINVAL);
   CHECK_CONTAINS(err.msg, "not a CPU copy");
   pc = (plan_ctx){0, {DRPC_DEVICE_CPU, 3}, false, false, 0};
-  CHECK_EQ_INT(drpc_wire_encode_hooks(DRPC_MSG_CALL, 0, 7, body, NULL, &hooks,
-                                      &f, &err),
-               DRPC_EINVAL);
+  CHECK_EQ_INT(
+      drpc_wire_encode_hooks(DRPC_MSG_CALL, 0, 7, body, NULL, &hooks, &f, &err),
+      DRPC_EINVAL);
   CHECK_CONTAINS(err.msg, "invalid target device");
   CHECK(f == NULL);
   drpc_value_free(body);

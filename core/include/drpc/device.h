@@ -159,8 +159,8 @@ typedef struct drpc_device_backend {
   drpc_devevent *(*ipc_event_new)(void *ctx, int index, drpc_error *err);
   int (*ipc_event_export)(void *ctx, drpc_devevent *e, uint8_t *handle,
                           size_t *len, drpc_error *err);
-  drpc_devevent *(*ipc_event_open)(void *ctx, const uint8_t *handle,
-                                   size_t len, drpc_error *err);
+  drpc_devevent *(*ipc_event_open)(void *ctx, const uint8_t *handle, size_t len,
+                                   drpc_error *err);
 
   /* Frees every stream, event and cached allocation (drpc_device_use). */
   void (*shutdown)(void *ctx);
