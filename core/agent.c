@@ -21,11 +21,17 @@
 #define MAX_PENDING_CALLS (1u << 20)
 #define MAX_CONNECT_QUEUE (1u << 20)
 
+/* Dynamic groups: member-table snapshots kept valid after a change, and
+ * departed members remembered for the errors of calls to them. */
+#define MAX_OLD_INFOS 16
+#define MAX_DEPARTED 64
+
 enum { ST_RUNNING = 1, ST_STOPPING = 2, ST_STOPPED = 3 };
 enum { PEER_IDLE = 0, PEER_CONNECTING = 1, PEER_OPEN = 2 };
 
 typedef struct peer {
   drpc_worker_info info;
+  uint64_t epoch; /* dynamic groups: the membership epoch it joined at */
   char *addr;
   char *devinfo; /* the second line of its addrs/ value; NULL when none */
   int state;
@@ -33,6 +39,12 @@ typedef struct peer {
   drpc_outframe *q_head, *q_tail;
   size_t q_len;
 } peer;
+
+typedef struct departed_info {
+  drpc_worker_info info;
+  uint64_t epoch; /* 0: the slot is empty */
+  char why[96];
+} departed_info;
 
 typedef struct conn_entry {
   uint64_t conn;
@@ -65,10 +77,27 @@ struct drpc_agent {
   drpc_store *store;
   drpc_worker_info self;
   int64_t world_size;
-  peer *peers; /* sorted by id */
-  size_t npeers;
+  /* The members (self included), sorted by id, and by name for lookups by
+   * name. Static groups fill them at start. Dynamic groups change them on
+   * the loop as members join and leave; other threads read them under
+   * mlock. infos is the current snapshot drpc_agent_workers hands out;
+   * the last MAX_OLD_INFOS snapshots stay valid after a change. */
+  peer **peers;
+  size_t npeers, peers_cap;
+  peer **by_name;
   drpc_worker_info *infos;
-  peer **by_name; /* the peers sorted by name, for lookups by name */
+  drpc_worker_info *old_infos[MAX_OLD_INFOS];
+  size_t old_next;
+  drpc_sync mlock;
+  /* Dynamic groups: the highest membership epoch applied, the epoch of
+   * every member's last applied change (id -> epoch << 1 | present), the
+   * last members that left (for the errors of calls to them) and the
+   * group-management state (core/membership.c). */
+  _Atomic uint64_t epoch;
+  drpc_map member_epochs;
+  departed_info departed[MAX_DEPARTED];
+  size_t departed_next;
+  drpc_members *members;
 
   _Atomic int state;
   _Atomic uint64_t timeout_ms; /* default per-call timeout */
@@ -177,12 +206,12 @@ static peer *peer_by_id(drpc_agent *a, int64_t id) {
   size_t lo = 0, hi = a->npeers;
   while (lo < hi) {
     size_t mid = lo + (hi - lo) / 2;
-    if (a->peers[mid].info.id < id)
+    if (a->peers[mid]->info.id < id)
       lo = mid + 1;
     else
       hi = mid;
   }
-  return lo < a->npeers && a->peers[lo].info.id == id ? &a->peers[lo] : NULL;
+  return lo < a->npeers && a->peers[lo]->info.id == id ? a->peers[lo] : NULL;
 }
 
 static peer *peer_by_name(drpc_agent *a, const char *name) {
@@ -205,6 +234,188 @@ static int cmp_peer_name(const void *x, const void *y) {
   int c = strcmp(p->info.name, q->info.name);
   return c ? c : (p->info.id > q->info.id) - (p->info.id < q->info.id);
 }
+
+/* ---- the member table --------------------------------------------------- */
+
+static void drop_queue(peer *p);
+
+static bool dynamic_group(const drpc_agent *a) {
+  return a->world_size <= 0;
+}
+
+/* Other threads read the table of a dynamic group under mlock; the loop,
+ * its only writer, reads it without. */
+static void members_lock(drpc_agent *a) {
+  if (dynamic_group(a))
+    a->env.ops->sync_lock(a->env.ctx, &a->mlock);
+}
+
+static void members_unlock(drpc_agent *a) {
+  if (dynamic_group(a))
+    a->env.ops->sync_unlock(a->env.ctx, &a->mlock);
+}
+
+static void peer_free(peer *p) {
+  if (!p)
+    return;
+  free(p->addr);
+  free(p->devinfo);
+  drop_queue(p);
+  free(p);
+}
+
+/* A member from "<address>[\n<device information>]" (see
+ * drpc_agent_publish_devices). */
+static peer *peer_new(const drpc_worker_info *wi, const char *addr,
+                      uint64_t epoch) {
+  peer *p = calloc(1, sizeof *p);
+  if (!p)
+    return NULL;
+  p->info = *wi;
+  p->epoch = epoch;
+  const char *nl = addr ? strchr(addr, '\n') : NULL;
+  p->addr = nl ? strndup(addr, (size_t)(nl - addr)) : strdup(addr ? addr : "");
+  if (nl && !(p->devinfo = strdup(nl + 1)))
+    p->addr = (free(p->addr), NULL);
+  if (!p->addr) {
+    free(p);
+    return NULL;
+  }
+  return p;
+}
+
+static int grow_peers(drpc_agent *a, drpc_error *err) {
+  if (a->npeers < a->peers_cap)
+    return 0;
+  size_t cap = a->peers_cap ? a->peers_cap * 2 : 8;
+  peer **np = realloc(a->peers, cap * sizeof *np);
+  if (np)
+    a->peers = np;
+  peer **nb = np ? realloc(a->by_name, cap * sizeof *nb) : NULL;
+  if (nb)
+    a->by_name = nb;
+  if (!np || !nb)
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  a->peers_cap = cap;
+  return 0;
+}
+
+/* Publishes a fresh snapshot for drpc_agent_workers; the previous one
+ * joins the last MAX_OLD_INFOS (under mlock). */
+static int infos_refresh(drpc_agent *a) {
+  drpc_worker_info *n = malloc((a->npeers ? a->npeers : 1) * sizeof *n);
+  if (!n)
+    return DRPC_ENOMEM;
+  for (size_t i = 0; i < a->npeers; i++)
+    n[i] = a->peers[i]->info;
+  if (a->infos) {
+    free(a->old_infos[a->old_next]);
+    a->old_infos[a->old_next] = a->infos;
+    a->old_next = (a->old_next + 1) % MAX_OLD_INFOS;
+  }
+  a->infos = n;
+  return 0;
+}
+
+/* Static start: members in any order; peers_finish sorts them. */
+static int peer_append(drpc_agent *a, const drpc_worker_info *wi,
+                       const char *addr, uint64_t epoch, drpc_error *err) {
+  int rc = grow_peers(a, err);
+  if (rc)
+    return rc;
+  peer *p = peer_new(wi, addr, epoch);
+  if (!p)
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  a->peers[a->npeers++] = p;
+  return 0;
+}
+
+static int cmp_peer(const void *x, const void *y) {
+  const peer *p = *(peer *const *)x, *q = *(peer *const *)y;
+  return (p->info.id > q->info.id) - (p->info.id < q->info.id);
+}
+
+static int peers_finish(drpc_agent *a, drpc_error *err) {
+  size_t n = a->npeers;
+  qsort(a->peers, n, sizeof *a->peers, cmp_peer);
+  /* Sorted by name, duplicates sit side by side: one pass finds them (a
+   * pairwise check would cost n^2 comparisons per worker). */
+  for (size_t r = 0; r < n; r++)
+    a->by_name[r] = a->peers[r];
+  qsort(a->by_name, n, sizeof *a->by_name, cmp_peer_name);
+  for (size_t r = 1; r < n; r++)
+    if (strcmp(a->by_name[r - 1]->info.name, a->by_name[r]->info.name) == 0)
+      return drpc_error_set(err, DRPC_EEXISTS,
+                            "RPC worker name %s is not unique. Workers %d "
+                            "and %d share the same name.",
+                            a->by_name[r]->info.name,
+                            a->by_name[r - 1]->info.id, a->by_name[r]->info.id);
+  if (infos_refresh(a))
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  return 0;
+}
+
+/* Dynamic groups: adds a member (replacing one with its id). On the loop,
+ * or before the agent runs. */
+int drpc_agent_peer_put(drpc_agent *a, const drpc_worker_info *wi,
+                        const char *addr, uint64_t epoch, drpc_error *err) {
+  peer *p = peer_new(wi, addr, epoch);
+  if (!p)
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  if (peer_by_id(a, wi->id))
+    drpc_agent_peer_del(a, wi->id, epoch, "replaced by a new member");
+  members_lock(a);
+  int rc = grow_peers(a, err);
+  if (rc) {
+    members_unlock(a);
+    peer_free(p);
+    return rc;
+  }
+  size_t i = 0, j = 0;
+  while (i < a->npeers && a->peers[i]->info.id < wi->id)
+    i++;
+  while (j < a->npeers && cmp_peer_name(&a->by_name[j], &p) < 0)
+    j++;
+  memmove(a->peers + i + 1, a->peers + i, (a->npeers - i) * sizeof *a->peers);
+  memmove(a->by_name + j + 1, a->by_name + j,
+          (a->npeers - j) * sizeof *a->by_name);
+  a->peers[i] = p;
+  a->by_name[j] = p;
+  a->npeers++;
+  rc = infos_refresh(a);
+  members_unlock(a);
+  if (rc)
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  return 0;
+}
+
+static void remember_departed(drpc_agent *a, const drpc_worker_info *wi,
+                              uint64_t epoch, const char *why) {
+  departed_info *d = &a->departed[a->departed_next];
+  a->departed_next = (a->departed_next + 1) % MAX_DEPARTED;
+  d->info = *wi;
+  d->epoch = epoch ? epoch : 1;
+  snprintf(d->why, sizeof d->why, "%s", why ? why : "left");
+}
+
+/* Under mlock: the last departure of the named worker (or of id when name
+ * is NULL). */
+static const departed_info *find_departed(drpc_agent *a, const char *name,
+                                          int64_t id) {
+  const departed_info *best = NULL;
+  for (size_t i = 0; i < MAX_DEPARTED; i++) {
+    const departed_info *d = &a->departed[i];
+    if (!d->epoch ||
+        (name ? strcmp(d->info.name, name) != 0 : d->info.id != id))
+      continue;
+    if (!best || d->epoch > best->epoch)
+      best = d;
+  }
+  return best;
+}
+
+static void fail_calls_to(drpc_agent *a, int dst, int code, const char *msg);
+static int wait_idle(drpc_agent *a, uint64_t deadline, drpc_error *err);
 
 static double ms_to_s(uint64_t ms) {
   return (double)ms / 1000.0;
@@ -486,6 +697,9 @@ static void conn_closed(drpc_agent *a, uint64_t conn,
       }
       if (!drpc_test_fault_skip_fail_on_reset)
         fail_calls_to(a, p->info.id, DRPC_ECONN, msg);
+      if (dynamic_group(a) && !ce->peer_shutdown &&
+          atomic_load(&a->state) == ST_RUNNING)
+        drpc_members_suspect(a, ce->peer, why);
     }
   } else if (reason && reason->code && !ce->peer_shutdown &&
              atomic_load(&a->state) == ST_RUNNING && ce->peer >= 0) {
@@ -493,6 +707,51 @@ static void conn_closed(drpc_agent *a, uint64_t conn,
           ce->peer, drpc_error_message(reason));
   }
   free(ce);
+}
+
+void drpc_agent_peer_del(drpc_agent *a, int16_t id, uint64_t epoch,
+                         const char *why) {
+  peer *p = id == a->self.id ? NULL : peer_by_id(a, id);
+  if (!p)
+    return;
+  char msg[320];
+  snprintf(msg, sizeof msg, "worker %s (id %d) left the group: %s",
+           p->info.name, id, why ? why : "left");
+  logf_(a, DRPC_LOG_INFO, "%s", msg);
+  /* The connection to it goes; those it opened stay until it closes them
+   * (its LEAVE is answered on one). */
+  if (p->conn) {
+    uint64_t conn = p->conn;
+    rec(a, DRPC_EV_OUT_CLOSE, id, conn, 0);
+    a->env.ops->close(a->env.ctx, conn);
+    free(drpc_map_remove(&a->conns, conn));
+  }
+  p->state = PEER_IDLE;
+  p->conn = 0;
+  drop_queue(p);
+  fail_calls_to(a, id, DRPC_ECONN, msg);
+  drpc_dev_peer_gone(a, id);
+  drpc_dev_peer_leave(a, id);
+  members_lock(a);
+  size_t i = 0, j = 0;
+  while (i < a->npeers && a->peers[i] != p)
+    i++;
+  while (j < a->npeers && a->by_name[j] != p)
+    j++;
+  if (i < a->npeers && j < a->npeers) {
+    memmove(a->peers + i, a->peers + i + 1,
+            (a->npeers - i - 1) * sizeof *a->peers);
+    memmove(a->by_name + j, a->by_name + j + 1,
+            (a->npeers - j - 1) * sizeof *a->by_name);
+    a->npeers--;
+  }
+  remember_departed(a, &p->info, epoch, why);
+  int rc = infos_refresh(a);
+  members_unlock(a);
+  if (rc)
+    logf_(a, DRPC_LOG_ERROR, "out of memory: drpc_agent_workers still lists %s",
+          p->info.name);
+  peer_free(p);
 }
 
 static void close_conn(drpc_agent *a, uint64_t conn, const char *why) {
@@ -1159,7 +1418,11 @@ static void handle_hello(drpc_agent *a, uint64_t conn, conn_entry *ce,
     return;
   }
   peer *p = id == a->self.id ? NULL : peer_by_id(a, id);
-  if (!p || strcmp(p->info.name, name) != 0) {
+  /* A dynamic group hears from a worker before it knows it: a joiner's
+   * JOIN follows its HELLO. */
+  bool joiner = !p && dynamic_group(a) && id != a->self.id && id >= 0 &&
+                id < DRPC_MAX_WORKERS;
+  if (!joiner && (!p || strcmp(p->info.name, name) != 0)) {
     char why[300];
     snprintf(why, sizeof why, "HELLO from unknown worker %s (id %lld)", name,
              (long long)id);
@@ -1249,6 +1512,14 @@ static void handle_message(drpc_agent *a, uint64_t conn, drpc_msg *m) {
       return;
     }
     handle_response(a, ce, m);
+    return;
+  case DRPC_MSG_JOIN:
+  case DRPC_MSG_LEAVE:
+    if (ce->outgoing) {
+      close_conn(a, conn, "request on an outgoing connection");
+      return;
+    }
+    drpc_members_on_request(a, conn, m);
     return;
   case DRPC_MSG_SHUTDOWN:
     ce->peer_shutdown = true;
@@ -1443,7 +1714,18 @@ static void call_apply(call_cmd *cc) {
     deliver_local(a, cc->frame);
   } else {
     peer *p = peer_by_id(a, c->dst);
-    if (send_to_peer(a, p, cc->frame, &err)) {
+    if (!p) {
+      drpc_outframe_free(cc->frame);
+      cc->frame = NULL;
+      members_lock(a);
+      const departed_info *d = find_departed(a, NULL, c->dst);
+      drpc_error_set(&err, DRPC_ECONN,
+                     "worker %s (id %d) is no longer a member of the group",
+                     d ? d->info.name : "?", c->dst);
+      members_unlock(a);
+      call_fail(a, c, err.code, drpc_error_message(&err));
+      rearm(a);
+    } else if (send_to_peer(a, p, cc->frame, &err)) {
       call_fail(a, c, err.code, drpc_error_message(&err));
       rearm(a);
     }
@@ -1453,26 +1735,51 @@ static void call_apply(call_cmd *cc) {
   free(cc);
 }
 
-int drpc_agent_resolve(drpc_agent *a, const char *name, drpc_worker_info *out,
-                       drpc_error *err) {
-  peer *p = name ? peer_by_name(a, name) : NULL;
-  if (!p)
+/* The error for a destination that is not a member: one that left names
+ * its departure. Under mlock. */
+static int not_member(drpc_agent *a, const char *name, int64_t id,
+                      drpc_error *err) {
+  const departed_info *d = dynamic_group(a) ? find_departed(a, name, id) : NULL;
+  if (d)
+    return drpc_error_set(err, DRPC_ENOTFOUND,
+                          "worker %s (id %d) has left the group (membership "
+                          "epoch %llu: %s); it can no longer be called",
+                          d->info.name, d->info.id,
+                          (unsigned long long)d->epoch, d->why);
+  if (name)
     return drpc_error_set(err, DRPC_ENOTFOUND,
                           "name:%s,rank:%d could not find destination name %s",
-                          a->self.name, a->self.id, name ? name : "(null)");
-  *out = p->info;
-  return 0;
+                          a->self.name, a->self.id, name);
+  return drpc_error_set(err, DRPC_ENOTFOUND,
+                        "name:%s,rank:%d could not find destination id %lld",
+                        a->self.name, a->self.id, (long long)id);
+}
+
+int drpc_agent_resolve(drpc_agent *a, const char *name, drpc_worker_info *out,
+                       drpc_error *err) {
+  if (!name)
+    return drpc_error_set(err, DRPC_ENOTFOUND,
+                          "name:%s,rank:%d could not find destination name "
+                          "(null)",
+                          a->self.name, a->self.id);
+  members_lock(a);
+  peer *p = peer_by_name(a, name);
+  int rc = p ? 0 : not_member(a, name, -1, err);
+  if (p)
+    *out = p->info;
+  members_unlock(a);
+  return rc;
 }
 
 int drpc_agent_resolve_id(drpc_agent *a, int64_t id, drpc_worker_info *out,
                           drpc_error *err) {
+  members_lock(a);
   peer *p = peer_by_id(a, id);
-  if (!p)
-    return drpc_error_set(err, DRPC_ENOTFOUND,
-                          "name:%s,rank:%d could not find destination id %lld",
-                          a->self.name, a->self.id, (long long)id);
-  *out = p->info;
-  return 0;
+  int rc = p ? 0 : not_member(a, NULL, id, err);
+  if (p)
+    *out = p->info;
+  members_unlock(a);
+  return rc;
 }
 
 static int get_agent(drpc_agent **a, drpc_error *err) {
@@ -1797,6 +2104,61 @@ int drpc_agent_run_on_loop(drpc_agent *a, int type, void (*fn)(void *arg),
   return drpc_agent_wait(a, flag_set, &done, 0);
 }
 
+/* ---- for dynamic membership (core/membership.c) ------------------------- */
+
+drpc_members *drpc_agent_members(drpc_agent *a) {
+  return a->members;
+}
+
+void drpc_agent_set_members(drpc_agent *a, drpc_members *m) {
+  a->members = m;
+}
+
+bool drpc_agent_peer_same(drpc_agent *a, const drpc_worker_info *wi,
+                          const char *addr) {
+  members_lock(a);
+  peer *p = peer_by_id(a, wi->id);
+  bool same =
+      p && strcmp(p->info.name, wi->name) == 0 && strcmp(p->addr, addr) == 0;
+  members_unlock(a);
+  return same;
+}
+
+bool drpc_agent_peer_addr(drpc_agent *a, int16_t id, char *addr, size_t an,
+                          char *dev, size_t dn) {
+  members_lock(a);
+  peer *p = peer_by_id(a, id);
+  if (p) {
+    snprintf(addr, an, "%s", p->addr);
+    snprintf(dev, dn, "%s", p->devinfo ? p->devinfo : "");
+  }
+  members_unlock(a);
+  return p != NULL;
+}
+
+int drpc_agent_wait_idle(drpc_agent *a, uint64_t deadline, drpc_error *err) {
+  return wait_idle(a, deadline, err);
+}
+
+int drpc_agent_wait_served(drpc_agent *a, uint64_t deadline, drpc_error *err) {
+  /* Served calls end on executor threads, which do not signal: poll. */
+  for (int i = 0; i < 1000000 && (atomic_load(&a->server_active) > 0 ||
+                                  atomic_load(&a->server_active_async) > 0);
+       i++) {
+    uint64_t now = drpc_env_now(&a->env);
+    if (deadline && now >= deadline)
+      return drpc_error_set(
+          err, DRPC_ETIMEOUT, "timed out waiting for %lld calls %s serves",
+          (long long)atomic_load(&a->server_active), a->self.name);
+    uint64_t until = now + 2000000; /* 2 ms */
+    a->env.ops->sync_lock(a->env.ctx, &a->sync);
+    a->env.ops->sync_wait(a->env.ctx, &a->sync,
+                          deadline && deadline < until ? deadline : until);
+    a->env.ops->sync_unlock(a->env.ctx, &a->sync);
+  }
+  return 0;
+}
+
 /* ---- accessors and metrics --------------------------------------------- */
 
 const drpc_worker_info *drpc_agent_self(drpc_agent *a) {
@@ -1804,8 +2166,25 @@ const drpc_worker_info *drpc_agent_self(drpc_agent *a) {
 }
 
 const drpc_worker_info *drpc_agent_workers(drpc_agent *a, size_t *n) {
+  members_lock(a);
   *n = a->npeers;
-  return a->infos;
+  const drpc_worker_info *r = a->infos;
+  members_unlock(a);
+  return r;
+}
+
+drpc_worker_info *drpc_agent_workers_copy(drpc_agent *a, size_t *n) {
+  members_lock(a);
+  drpc_worker_info *r = malloc((a->npeers ? a->npeers : 1) * sizeof *r);
+  *n = r ? a->npeers : 0;
+  for (size_t i = 0; r && i < a->npeers; i++)
+    r[i] = a->peers[i]->info;
+  members_unlock(a);
+  return r;
+}
+
+uint64_t drpc_agent_membership_epoch(drpc_agent *a) {
+  return atomic_load(&a->epoch);
 }
 
 int drpc_agent_worker_by_name(drpc_agent *a, const char *name,
@@ -1820,6 +2199,31 @@ int drpc_agent_worker_by_id(drpc_agent *a, int64_t id, drpc_worker_info *out,
 
 bool drpc_agent_is_static_group(drpc_agent *a) {
   return a->world_size > 0;
+}
+
+size_t drpc_agent_num_members(drpc_agent *a) {
+  members_lock(a);
+  size_t n = a->npeers;
+  members_unlock(a);
+  return n;
+}
+
+/* Dynamic groups: records that a change to member id at epoch applied;
+ * false when an equal or newer change to it already did (changes of one
+ * member are ordered by epoch, whatever order they arrive in). */
+bool drpc_agent_member_epoch_advance(drpc_agent *a, int16_t id,
+                                     uint64_t epoch) {
+  uint64_t key = (uint64_t)(uint16_t)id;
+  uintptr_t last = (uintptr_t)drpc_map_get(&a->member_epochs, key);
+  if (last && epoch <= (uint64_t)(last >> 1))
+    return false;
+  /* Bit 0 keeps the stored value non-NULL. */
+  drpc_map_remove(&a->member_epochs, key);
+  drpc_map_put(&a->member_epochs, key, (void *)(uintptr_t)(epoch << 1 | 1));
+  uint64_t cur = atomic_load(&a->epoch);
+  while (epoch > cur && !atomic_compare_exchange_weak(&a->epoch, &cur, epoch))
+    ;
+  return true;
 }
 drpc_store *drpc_agent_store(drpc_agent *a) {
   return a->store;
@@ -1864,6 +2268,10 @@ drpc_value *drpc_agent_metrics(drpc_agent *a) {
       put_num(d, "agent.server_active_calls", atomic_load(&a->server_active)) ||
       put_num(d, "agent.server_active_async_calls",
               atomic_load(&a->server_active_async)) ||
+      (dynamic_group(a) && (put_num(d, "agent.membership_epoch",
+                                    (long long)atomic_load(&a->epoch)) ||
+                            put_num(d, "agent.num_members",
+                                    (long long)drpc_agent_num_members(a)))) ||
       drpc_prof_metrics(a, d) /* PROFILER */) {
     drpc_value_free(d);
     return NULL;
@@ -1905,11 +2313,6 @@ static int store_get_str(drpc_store *s, const char *key, double timeout_s,
   return 0;
 }
 
-static int cmp_peer(const void *x, const void *y) {
-  const peer *p = x, *q = y;
-  return (p->info.id > q->info.id) - (p->info.id < q->info.id);
-}
-
 static int rendezvous(drpc_agent *a, int64_t rank, drpc_error *err) {
   char key[DRPC_MAX_NAME_LEN + 64], addr[256];
   int rc;
@@ -1933,12 +2336,11 @@ static int rendezvous(drpc_agent *a, int64_t rank, drpc_error *err) {
     return rc;
   }
   free(actual);
-  if (a->world_size <= 0)
-    return drpc_error_set(err, DRPC_EUNSUPPORTED,
-                          "dynamic groups (no world size) are not supported "
-                          "yet; pass a world size");
   if ((rc = a->env.ops->listen_addr(a->env.ctx, addr, sizeof addr)))
     return drpc_error_set(err, rc, "backend has no listening address");
+  /* A dynamic member publishes its address once its name is its own. */
+  if (a->world_size <= 0)
+    return drpc_members_join(a, rank, addr, err);
   if ((rc = drpc_agent_publish_devices(a->store, a->self.name, addr, &a->opts,
                                        err)))
     return rc;
@@ -1947,71 +2349,45 @@ static int rendezvous(drpc_agent *a, int64_t rank, drpc_error *err) {
     return rc;
 
   size_t n = (size_t)a->world_size;
-  a->peers = calloc(n, sizeof *a->peers);
-  a->infos = calloc(n, sizeof *a->infos);
-  if (!a->peers || !a->infos)
-    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
   double wait_s = a->opts.rpc_timeout_s > 0 ? a->opts.rpc_timeout_s : 0;
   for (size_t r = 0; r < n; r++) {
-    char *name = NULL;
+    char *name = NULL, *paddr = NULL;
+    drpc_worker_info wi;
     snprintf(key, sizeof key, "names/%zu", r);
     if ((rc = store_get_str(a->store, key, wait_s, &name, err))) {
       drpc_error_prefix(err, "rendezvous: waiting for worker rank %zu", r);
       return rc;
     }
-    rc = drpc_worker_info_init(&a->peers[r].info, name, (int64_t)r, err);
+    rc = drpc_worker_info_init(&wi, name, (int64_t)r, err);
     free(name);
     if (rc)
       return rc;
-    a->npeers = r + 1;
-  }
-  for (size_t r = 0; r < n; r++) {
-    snprintf(key, sizeof key, "addrs/%s", a->peers[r].info.name);
-    if ((rc = store_get_str(a->store, key, wait_s, &a->peers[r].addr, err))) {
-      drpc_error_prefix(err, "rendezvous: address of %s",
-                        a->peers[r].info.name);
+    snprintf(key, sizeof key, "addrs/%s", wi.name);
+    if ((rc = store_get_str(a->store, key, wait_s, &paddr, err))) {
+      drpc_error_prefix(err, "rendezvous: address of %s", wi.name);
       return rc;
     }
-    /* "<address>\n<device information>" (see drpc_agent_publish_devices). */
-    char *nl = strchr(a->peers[r].addr, '\n');
-    if (nl) {
-      *nl = '\0';
-      if (!(a->peers[r].devinfo = strdup(nl + 1)))
-        return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
-    }
+    rc = peer_append(a, &wi, paddr, 0, err);
+    free(paddr);
+    if (rc)
+      return rc;
   }
-  qsort(a->peers, n, sizeof *a->peers, cmp_peer);
-  for (size_t r = 0; r < n; r++)
-    a->infos[r] = a->peers[r].info;
-  /* Sorted by name, duplicates sit side by side: one pass finds them (a
-   * pairwise check would cost n^2 comparisons per worker). */
-  a->by_name = malloc(n * sizeof *a->by_name);
-  if (!a->by_name)
-    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
-  for (size_t r = 0; r < n; r++)
-    a->by_name[r] = &a->peers[r];
-  qsort(a->by_name, n, sizeof *a->by_name, cmp_peer_name);
-  for (size_t r = 1; r < n; r++)
-    if (strcmp(a->by_name[r - 1]->info.name, a->by_name[r]->info.name) == 0)
-      return drpc_error_set(err, DRPC_EEXISTS,
-                            "RPC worker name %s is not unique. Workers %d "
-                            "and %d share the same name.",
-                            a->by_name[r]->info.name,
-                            a->by_name[r - 1]->info.id, a->by_name[r]->info.id);
-  return 0;
+  return peers_finish(a, err);
 }
 
 static void agent_release(drpc_agent *a) {
-  for (size_t i = 0; i < a->npeers; i++) {
-    free(a->peers[i].addr);
-    free(a->peers[i].devinfo);
-    drop_queue(&a->peers[i]);
-  }
+  for (size_t i = 0; i < a->npeers; i++)
+    peer_free(a->peers[i]);
   drpc_dev_free(a->dev);
   a->dev = NULL;
   free(a->peers);
   free(a->infos);
+  for (size_t i = 0; i < MAX_OLD_INFOS; i++)
+    free(a->old_infos[i]);
   free(a->by_name);
+  drpc_map_free(&a->member_epochs);
+  drpc_members_free(a->members);
+  a->env.ops->sync_destroy(a->env.ctx, &a->mlock);
   size_t n;
   uint64_t *keys = drpc_map_sorted_keys(&a->conns, &n);
   for (size_t i = 0; keys && i < n; i++)
@@ -2036,7 +2412,7 @@ static void agent_release(drpc_agent *a) {
 drpc_value *drpc_agent_config_value(drpc_agent *a) {
   drpc_value *peers = drpc_value_list();
   for (size_t i = 0; peers && i < a->npeers; i++) {
-    const peer *p = &a->peers[i];
+    const peer *p = a->peers[i];
     drpc_value *e = drpc_value_list_of(3, drpc_value_int(p->info.id),
                                        drpc_value_str(p->info.name),
                                        drpc_value_str(p->addr ? p->addr : ""));
@@ -2121,7 +2497,9 @@ int drpc_agent_start(drpc_agent **out, drpc_store *store, const char *name,
   atomic_init(&a->timeout_ms, timeout_ms_of(opts->rpc_timeout_s));
   drpc_map_init(&a->calls);
   drpc_map_init(&a->conns);
+  drpc_map_init(&a->member_epochs);
   env->ops->sync_init(env->ctx, &a->sync);
+  env->ops->sync_init(env->ctx, &a->mlock);
   /* PROFILER: also makes the worker id the default profiler node id. */
   if (!(a->prof = drpc_agent_prof_new(a, env, a->self.id)) ||
       !(a->rctx = drpc_rctx_new(a, &a->self, env))) {
@@ -2133,6 +2511,8 @@ int drpc_agent_start(drpc_agent **out, drpc_store *store, const char *name,
     return rc;
   }
   if ((rc = drpc_dev_start(a, &a->dev, err))) {
+    if (dynamic_group(a))
+      drpc_members_undo_join(a);
     agent_release(a);
     return rc;
   }
@@ -2185,13 +2565,13 @@ static void describe_missing(drpc_agent *a, uint64_t k, char *buf, size_t n) {
     void *v = NULL;
     size_t len = 0;
     snprintf(key, sizeof key, "shutdown/ARRIVED_%llu_%d", (unsigned long long)k,
-             a->peers[i].info.id);
+             a->peers[i]->info.id);
     if (drpc_store_get(a->store, key, 1e-3, &v, &len, NULL) == 0) {
       free(v);
       continue;
     }
     int w = snprintf(buf + used, n - used, "%s%s (id %d)", used ? ", " : "",
-                     a->peers[i].info.name, a->peers[i].info.id);
+                     a->peers[i]->info.name, a->peers[i]->info.id);
     if (w < 0)
       break;
     used += (size_t)w;
@@ -2276,6 +2656,8 @@ int drpc_agent_join(drpc_agent *a, double timeout_s, drpc_error *err) {
     return rc;
   if (atomic_load(&a->state) != ST_RUNNING)
     return drpc_error_set(err, DRPC_ESHUTDOWN, "RPC is not running");
+  if (dynamic_group(a))
+    return wait_idle(a, deadline_after(a, timeout_s), err);
   return join_rounds(a, deadline_after(a, timeout_s), "join", err);
 }
 
@@ -2283,6 +2665,10 @@ int drpc_agent_sync(drpc_agent *a, double timeout_s, drpc_error *err) {
   int rc = check_caller(a, err);
   if (rc)
     return rc;
+  if (dynamic_group(a))
+    return drpc_error_set(err, DRPC_EUNSUPPORTED,
+                          "sync is a barrier over a static group; this "
+                          "worker is in a dynamic group");
   int64_t sum = 0;
   return barrier_round(a, 0, &sum, deadline_after(a, timeout_s), "sync", err);
 }
@@ -2326,9 +2712,9 @@ static void stop_apply(drpc_cmd *cmd) {
   }
   free(keys);
   for (size_t i = 0; i < a->npeers; i++) {
-    a->peers[i].state = PEER_IDLE;
-    a->peers[i].conn = 0;
-    drop_queue(&a->peers[i]);
+    a->peers[i]->state = PEER_IDLE;
+    a->peers[i]->conn = 0;
+    drop_queue(a->peers[i]);
   }
   drop_timers(a);
   if (a->env.ops->timer_arm && a->armed_deadline) {
@@ -2372,7 +2758,11 @@ int drpc_agent_shutdown(drpc_agent *a, bool graceful, double timeout_s,
     return 0; /* already shut down */
   if (timeout_s < 0)
     timeout_s = a->opts.shutdown_timeout_s;
-  if (graceful) {
+  if (graceful && dynamic_group(a)) {
+    /* Leave: this worker's calls end, every member drops it, the calls it
+     * serves end; no group-wide agreement (members come and go). */
+    rc = drpc_members_leave(a, deadline_after(a, timeout_s), err);
+  } else if (graceful) {
     /* Agree that no call is left anywhere, delete the RRefs this worker
      * uses (and wait for the owners it serves to be released), then agree
      * again so every control message has been answered. */

@@ -56,13 +56,23 @@ typedef struct opened_event {
   uint64_t used; /* for eviction: the oldest goes */
 } opened_event;
 
+/* Per peer id (0..n-1): my map toward it, its map toward me inverted,
+ * whether CUDA IPC reaches it. Encoding threads read the current table
+ * without a lock; a dynamic group that outgrows it gets a larger copy and
+ * the old one is kept (older) until the state is freed: doubling bounds
+ * what is kept by the size of the current table. */
+typedef struct dev_tab {
+  int n;
+  dev_map *mine;
+  dev_map *reverse;
+  bool *same_host;
+  struct dev_tab *older;
+} dev_tab;
+
 struct drpc_devstate {
   drpc_agent *agent;
-  int nworkers;     /* ids 0..nworkers-1 */
-  dev_map *mine;    /* per peer id: my map toward it */
-  dev_map *reverse; /* per peer id: its map toward me, inverted */
-  bool *same_host;  /* per peer id */
-  int ndevices;     /* the agent's devices */
+  _Atomic(dev_tab *) tab;
+  int ndevices; /* the agent's devices */
   drpc_device devices[DRPC_MAX_DEVICES];
   bool allow_ipc, allow_staged;
 
@@ -347,7 +357,7 @@ static const node_info *info_by_name(const node_info *all, int n,
 /* The reference's checks of one node's devices and maps against every
  * node's device information; the first problem fails the start. */
 static int validate_node(const node_info *all, int n, const node_info *ni,
-                         drpc_error *err) {
+                         bool dynamic, drpc_error *err) {
   char a[512], b[512];
   for (int i = 0; i < ni->ndevices; i++)
     for (int j = i + 1; j < ni->ndevices; j++)
@@ -364,7 +374,8 @@ static int validate_node(const node_info *all, int n, const node_info *ni,
           "count = %d",
           ni->name, dev_list(ni->devices, ni->ndevices, a, sizeof a),
           ni->count);
-  for (int k = 0; k < ni->nmaps; k++)
+  /* A dynamic group's maps may name workers that join later. */
+  for (int k = 0; k < ni->nmaps && !dynamic; k++)
     if (!info_by_name(all, n, ni->peers[k]))
       return drpc_error_set(err, DRPC_EINVAL,
                             "Node %s has invalid target node names in its "
@@ -405,7 +416,7 @@ static int validate_node(const node_info *all, int n, const node_info *ni,
             "count = %d",
             ni->name, tname, dev_list(m->from, m->n, a, sizeof a), ni->count);
     }
-    for (int i = 0; i < m->n; i++) {
+    for (int i = 0; tn && i < m->n; i++) {
       drpc_device t = m->to[i];
       if (tn->ndevices > 0 && t.type == DRPC_DEVICE_CUDA &&
           !dev_in(tn->devices, tn->ndevices, t))
@@ -438,6 +449,34 @@ static bool ipc_reachable(const char *peer, const char *me) {
   return (b && b->ipc_in_process) || strcmp(ps, ms) != 0;
 }
 
+static void tab_free(dev_tab *t) {
+  free(t->mine);
+  free(t->reverse);
+  free(t->same_host);
+  free(t);
+}
+
+/* A table for ids 0..n-1 holding old's entries (old may be NULL). */
+static dev_tab *tab_new(int n, const dev_tab *old) {
+  dev_tab *t = calloc(1, sizeof *t);
+  if (!t)
+    return NULL;
+  t->n = n;
+  t->mine = calloc((size_t)n, sizeof *t->mine);
+  t->reverse = calloc((size_t)n, sizeof *t->reverse);
+  t->same_host = calloc((size_t)n, sizeof *t->same_host);
+  if (!t->mine || !t->reverse || !t->same_host) {
+    tab_free(t);
+    return NULL;
+  }
+  if (old) {
+    memcpy(t->mine, old->mine, sizeof *t->mine * (size_t)old->n);
+    memcpy(t->reverse, old->reverse, sizeof *t->reverse * (size_t)old->n);
+    memcpy(t->same_host, old->same_host, sizeof *t->same_host * (size_t)old->n);
+  }
+  return t;
+}
+
 void drpc_dev_free(drpc_devstate *d) {
   if (!d)
     return;
@@ -450,10 +489,55 @@ void drpc_dev_free(drpc_devstate *d) {
   for (int i = 0; i < d->nopened; i++)
     drpc_devevent_free(d->opened[i].ev);
   env->ops->sync_destroy(env->ctx, &d->lock);
-  free(d->mine);
-  free(d->reverse);
-  free(d->same_host);
+  for (dev_tab *t = atomic_load(&d->tab), *next; t; t = next) {
+    next = t->older;
+    tab_free(t);
+  }
   free(d);
+}
+
+/* Fills entry id of t from my information and peer pi's. */
+static void tab_set(dev_tab *t, int id, const node_info *me,
+                    const node_info *pi, const char *self_name) {
+  t->same_host[id] = ipc_reachable(pi->host, me->host);
+  memset(&t->mine[id], 0, sizeof t->mine[id]);
+  memset(&t->reverse[id], 0, sizeof t->reverse[id]);
+  for (int k = 0; k < me->nmaps; k++)
+    if (strcmp(me->peers[k], pi->name) == 0)
+      t->mine[id] = me->maps[k];
+  for (int k = 0; k < pi->nmaps; k++)
+    if (strcmp(pi->peers[k], self_name) == 0) {
+      const dev_map *m = &pi->maps[k];
+      for (int j = 0; j < m->n; j++) {
+        t->reverse[id].from[j] = m->to[j];
+        t->reverse[id].to[j] = m->from[j];
+      }
+      t->reverse[id].n = m->n;
+    }
+}
+
+/* The agent's devices: as configured, else every CUDA device its maps and
+ * its peers' maps toward it name. */
+static void devices_compute(drpc_devstate *d, const drpc_options *o) {
+  drpc_device devs[DRPC_MAX_DEVICES];
+  int n = 0;
+  const dev_tab *t = atomic_load(&d->tab);
+  if (o->n_devices > 0) {
+    n = o->n_devices;
+    memcpy(devs, o->devices, sizeof(drpc_device) * (size_t)n);
+  } else {
+    for (int id = 0; t && id < t->n; id++)
+      for (int pass = 0; pass < 2; pass++) {
+        const dev_map *m = pass ? &t->reverse[id] : &t->mine[id];
+        for (int j = 0; j < m->n; j++)
+          if (m->from[j].type == DRPC_DEVICE_CUDA &&
+              !dev_in(devs, n, m->from[j]) && n < DRPC_MAX_DEVICES)
+            devs[n++] = m->from[j];
+      }
+  }
+  qsort(devs, (size_t)n, sizeof(drpc_device), dev_cmp);
+  memcpy(d->devices, devs, sizeof(drpc_device) * (size_t)n);
+  d->ndevices = n;
 }
 
 int drpc_dev_start(drpc_agent *a, drpc_devstate **out, drpc_error *err) {
@@ -481,56 +565,32 @@ int drpc_dev_start(drpc_agent *a, drpc_devstate **out, drpc_error *err) {
                           ws[i].name);
   }
   for (size_t i = 0; i < nw && !rc; i++)
-    rc = validate_node(all, (int)nw, &all[i], err);
+    rc = validate_node(all, (int)nw, &all[i], !drpc_agent_is_static_group(a),
+                       err);
   int maxid = 0;
   for (size_t i = 0; i < nw; i++)
     if (ws[i].id > maxid)
       maxid = ws[i].id;
-  d->nworkers = maxid + 1;
+  dev_tab *t = NULL;
   if (!rc) {
-    d->mine = calloc((size_t)d->nworkers, sizeof *d->mine);
-    d->reverse = calloc((size_t)d->nworkers, sizeof *d->reverse);
-    d->same_host = calloc((size_t)d->nworkers, sizeof *d->same_host);
-    if (!d->mine || !d->reverse || !d->same_host)
+    /* Dynamic groups grow: room for a few more ids from the start. */
+    int n = maxid + 1;
+    if (!drpc_agent_is_static_group(a) && n < 16)
+      n = 16;
+    if (!(t = tab_new(n, NULL)))
       rc = drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+    atomic_store(&d->tab, t);
   }
   const node_info *me = info_by_name(all, (int)nw, self->name);
   for (size_t i = 0; i < nw && !rc && me; i++) {
     int id = ws[i].id;
     const node_info *pi = &all[i];
-    d->same_host[id] = ipc_reachable(pi->host, me->host);
-    for (int k = 0; k < me->nmaps; k++)
-      if (strcmp(me->peers[k], pi->name) == 0)
-        d->mine[id] = me->maps[k];
-    for (int k = 0; k < pi->nmaps; k++)
-      if (strcmp(pi->peers[k], self->name) == 0) {
-        const dev_map *m = &pi->maps[k];
-        d->reverse[id].n = m->n;
-        for (int j = 0; j < m->n; j++) {
-          d->reverse[id].from[j] = m->to[j];
-          d->reverse[id].to[j] = m->from[j];
-        }
-      }
+    tab_set(t, id, me, pi, self->name);
   }
   if (!rc) {
     /* The agent's devices: as configured, else every CUDA device its maps
      * and its peers' maps toward it name. */
-    if (o->n_devices > 0) {
-      d->ndevices = o->n_devices;
-      memcpy(d->devices, o->devices,
-             sizeof(drpc_device) * (size_t)o->n_devices);
-    } else {
-      for (int id = 0; id < d->nworkers; id++)
-        for (int pass = 0; pass < 2; pass++) {
-          const dev_map *m = pass ? &d->reverse[id] : &d->mine[id];
-          for (int j = 0; j < m->n; j++)
-            if (m->from[j].type == DRPC_DEVICE_CUDA &&
-                !dev_in(d->devices, d->ndevices, m->from[j]) &&
-                d->ndevices < DRPC_MAX_DEVICES)
-              d->devices[d->ndevices++] = m->from[j];
-        }
-    }
-    qsort(d->devices, (size_t)d->ndevices, sizeof(drpc_device), dev_cmp);
+    devices_compute(d, o);
     bool named = false;
     for (int i = 0; i < 4 && o->channels[i]; i++) {
       named = true;
@@ -576,9 +636,10 @@ int drpc_agent_device_map(drpc_agent *a, const char *peer, drpc_device *from,
   if (rc)
     return rc;
   const drpc_devstate *d = drpc_agent_devstate(a);
-  if (!d || wi.id >= d->nworkers)
+  const dev_tab *t = d ? atomic_load(&d->tab) : NULL;
+  if (!t || wi.id >= t->n)
     return 0;
-  const dev_map *m = &d->mine[wi.id];
+  const dev_map *m = &t->mine[wi.id];
   int k = m->n < max ? m->n : max;
   memcpy(from, m->from, sizeof(drpc_device) * (size_t)(k > 0 ? k : 0));
   memcpy(to, m->to, sizeof(drpc_device) * (size_t)(k > 0 ? k : 0));
@@ -716,8 +777,9 @@ static int plan(void *vctx, drpc_tensor *t, drpc_wire_tensor_plan *pl,
   drpc_devstate *d = drpc_agent_devstate(pc->agent);
   drpc_device dev = t->storage->device;
   const dev_map *m = NULL;
-  if (d && pc->dst >= 0 && pc->dst < d->nworkers)
-    m = pc->response ? &d->reverse[pc->dst] : &d->mine[pc->dst];
+  const dev_tab *tab = d ? atomic_load(&d->tab) : NULL;
+  if (tab && pc->dst >= 0 && pc->dst < tab->n)
+    m = pc->response ? &tab->reverse[pc->dst] : &tab->mine[pc->dst];
   char dn[16];
   if (pc->response && dev.type == DRPC_DEVICE_CUDA && d &&
       !dev_in(d->devices, d->ndevices, dev)) {
@@ -766,8 +828,8 @@ static int plan(void *vctx, drpc_tensor *t, drpc_wire_tensor_plan *pl,
     own = true;
   }
   int rc = 1;
-  if (d && d->allow_ipc && pl->target.type == DRPC_DEVICE_CUDA &&
-      pc->dst >= 0 && pc->dst < d->nworkers && d->same_host[pc->dst])
+  if (d && d->allow_ipc && pl->target.type == DRPC_DEVICE_CUDA && tab &&
+      pc->dst >= 0 && pc->dst < tab->n && tab->same_host[pc->dst])
     rc = share(d, pc->dst, c, pl, err);
   if (rc == 0) {
     atomic_fetch_add(&d->shared_sent, 1);
@@ -998,6 +1060,64 @@ void drpc_dev_on_release(drpc_agent *a, int16_t from, const drpc_value *body) {
       d->lends[i] = d->lends[--d->nlends];
       break;
     }
+  }
+  env->ops->sync_unlock(env->ctx, &d->lock);
+}
+
+/* Dynamic groups: a member joined; its maps and mine toward it. */
+int drpc_dev_peer_join(drpc_agent *a, int16_t id, const char *name,
+                       const char *devinfo, drpc_error *err) {
+  drpc_devstate *d = drpc_agent_devstate(a);
+  if (!d || id < 0)
+    return 0;
+  const drpc_worker_info *self = drpc_agent_self(a);
+  node_info me = {0}, pi = {0};
+  me.name = self->name;
+  pi.name = name;
+  if (parse_info(drpc_agent_peer_devinfo(a, self->id), &me) ||
+      parse_info(devinfo, &pi)) {
+    info_free(&me);
+    info_free(&pi);
+    return drpc_error_set(err, DRPC_EPROTO,
+                          "malformed device information of %s", name);
+  }
+  const drpc_env *env = drpc_agent_env(a);
+  int rc = 0;
+  env->ops->sync_lock(env->ctx, &d->lock);
+  dev_tab *t = atomic_load(&d->tab);
+  if (id >= t->n) {
+    int n = t->n * 2 > id ? t->n * 2 : id + 1;
+    dev_tab *nt = tab_new(n, t);
+    if (nt) {
+      nt->older = t;
+      atomic_store(&d->tab, nt);
+      t = nt;
+    } else {
+      rc = drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+    }
+  }
+  if (!rc) {
+    tab_set(t, id, &me, &pi, self->name);
+    devices_compute(d, drpc_agent_options(a));
+  }
+  env->ops->sync_unlock(env->ctx, &d->lock);
+  info_free(&me);
+  info_free(&pi);
+  return rc;
+}
+
+void drpc_dev_peer_leave(drpc_agent *a, int16_t id) {
+  drpc_devstate *d = drpc_agent_devstate(a);
+  if (!d || id < 0)
+    return;
+  const drpc_env *env = drpc_agent_env(a);
+  env->ops->sync_lock(env->ctx, &d->lock);
+  dev_tab *t = atomic_load(&d->tab);
+  if (id < t->n) {
+    t->mine[id].n = 0;
+    t->reverse[id].n = 0;
+    t->same_host[id] = false;
+    devices_compute(d, drpc_agent_options(a));
   }
   env->ops->sync_unlock(env->ctx, &d->lock);
 }

@@ -155,6 +155,7 @@ enum {
   DRPC_CMD_RELEASE = 3,
   DRPC_CMD_REMOTE = 4,
   DRPC_CMD_DELETE_USERS = 5,
+  DRPC_CMD_HEARTBEAT = 6, /* dynamic groups: heartbeats start */
 };
 enum { DRPC_JOB_SEND = 0, DRPC_JOB_REMOTE_DONE = 1 };
 
@@ -293,5 +294,46 @@ int drpc_dev_devices(const drpc_devstate *d, drpc_device *out, int max);
 /* Loop: a one-way frame (no response expected) on conn. */
 void drpc_agent_send_oneway(drpc_agent *a, uint64_t conn, uint8_t type,
                             const drpc_value *body);
+
+/* ---- dynamic group membership (core/membership.c) ---------------------- */
+
+typedef struct drpc_members drpc_members;
+drpc_members *drpc_agent_members(drpc_agent *a);
+void drpc_agent_set_members(drpc_agent *a, drpc_members *m);
+/* Joins the group (the token, the rank, the member list, the members'
+ * addresses); agent.c's rendezvous for world_size <= 0. */
+int drpc_members_join(drpc_agent *a, int64_t rank, const char *addr,
+                      drpc_error *err);
+/* Takes a worker whose start failed after joining out of the list. */
+void drpc_members_undo_join(drpc_agent *a);
+/* Graceful leave: own calls end, the list drops self, every member is
+ * told, the calls served end. */
+int drpc_members_leave(drpc_agent *a, uint64_t deadline, drpc_error *err);
+void drpc_members_free(drpc_members *m);
+/* The loop's handler of JOIN and LEAVE requests. */
+void drpc_members_on_request(drpc_agent *a, uint64_t conn, drpc_msg *m);
+/* The loop lost its connection to member id: check it, remove it if dead. */
+void drpc_members_suspect(drpc_agent *a, int16_t id, const char *why);
+/* The member table (agent.c). put adds or replaces a member (addr may
+ * carry "\n<device information>"); del removes one, failing the calls to
+ * it; both on the loop or before the agent runs. */
+int drpc_agent_peer_put(drpc_agent *a, const drpc_worker_info *wi,
+                        const char *addr, uint64_t epoch, drpc_error *err);
+void drpc_agent_peer_del(drpc_agent *a, int16_t id, uint64_t epoch,
+                         const char *why);
+/* True when member wi is listed with this name and address. */
+bool drpc_agent_peer_same(drpc_agent *a, const drpc_worker_info *wi,
+                          const char *addr);
+/* Copies member id's address and device information ("" when none). */
+bool drpc_agent_peer_addr(drpc_agent *a, int16_t id, char *addr, size_t an,
+                          char *dev, size_t dn);
+bool drpc_agent_member_epoch_advance(drpc_agent *a, int16_t id, uint64_t epoch);
+/* Waits (bounded) until this worker has no calls in flight / serves none. */
+int drpc_agent_wait_idle(drpc_agent *a, uint64_t deadline, drpc_error *err);
+int drpc_agent_wait_served(drpc_agent *a, uint64_t deadline, drpc_error *err);
+/* Device maps toward a member that joined / left (core/agent_dev.c). */
+int drpc_dev_peer_join(drpc_agent *a, int16_t id, const char *name,
+                       const char *devinfo, drpc_error *err);
+void drpc_dev_peer_leave(drpc_agent *a, int16_t id);
 
 #endif

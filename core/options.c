@@ -17,6 +17,7 @@ void drpc_options_default(drpc_options *o) {
   o->max_frame_bytes = DRPC_WIRE_DEFAULT_MAX_FRAME;
   o->shutdown_timeout_s = DRPC_DEFAULT_SHUTDOWN_TIMEOUT_SEC;
   o->ignore_rref_leak = true;
+  o->member_timeout_s = 10.0;
 }
 
 static bool in_list(const char *const *list, const char *s) {
@@ -38,6 +39,10 @@ int drpc_options_validate(const drpc_options *o, drpc_error *err) {
     return drpc_error_set(err, DRPC_EINVAL,
                           "shutdown timeout must be non-negative, got %g",
                           o->shutdown_timeout_s);
+  if (!(o->member_timeout_s >= 0) || o->member_timeout_s > 1e6)
+    return drpc_error_set(err, DRPC_EINVAL,
+                          "member timeout must be in [0, 1e6] s, got %g",
+                          o->member_timeout_s);
   if (o->num_worker_threads <= 0)
     return drpc_error_set(err, DRPC_EINVAL,
                           "num_worker_threads must be positive, got %d",

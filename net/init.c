@@ -105,6 +105,13 @@ int drpc_init(drpc_agent **out, const char *name, int64_t rank,
     drpc_agent_shutdown(b->agent, false, 0, NULL);
     goto fail;
   }
+  /* A dynamic group: the members learn of this worker now that its loop
+   * serves. */
+  if ((rc = drpc_agent_announce(b->agent, err))) {
+    drpc_agent_shutdown(b->agent, false, 0, NULL);
+    drpc_reset_current_agent();
+    goto fail;
+  }
   pthread_mutex_lock(&bundles_mu);
   b->next = bundles;
   bundles = b;
@@ -181,6 +188,13 @@ int drpc_shutdown(drpc_agent *a, bool graceful, double timeout_s,
     timeout_s = drpc_agent_options(a)->shutdown_timeout_s;
   if (graceful)
     note_entered(b);
+  if (b->server && b->world_size <= 0 && drpc_agent_num_members(a) > 1)
+    fprintf(stderr,
+            "drpc %s: warning: this worker hosts the group's store, which "
+            "goes away with it; the %zu other members can no longer join or "
+            "leave (run a standalone store with `drpc store` to let any "
+            "worker leave)\n",
+            drpc_agent_self(a)->name, drpc_agent_num_members(a) - 1);
   int rc = drpc_agent_shutdown(a, graceful, timeout_s, err);
   if (graceful) {
     double bound = timeout_s > 0 && timeout_s < 10 ? timeout_s : 10;

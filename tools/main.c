@@ -106,7 +106,7 @@ pid_t drpc_tools_spawn_passive(const char *name, int rank, int world,
 
 static void usage_worker(FILE *f) {
   fprintf(f,
-          "usage: drpc worker --name NAME --rank R --world-size W\n"
+          "usage: drpc worker --name NAME --rank R [--world-size W]\n"
           "                   [--init-method URL] [--plugin LIB.so ...]\n"
           "                   [--threads N] [--rpc-timeout S]\n"
           "                   [--shutdown-timeout S] [--record FILE.db]\n"
@@ -119,7 +119,10 @@ static void usage_worker(FILE *f) {
           "library exporting\n  int drpc_plugin_register(drpc_registry *r);\n"
           "The init method defaults to env:// (MASTER_ADDR, MASTER_PORT, "
           "RANK,\nWORLD_SIZE). --record keeps every input and output of the "
-          "core in\nFILE.db (drpc replay, drpc trace export).\n");
+          "core in\nFILE.db (drpc replay, drpc trace export).\n"
+          "Without a world size (and no WORLD_SIZE in the init method) the "
+          "worker\njoins a dynamic group: it serves until SIGINT/SIGTERM, then "
+          "leaves the\ngroup gracefully.\n");
 }
 
 typedef struct worker_state {
@@ -131,6 +134,7 @@ typedef struct worker_state {
   int rc;
   drpc_error err;
   _Atomic int started, done; /* set by the worker thread, read by main */
+  _Atomic int leave;         /* dynamic groups: set by main on a signal */
 } worker_state;
 
 /* Starts the worker and then waits in the graceful shutdown until the
@@ -148,6 +152,12 @@ static void *worker_thread(void *arg) {
     fprintf(stderr, "drpc worker %s (rank %lld) serving\n", w->name,
             (long long)drpc_agent_self(w->agent)->id);
     atomic_store(&w->started, 1);
+    /* A dynamic group member serves until told to leave; a static one
+     * waits in the graceful shutdown for the whole group. */
+    while (!drpc_agent_is_static_group(w->agent) && !atomic_load(&w->leave)) {
+      struct timespec tick = {0, 20 * 1000 * 1000};
+      nanosleep(&tick, NULL);
+    }
     w->rc = drpc_shutdown(w->agent, true, w->shutdown_timeout_s, &w->err);
     if (w->rc)
       fprintf(stderr, "drpc worker %s: shutdown: %s\n", w->name,
@@ -293,8 +303,9 @@ int drpc_cmd_worker(int argc, char **argv) {
         fflush(stderr);
         _exit(1);
       }
-      /* The worker thread is already in the graceful protocol; give it a
-       * bounded time, then leave. */
+      /* The worker thread is already in the graceful protocol (or, in a
+       * dynamic group, starts leaving now); give it a bounded time. */
+      atomic_store(&w.leave, 1);
       double grace = shutdown_s > 0 ? shutdown_s : 10;
       fprintf(stderr,
               "drpc worker %s: signal %d, shutting down (up to %.0f s)\n", name,

@@ -71,6 +71,11 @@ typedef struct drpc_options {
    * still forked then make shutdown fail with "Leaking RRef <id> with fork
    * Id <id>" lines (as PyTorch's _ignore_rref_leak, default true). */
   bool ignore_rref_leak;
+  /* Dynamic groups: a member that does not answer a heartbeat or a probe
+   * within this many seconds is removed from the group (every worker
+   * watches the next one by id; heartbeats go every third of it). 0 turns
+   * heartbeats off: only lost connections are noticed. Default 10. */
+  double member_timeout_s;
 } drpc_options;
 
 void drpc_options_default(drpc_options *o);
@@ -137,6 +142,11 @@ typedef enum drpc_call_kind {
 /* Starts an agent: validates options and names, publishes this worker's
  * name and address in the store (names/<rank>, addrs/<name>), waits for
  * the whole static group (world_size > 0) and checks names are unique.
+ * world_size <= 0 starts a dynamic group member: it takes the
+ * group-management token, claims its rank ("RPC worker id R is not
+ * unique..."), checks its name against the members and reads their
+ * addresses; then drpc_agent_announce tells them. Its graceful shutdown
+ * leaves the group (see core/membership.c).
  * store is borrowed for the agent's life (a reference is taken); env must
  * outlive the agent. On failure *out is NULL and err says why. */
 int drpc_agent_start(drpc_agent **out, drpc_store *store, const char *name,
@@ -194,6 +204,20 @@ int drpc_agent_worker_by_name(drpc_agent *a, const char *name,
 int drpc_agent_worker_by_id(drpc_agent *a, int64_t id, drpc_worker_info *out,
                             drpc_error *err);
 bool drpc_agent_is_static_group(drpc_agent *a);
+/* A copy of the current members, sorted by id (malloc'd; NULL and *n 0
+ * when out of memory). In a dynamic group the array drpc_agent_workers
+ * lends stays valid for the next 16 membership changes only; this one is
+ * the caller's. */
+drpc_worker_info *drpc_agent_workers_copy(drpc_agent *a, size_t *n);
+size_t drpc_agent_num_members(drpc_agent *a);
+/* Dynamic groups: the highest membership epoch this worker applied (every
+ * join, leave or removal takes the next one); 0 for static groups. */
+uint64_t drpc_agent_membership_epoch(drpc_agent *a);
+/* Dynamic groups (world_size <= 0 at start): tells every member that this
+ * worker joined and waits for their answers, then starts the heartbeats.
+ * Call once the backend delivers the agent's inputs (drpc_init does);
+ * until then the others do not know it. A no-op for static groups. */
+int drpc_agent_announce(drpc_agent *a, drpc_error *err);
 /* The device map toward peer as the agent uses it (at most max pairs);
  * *n gets the count (0 when none). */
 int drpc_agent_device_map(drpc_agent *a, const char *peer, drpc_device *from,
