@@ -610,6 +610,73 @@ static void test_bad_target_device(void) {
   down();
 }
 
+/* A dynamic group (no world size): w1 joins after w0; each learns the
+ * other's maps from the join, so the existing worker calls the new one
+ * with tensors landing on the mapped device, and back; responses take the
+ * reverse maps. When w1 leaves, w0 drops its maps toward it. */
+static void test_dynamic_group_maps(void) {
+  drpc_error err = DRPC_ERROR_INIT;
+  tnet_init(&N);
+  tnet_node(&N);
+  tnet_node(&N);
+  S = drpc_store_memory_new(&N.nodes[0].env);
+  drpc_options o[2];
+  for (int i = 0; i < 2; i++) {
+    drpc_options_default(&o[i]);
+    o[i].registry = R;
+    o[i].member_timeout_s = 0;
+  }
+  map(&o[0], "w1", 1, G0, G1);
+  map(&o[1], "w0", 1, G1, G0);
+  N.auto_run_jobs = true;
+  CHECK_EQ_INT(drpc_agent_start(&N.nodes[0].agent, S, "w0", 0, -1, &o[0],
+                                &N.nodes[0].env, &err),
+               0);
+  CHECK_EQ_INT(drpc_agent_announce(ag(0), &err), 0);
+  CHECK_EQ_INT(drpc_agent_start(&N.nodes[1].agent, S, "w1", 1, -1, &o[1],
+                                &N.nodes[1].env, &err),
+               0);
+  CHECK_EQ_INT(drpc_agent_announce(ag(1), &err), 0);
+  tnet_run(&N, 1000000);
+  drpc_device devs[4];
+  /* w0's devices: its map toward w1 (cuda:0) and w1's toward it. */
+  CHECK_EQ_INT(drpc_agent_devices(ag(0), devs, 4), 1);
+  CHECK_EQ_INT(drpc_agent_devices(ag(1), devs, 4), 1);
+  CHECK(devs[0].index == 1);
+
+  /* The existing rank calls the new one, and the new one calls it. */
+  drpc_value *v = call1(0, "w1", DRPC_FUNCTION, "devof",
+                        drpc_value_tensor(ramp(G0, 1)), NULL, &err);
+  CHECK(v && v->kind == DRPC_VAL_STR && strcmp(v->u.s.data, "cuda:1") == 0);
+  drpc_value_free(v);
+  v = call1(1, "w0", DRPC_FUNCTION, "devof", drpc_value_tensor(ramp(G1, 1)),
+            NULL, &err);
+  CHECK(v && v->kind == DRPC_VAL_STR && strcmp(v->u.s.data, "cuda:0") == 0);
+  drpc_value_free(v);
+  /* The answer comes back through w1's reverse map: cuda:1 -> cuda:0. */
+  v = call1(0, "w1", DRPC_FUNCTION, "ident", drpc_value_tensor(ramp(G0, 5)),
+            NULL, &err);
+  CHECK(v && v->kind == DRPC_VAL_TENSOR);
+  if (v && v->kind == DRPC_VAL_TENSOR) {
+    CHECK(drpc_device_equal(drpc_tensor_device(v->u.t), G0));
+    CHECK(at(v->u.t, 3) == 8.0);
+  }
+  drpc_value_free(v);
+
+  /* w1 leaves; w0 forgets it and its maps toward it. */
+  CHECK_EQ_INT(drpc_agent_shutdown(ag(1), true, 30, &err), 0);
+  tnet_run(&N, 1000000);
+  CHECK_EQ_INT((int)drpc_agent_num_members(ag(0)), 1);
+  /* Its devices are those of its maps toward members: none now. */
+  CHECK_EQ_INT(drpc_agent_devices(ag(0), devs, 4), 0);
+  v = call1(0, "w1", DRPC_FUNCTION, "devof", drpc_value_tensor(ramp(G0, 1)),
+            NULL, &err);
+  CHECK(v == NULL);
+  CHECK_CONTAINS(drpc_error_message(&err), "has left the group");
+  drpc_error_clear(&err);
+  down();
+}
+
 static void suite(const char *backend) {
   printf("  backend %s\n", drpc_gpu_describe());
   (void)backend;
@@ -623,6 +690,7 @@ static void suite(const char *backend) {
   RUN(test_validation);
   RUN(test_devices_and_metrics);
   RUN(test_bad_target_device);
+  RUN(test_dynamic_group_maps);
 }
 
 int main(void) {
