@@ -293,16 +293,25 @@ drpc_tensor *drpc_tensor_to(const drpc_tensor *t, drpc_device dev,
   int side = dev.type == DRPC_DEVICE_CUDA ? dev.index : src.index;
   if (!s)
     s = drpc_stream_current(side);
+  /* From one CUDA device to another: the copy runs on the destination's
+   * stream after the work queued on the source device's current stream,
+   * and that stream then waits for the copy (a two-way barrier), so the
+   * source is neither read early nor reused under the copy. */
+  drpc_stream *ss =
+      src.type == DRPC_DEVICE_CUDA && drpc_stream_device(s) != src.index
+          ? drpc_stream_current(src.index)
+          : NULL;
   /* A strided device source is made contiguous on its own device first. */
   drpc_tensor *dense = NULL;
   const drpc_tensor *from = t;
   if (!drpc_tensor_is_contiguous(t)) {
+    drpc_stream *ds = ss ? ss : s;
     if (src.type == DRPC_DEVICE_CPU) {
       dense = drpc_tensor_contiguous((drpc_tensor *)t);
     } else {
-      dense = drpc_tensor_empty_on(src, t->dtype, t->ndim, t->shape, s, err);
+      dense = drpc_tensor_empty_on(src, t->dtype, t->ndim, t->shape, ds, err);
       if (dense && g_backend->strided_copy(
-                       g_ctx, s, drpc_tensor_data(dense), t->dtype,
+                       g_ctx, ds, drpc_tensor_data(dense), t->dtype,
                        (const char *)t->storage->data +
                            t->offset * (int64_t)drpc_dtype_size(t->dtype),
                        t->dtype, t->ndim, t->shape, t->strides, err)) {
@@ -322,9 +331,13 @@ drpc_tensor *drpc_tensor_to(const drpc_tensor *t, drpc_device dev,
                            dev.type == DRPC_DEVICE_CPU ? NULL : s, err);
   size_t n = drpc_tensor_nbytes(t);
   int rc = out ? 0 : DRPC_ENOMEM;
-  if (out && n > 0)
+  if (!rc && ss)
+    rc = drpc_stream_wait_stream(s, ss, err);
+  if (!rc && n > 0)
     rc = g_backend->copy(g_ctx, drpc_tensor_data(out), dev,
                          drpc_tensor_data(from), src, n, s, err);
+  if (!rc && ss)
+    rc = drpc_stream_wait_stream(ss, s, err);
   if (!rc && out && dev.type == DRPC_DEVICE_CPU)
     rc = g_backend->stream_sync(g_ctx, s, err);
   drpc_tensor_decref(dense);

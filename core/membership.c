@@ -39,7 +39,7 @@
 struct drpc_members {
   drpc_agent *agent;
   int64_t rank;
-  uint64_t join_epoch;
+  _Atomic uint64_t join_epoch;
   double member_timeout_s;
   /* Loop only. */
   drpc_timer *hb_timer;
@@ -97,6 +97,8 @@ static int token_take(drpc_agent *a, const char *what, uint64_t deadline,
   uint64_t holder_since = 0;
   double slice = 0.001;
   for (int i = 0; i < TOKEN_MAX_TRIES; i++) {
+    if (drpc_agent_stopped(a))
+      return drpc_error_set(err, DRPC_ESHUTDOWN, "RPC is no longer running");
     void *actual = NULL;
     size_t alen = 0;
     if ((rc = drpc_store_compare_set(st, TOKEN_KEY, "", 0, tok, strlen(tok),
@@ -342,8 +344,10 @@ int drpc_members_join(drpc_agent *a, int64_t rank, const char *my_addr,
     snprintf(key, sizeof key, "addrs/%s", self->name);
     if ((rc = drpc_store_get(st, key, wait_s, (void **)&addr, &len, err)))
       goto out;
-    if ((rc = next_epoch(a, &m->join_epoch, err)) == 0)
-      rc = drpc_agent_peer_put(a, self, addr, m->join_epoch, err);
+    uint64_t je = 0;
+    if ((rc = next_epoch(a, &je, err)) == 0)
+      rc = drpc_agent_peer_put(a, self, addr, je, err);
+    atomic_store(&m->join_epoch, je);
     free(addr);
     if (rc)
       goto out;
@@ -704,6 +708,81 @@ static void heartbeat_due(void *arg, bool fired) {
   drpc_future_decref(f);
 }
 
+/* ---- joining again ------------------------------------------------------ */
+
+typedef struct rejoin_job {
+  drpc_job job;
+  drpc_agent *agent;
+} rejoin_job;
+
+/* On the executor: puts self back in the list (and its rank back in its
+ * hands) with a new epoch, then tells every member. */
+static void rejoin_run(drpc_job *job) {
+  rejoin_job *r = (rejoin_job *)job;
+  drpc_agent *a = r->agent;
+  drpc_members *m = members_of(a);
+  const drpc_worker_info *self = drpc_agent_self(a);
+  double t = store_wait_s(a);
+  char tok[DRPC_MAX_NAME_LEN + 64], key[64];
+  drpc_error err = DRPC_ERROR_INIT;
+  entry *e = NULL;
+  size_t n = 0;
+  uint64_t epoch = 0;
+  bool told = false;
+  if (!drpc_agent_stopped(a) && !atomic_load(&m->stopping) &&
+      token_take(a, "join", after_s(a, t), m->member_timeout_s * 3, tok,
+                 sizeof tok, &err) == 0) {
+    bool listed = false;
+    int rc = list_read(a, &e, &n, &err);
+    for (size_t i = 0; rc == 0 && i < n; i++)
+      listed |= strcmp(e[i].name, self->name) == 0;
+    snprintf(key, sizeof key, "names/%lld", (long long)m->rank);
+    void *actual = NULL;
+    size_t alen = 0;
+    if (rc == 0 && !listed &&
+        (rc = drpc_store_compare_set(drpc_agent_store(a), key, "", 0,
+                                     self->name, strlen(self->name), &actual,
+                                     &alen, &err)) == 0 &&
+        (alen != strlen(self->name) || memcmp(actual, self->name, alen) != 0))
+      rc = drpc_error_set(&err, DRPC_EEXISTS, "rank %lld is taken by %.*s",
+                          (long long)m->rank, (int)alen, (const char *)actual);
+    free(actual);
+    entry *ne = rc == 0 && !listed ? realloc(e, (n + 1) * sizeof *ne) : NULL;
+    if (ne) {
+      e = ne;
+      snprintf(e[n].name, sizeof e[n].name, "%s", self->name);
+      e[n].rank = m->rank;
+      if ((rc = list_write(a, e, n + 1, &err)) == 0 &&
+          (rc = next_epoch(a, &epoch, &err)) == 0)
+        told = true;
+    }
+    token_give(a, tok);
+  }
+  if (told) {
+    m->join_epoch = epoch;
+    self_join s = {a, epoch};
+    tell_all(a, DRPC_MSG_JOIN, self_join_body, &s, -1, after_s(a, t));
+  } else if (err.code) {
+    drpc_agent_logf(a, DRPC_LOG_ERROR, "could not join the group again: %s",
+                    drpc_error_message(&err));
+  }
+  drpc_error_clear(&err);
+  free(e);
+  atomic_fetch_sub(&m->checks_running, 1);
+  free(r);
+}
+
+static void rejoin_later(drpc_agent *a) {
+  drpc_members *m = members_of(a);
+  rejoin_job *r = m && !atomic_load(&m->stopping) ? calloc(1, sizeof *r) : NULL;
+  if (!r)
+    return;
+  r->job.run = rejoin_run;
+  r->agent = a;
+  atomic_fetch_add(&m->checks_running, 1);
+  drpc_agent_env(a)->ops->execute(drpc_agent_env(a)->ctx, &r->job);
+}
+
 /* ---- applying changes (the loop) ------------------------------------------
  */
 
@@ -782,8 +861,13 @@ void drpc_members_on_request(drpc_agent *a, uint64_t conn, drpc_msg *msg) {
     uint64_t epoch = (uint64_t)b->u.c.items[2]->u.i;
     const char *why = b->u.c.items[3]->u.s.data;
     if (id == self->id) {
+      /* Taken for dead while alive (a partition, a stall): join again,
+       * so membership converges once the network heals. */
       drpc_agent_logf(a, DRPC_LOG_WARN,
-                      "this worker was taken out of the group: %s", why);
+                      "this worker was taken out of the group (%s); joining "
+                      "again",
+                      why);
+      rejoin_later(a);
     } else if (drpc_agent_member_epoch_advance(a, id, epoch)) {
       drpc_agent_peer_del(a, id, epoch, why);
     }

@@ -1102,9 +1102,7 @@ static void suite(void) {
   RUN_DEV(test_alloc_free);
   RUN_DEV(test_round_trip);
   RUN_DEV(test_to_noncontiguous);
-  /* test_to_across_devices: open (core/device.c does not yet order a copy
-   * to another device after the source device stream). */
-  (void)test_to_across_devices;
+  RUN_DEV(test_to_across_devices);
   RUN_DEV(test_fill);
   RUN_DEV(test_strided_copy);
   RUN_DEV(test_binary);
