@@ -2225,6 +2225,12 @@ bool drpc_agent_member_epoch_advance(drpc_agent *a, int16_t id,
     ;
   return true;
 }
+uint64_t drpc_agent_member_last_epoch(drpc_agent *a, int16_t id) {
+  uintptr_t last =
+      (uintptr_t)drpc_map_get(&a->member_epochs, (uint64_t)(uint16_t)id);
+  return (uint64_t)(last >> 1);
+}
+
 drpc_store *drpc_agent_store(drpc_agent *a) {
   return a->store;
 }

@@ -328,6 +328,8 @@ bool drpc_agent_peer_same(drpc_agent *a, const drpc_worker_info *wi,
 bool drpc_agent_peer_addr(drpc_agent *a, int16_t id, char *addr, size_t an,
                           char *dev, size_t dn);
 bool drpc_agent_member_epoch_advance(drpc_agent *a, int16_t id, uint64_t epoch);
+/* The epoch of the last change of member id applied (0: none). */
+uint64_t drpc_agent_member_last_epoch(drpc_agent *a, int16_t id);
 /* Waits (bounded) until this worker has no calls in flight / serves none. */
 int drpc_agent_wait_idle(drpc_agent *a, uint64_t deadline, drpc_error *err);
 int drpc_agent_wait_served(drpc_agent *a, uint64_t deadline, drpc_error *err);

@@ -52,6 +52,8 @@ struct drpc_members {
   _Atomic int checks_running;
 };
 
+static void rejoin_later(drpc_agent *a);
+
 void drpc_members_free(drpc_members *m) {
   if (!m)
     return;
@@ -375,10 +377,15 @@ out:
 /* Takes self (or another member) out of the list and frees its rank; the
  * epoch of the change in *epoch (0 when it was not listed). */
 static int list_remove(drpc_agent *a, const char *name, uint64_t deadline,
-                       uint64_t *epoch, drpc_error *err) {
+                       uint64_t *epoch, entry **left, size_t *nleft,
+                       drpc_error *err) {
   drpc_members *m = members_of(a);
   char tok[DRPC_MAX_NAME_LEN + 64];
   *epoch = 0;
+  if (left) {
+    *left = NULL;
+    *nleft = 0;
+  }
   int rc = token_take(a, "leave", deadline, m->member_timeout_s * 3, tok,
                       sizeof tok, err);
   if (rc)
@@ -394,8 +401,14 @@ static int list_remove(drpc_agent *a, const char *name, uint64_t deadline,
       if ((rc = list_write(a, e, n - 1, err)) == 0 &&
           (rc = next_epoch(a, epoch, err)) == 0)
         rank_release(a, rank, name);
+      n--;
       break;
     }
+  }
+  if (left && rc == 0) {
+    *left = e; /* the members still listed */
+    *nleft = n;
+    e = NULL;
   }
   free(e);
   token_give(a, tok);
@@ -407,7 +420,7 @@ void drpc_members_undo_join(drpc_agent *a) {
   uint64_t epoch = 0;
   if (m)
     list_remove(a, drpc_agent_self(a)->name, after_s(a, store_wait_s(a)),
-                &epoch, NULL);
+                &epoch, NULL, NULL, NULL);
 }
 
 /* ---- telling the members --------------------------------------------------
@@ -433,6 +446,104 @@ static drpc_future *tell(drpc_agent *a, int16_t dst, uint8_t type,
   return fut;
 }
 
+/* Reliable telling: a JOIN or LEAVE that a lost connection or a timeout
+ * kept from a member goes again (from the loop, backing off) while the
+ * member is still listed, so a healed partition still converges. */
+#define RETRY_MAX 24
+#define RETRY_BASE_NS 20000000ull /* 20 ms, doubling */
+#define RETRY_CAP_NS 2000000000ull
+
+typedef struct retry {
+  drpc_members *m;
+  int16_t dst;
+  uint8_t type;
+  drpc_value *body;
+  int attempt;
+} retry;
+
+static void retry_free(retry *r) {
+  drpc_value_free(r->body);
+  free(r);
+}
+
+static void retry_done(drpc_future *f, void *arg);
+
+static void retry_fire(void *arg, bool fired) {
+  retry *r = arg;
+  drpc_agent *a = r->m->agent;
+  drpc_future *f = fired && !drpc_agent_stopped(a)
+                       ? drpc_future_new(drpc_agent_env(a))
+                       : NULL;
+  if (!f || drpc_future_add_done_callback(f, retry_done, r)) {
+    if (f)
+      drpc_future_decref(f);
+    retry_free(r);
+    return;
+  }
+  uint64_t ms =
+      (uint64_t)(r->m->member_timeout_s > 0 ? r->m->member_timeout_s * 1000
+                                            : 10000) +
+      1;
+  drpc_agent_request(a, r->dst, r->type, r->body, ms, f);
+  drpc_future_decref(f);
+}
+
+/* On the loop (where calls complete). */
+static void retry_done(drpc_future *f, void *arg) {
+  retry *r = arg;
+  drpc_agent *a = r->m->agent;
+  drpc_error err = DRPC_ERROR_INIT;
+  int code = drpc_future_error(f, &err);
+  drpc_error_clear(&err);
+  drpc_worker_info wi;
+  bool again = (code == DRPC_ECONN || code == DRPC_ETIMEOUT) &&
+               r->attempt < RETRY_MAX && !drpc_agent_stopped(a) &&
+               !atomic_load(&r->m->stopping) &&
+               drpc_agent_resolve_id(a, r->dst, &wi, NULL) == 0;
+  if (!again) {
+    retry_free(r);
+    return;
+  }
+  uint64_t delay = RETRY_BASE_NS << (r->attempt < 16 ? r->attempt : 16);
+  if (delay > RETRY_CAP_NS)
+    delay = RETRY_CAP_NS;
+  r->attempt++;
+  if (!drpc_agent_timer_add(a, drpc_agent_loop_now(a) + delay, retry_fire, r))
+    retry_free(r);
+}
+
+/* tell, retried as above. */
+static drpc_future *tell_reliably(drpc_agent *a, int16_t dst, uint8_t type,
+                                  drpc_value *body, double timeout_s) {
+  retry *r = body ? calloc(1, sizeof *r) : NULL;
+  drpc_value *copy = r ? drpc_value_clone(body) : NULL;
+  drpc_outframe *f = NULL;
+  drpc_future *fut = copy ? drpc_future_new(drpc_agent_env(a)) : NULL;
+  if (!fut) {
+    free(r);
+    drpc_value_free(copy);
+    return tell(a, dst, type, body, timeout_s);
+  }
+  r->m = members_of(a);
+  r->dst = dst;
+  r->type = type;
+  r->body = copy;
+  int rc =
+      drpc_wire_encode(type, 0, 0, body, drpc_agent_wire_limits(a), &f, NULL);
+  drpc_value_free(body);
+  if (rc || drpc_future_add_done_callback(fut, retry_done, r)) {
+    retry_free(r);
+    drpc_outframe_free(f);
+    drpc_future_fail(fut, rc ? rc : DRPC_ENOMEM, "could not send a %s request",
+                     drpc_msg_type_name(type));
+    return fut;
+  }
+  uint64_t ms = timeout_s > 0 ? (uint64_t)(timeout_s * 1000) + 1 : 0;
+  drpc_agent_post_request(a, dst, f, NULL, ms, fut, drpc_msg_type_name(type),
+                          NULL);
+  return fut;
+}
+
 static drpc_value *join_body(drpc_agent *a, int16_t id, uint64_t epoch) {
   char addr[512], dev[2048];
   if (!drpc_agent_peer_addr(a, id, addr, sizeof addr, dev, sizeof dev))
@@ -448,12 +559,27 @@ static drpc_value *join_body(drpc_agent *a, int16_t id, uint64_t epoch) {
 /* Sends type to every member but self (and but skip, when >= 0) and waits
  * for the answers; failures are logged, and a member that cannot be
  * reached becomes a suspect. */
+/* Sends type to every member this worker knows and every worker in the
+ * list (e, n: members it may have missed), but self and skip, and waits
+ * for the answers; failures are logged (and retried, see tell_reliably). */
 static void tell_all(drpc_agent *a, uint8_t type, drpc_value *(*body)(void *),
-                     void *arg, int16_t skip, uint64_t deadline) {
+                     void *arg, int16_t skip, uint64_t deadline, const entry *e,
+                     size_t ne) {
   size_t n = 0;
   drpc_worker_info *ws = drpc_agent_workers_copy(a, &n);
+  drpc_worker_info *all = ws ? realloc(ws, (n + ne + 1) * sizeof *all) : NULL;
+  if (all)
+    ws = all;
+  for (size_t i = 0; all && i < ne; i++) {
+    bool known = false;
+    for (size_t k = 0; k < n && !known; k++)
+      known = ws[k].id == e[i].rank;
+    if (!known &&
+        drpc_worker_info_init(&ws[n], e[i].name, e[i].rank, NULL) == 0)
+      n++;
+  }
   drpc_future **fs = calloc(n ? n : 1, sizeof *fs);
-  if (!ws || !fs) {
+  if (!ws || !all || !fs) {
     drpc_agent_logf(a, DRPC_LOG_ERROR, "out of memory telling the members");
     free(ws);
     free(fs);
@@ -462,7 +588,7 @@ static void tell_all(drpc_agent *a, uint8_t type, drpc_value *(*body)(void *),
   const drpc_worker_info *self = drpc_agent_self(a);
   for (size_t i = 0; i < n; i++)
     if (ws[i].id != self->id && ws[i].id != skip)
-      fs[i] = tell(a, ws[i].id, type, body(arg), left_s(a, deadline));
+      fs[i] = tell_reliably(a, ws[i].id, type, body(arg), left_s(a, deadline));
   for (size_t i = 0; i < n; i++) {
     if (!fs[i])
       continue;
@@ -500,7 +626,7 @@ int drpc_agent_announce(drpc_agent *a, drpc_error *err) {
     return drpc_error_set(err, DRPC_ESHUTDOWN, "RPC is not running");
   self_join s = {a, m->join_epoch};
   tell_all(a, DRPC_MSG_JOIN, self_join_body, &s, -1,
-           after_s(a, store_wait_s(a)));
+           after_s(a, store_wait_s(a)), NULL, 0);
   if (m->member_timeout_s > 0)
     drpc_agent_run_on_loop(a, DRPC_CMD_HEARTBEAT, heartbeat_start, m);
   return 0;
@@ -527,7 +653,9 @@ int drpc_members_leave(drpc_agent *a, uint64_t deadline, drpc_error *err) {
   if (rc)
     return rc;
   uint64_t epoch = 0;
-  if ((rc = list_remove(a, self->name, deadline, &epoch, err))) {
+  entry *left = NULL;
+  size_t nleft = 0;
+  if ((rc = list_remove(a, self->name, deadline, &epoch, &left, &nleft, err))) {
     drpc_error_prefix(err, "leaving the group");
     return rc;
   }
@@ -535,8 +663,9 @@ int drpc_members_leave(drpc_agent *a, uint64_t deadline, drpc_error *err) {
     m->stopping = true;
   if (epoch) {
     leave_args l = {self->id, self->name, epoch, "left"};
-    tell_all(a, DRPC_MSG_LEAVE, leave_body, &l, -1, deadline);
+    tell_all(a, DRPC_MSG_LEAVE, leave_body, &l, -1, deadline, left, nleft);
   }
+  free(left);
   return drpc_agent_wait_served(a, deadline, err);
 }
 
@@ -580,7 +709,10 @@ static void check_run(drpc_job *job) {
   if (!alive && !drpc_agent_stopped(a) && !m->stopping) {
     uint64_t epoch = 0;
     drpc_error e2 = DRPC_ERROR_INIT;
-    if (list_remove(a, c->who.name, after_s(a, t * 3), &epoch, &e2) == 0 &&
+    entry *left = NULL;
+    size_t nleft = 0;
+    if (list_remove(a, c->who.name, after_s(a, t * 3), &epoch, &left, &nleft,
+                    &e2) == 0 &&
         epoch) {
       char why[DRPC_MAX_NAME_LEN + sizeof c->why + 48];
       snprintf(why, sizeof why, "removed as unreachable by %s (%s)",
@@ -595,11 +727,13 @@ static void check_run(drpc_job *job) {
         drpc_future_wait(sf, t + 1);
         drpc_future_decref(sf);
       }
-      tell_all(a, DRPC_MSG_LEAVE, leave_body, &l, c->who.id, after_s(a, t));
+      tell_all(a, DRPC_MSG_LEAVE, leave_body, &l, c->who.id, after_s(a, t),
+               left, nleft);
     } else if (e2.code) {
       drpc_agent_logf(a, DRPC_LOG_WARN, "could not remove %s: %s", c->who.name,
                       drpc_error_message(&e2));
     }
+    free(left);
     drpc_error_clear(&e2);
   }
   drpc_error_clear(&err);
@@ -662,8 +796,11 @@ static void heartbeat_answer(drpc_future *f, void *arg) {
   hb_ctx *h = arg;
   drpc_error err = DRPC_ERROR_INIT;
   h->m->hb_inflight = false;
-  if (drpc_future_error(f, &err) && err.code != DRPC_ENOTFOUND &&
+  if (drpc_future_error(f, &err) && err.code == DRPC_ESTATE &&
       !drpc_agent_stopped(h->m->agent))
+    rejoin_later(h->m->agent); /* the others took this worker out */
+  else if (err.code && err.code != DRPC_ENOTFOUND &&
+           !drpc_agent_stopped(h->m->agent))
     drpc_members_suspect(h->m->agent, h->who.id, drpc_error_message(&err));
   drpc_error_clear(&err);
   free(h);
@@ -717,6 +854,84 @@ typedef struct rejoin_job {
 
 /* On the executor: puts self back in the list (and its rank back in its
  * hands) with a new epoch, then tells every member. */
+/* The view of the member list read while joining again: applied on the
+ * loop (a posted command; a stopped agent only frees it). */
+typedef struct view_entry {
+  drpc_worker_info wi;
+  char *addr; /* "<address>[\n<device information>]" */
+} view_entry;
+
+typedef struct view_cmd {
+  drpc_cmd cmd;
+  drpc_agent *agent;
+  view_entry *v;
+  size_t n;
+  uint64_t epoch;
+} view_cmd;
+
+static void view_apply(drpc_cmd *cmd) {
+  view_cmd *c = (view_cmd *)cmd;
+  drpc_agent *a = c->agent;
+  int16_t me = drpc_agent_self(a)->id;
+  if (!drpc_agent_stopped(a)) {
+    drpc_agent_input_begin(a);
+    for (size_t i = 0; i < c->n; i++) {
+      view_entry *e = &c->v[i];
+      char *nl = strchr(e->addr, '\n');
+      if (nl)
+        *nl = 0;
+      bool same = e->wi.id == me || drpc_agent_peer_same(a, &e->wi, e->addr);
+      if (nl)
+        *nl = '\n';
+      if (same)
+        continue;
+      drpc_error err = DRPC_ERROR_INIT;
+      if (drpc_agent_peer_put(a, &e->wi, e->addr, c->epoch, &err) == 0)
+        drpc_dev_peer_join(a, e->wi.id, e->wi.name, nl ? nl + 1 : NULL, &err);
+      drpc_error_clear(&err);
+    }
+    size_t n = 0;
+    drpc_worker_info *ws = drpc_agent_workers_copy(a, &n);
+    for (size_t i = 0; ws && i < n; i++) {
+      bool listed = ws[i].id == me;
+      for (size_t k = 0; k < c->n && !listed; k++)
+        listed = c->v[k].wi.id == ws[i].id;
+      if (!listed && drpc_agent_member_epoch_advance(a, ws[i].id, c->epoch))
+        drpc_agent_peer_del(a, ws[i].id, c->epoch, "not in the member list");
+    }
+    free(ws);
+  }
+  for (size_t i = 0; i < c->n; i++)
+    free(c->v[i].addr);
+  free(c->v);
+  free(c);
+}
+
+/* Reads the addresses of the listed members (under the token). */
+static view_cmd *view_read(drpc_agent *a, const entry *e, size_t n) {
+  view_cmd *c = calloc(1, sizeof *c);
+  if (c)
+    c->v = calloc(n ? n : 1, sizeof *c->v);
+  if (!c || !c->v) {
+    free(c);
+    return NULL;
+  }
+  c->cmd.apply = view_apply;
+  c->agent = a;
+  for (size_t i = 0; i < n; i++) {
+    char key[DRPC_MAX_NAME_LEN + 16];
+    size_t len = 0;
+    view_entry *v = &c->v[c->n];
+    snprintf(key, sizeof key, "addrs/%s", e[i].name);
+    if (drpc_worker_info_init(&v->wi, e[i].name, e[i].rank, NULL) ||
+        drpc_store_get(drpc_agent_store(a), key, 1.0, (void **)&v->addr, &len,
+                       NULL))
+      continue;
+    c->n++;
+  }
+  return c;
+}
+
 static void rejoin_run(drpc_job *job) {
   rejoin_job *r = (rejoin_job *)job;
   drpc_agent *a = r->agent;
@@ -756,12 +971,19 @@ static void rejoin_run(drpc_job *job) {
           (rc = next_epoch(a, &epoch, &err)) == 0)
         told = true;
     }
+    /* While out, members may have come and gone unseen: take the list's
+     * view of them. */
+    view_cmd *view = told ? view_read(a, e, n) : NULL;
     token_give(a, tok);
+    if (view) {
+      view->epoch = epoch;
+      drpc_agent_env(a)->ops->post(drpc_agent_env(a)->ctx, &view->cmd);
+    }
   }
   if (told) {
     m->join_epoch = epoch;
     self_join s = {a, epoch};
-    tell_all(a, DRPC_MSG_JOIN, self_join_body, &s, -1, after_s(a, t));
+    tell_all(a, DRPC_MSG_JOIN, self_join_body, &s, -1, after_s(a, t), e, n);
   } else if (err.code) {
     drpc_agent_logf(a, DRPC_LOG_ERROR, "could not join the group again: %s",
                     drpc_error_message(&err));
@@ -832,6 +1054,23 @@ void drpc_members_on_request(drpc_agent *a, uint64_t conn, drpc_msg *msg) {
     uint64_t epoch = (uint64_t)b->u.c.items[4]->u.i;
     const char *addr = b->u.c.items[2]->u.s.data;
     const char *dev = b->u.c.items[3]->u.s.data;
+    drpc_worker_info cur;
+    uint64_t last = id != self->id ? drpc_agent_member_last_epoch(a, id) : 0;
+    /* The list this worker joined with held every member that joined
+     * before it: an unknown one that joined earlier is gone since. */
+    uint64_t mine = atomic_load(&members_of(a)->join_epoch);
+    if (last < mine && id != self->id)
+      last = mine;
+    if (last > epoch && drpc_agent_resolve_id(a, id, &cur, NULL)) {
+      /* It was taken out after that join, yet it speaks: tell it, so that
+       * it joins again (see heartbeat_answer). */
+      char why[DRPC_MAX_NAME_LEN + 96];
+      snprintf(why, sizeof why,
+               "worker %s (id %d) was taken out of the group at epoch %llu",
+               name, id, (unsigned long long)last);
+      drpc_agent_reply_error(a, conn, msg->id, DRPC_ESTATE, why);
+      return;
+    }
     if (id != self->id && drpc_agent_member_epoch_advance(a, id, epoch) &&
         !drpc_agent_peer_same(a, &wi, addr)) {
       size_t alen = strlen(addr), dlen = strlen(dev);

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "drpc/net.h"
 
@@ -48,6 +49,23 @@ static void release(bundle *b) {
   free(b);
 }
 
+static int check_group_mode(drpc_store *base, bool is_static, drpc_error *err) {
+  const char *mode = is_static ? "true" : "false";
+  void *actual = NULL;
+  size_t alen = 0;
+  int rc = drpc_store_compare_set(base, "rpcIsStaticGroup", "", 0, mode,
+                                  strlen(mode), &actual, &alen, err);
+  if (rc == 0 && (alen != strlen(mode) || memcmp(actual, mode, alen) != 0))
+    rc = drpc_error_set(
+        err, DRPC_EINVAL,
+        "RPC group mixes statically and dynamically initialized members "
+        "which is not supported. Static group property is initialized as "
+        "%.*s and is trying to be set as %s",
+        (int)alen, (const char *)actual, mode);
+  free(actual);
+  return rc;
+}
+
 int drpc_init(drpc_agent **out, const char *name, int64_t rank,
               int64_t world_size, const drpc_options *opts, drpc_error *err) {
   *out = NULL;
@@ -79,13 +97,22 @@ int drpc_init(drpc_agent **out, const char *name, int64_t rank,
   void (*rfn)(void *, const drpc_event *) = record_fn;
   void *rctx = record_ctx;
   pthread_mutex_unlock(&bundles_mu);
+  /* Static groups: fresh keys per drpc_init of the process. A dynamic
+   * group keeps one prefix, so a worker that leaves can join again. */
   char prefix[32];
-  snprintf(prefix, sizeof prefix, "rpc_prefix_%d", n);
+  if (b->world_size > 0)
+    snprintf(prefix, sizeof prefix, "rpc_prefix_%d", n);
+  else
+    snprintf(prefix, sizeof prefix, "rpc_dynamic");
   b->store = drpc_store_prefix_new(b->base, prefix);
   if (!b->store) {
     rc = drpc_error_set(err, DRPC_ENOMEM, "out of memory");
     goto fail;
   }
+  /* Static and dynamic groups live under different prefixes: the mode is
+   * also claimed in the shared store, so mixing them fails here. */
+  if ((rc = check_group_mode(b->base, b->world_size > 0, err)))
+    goto fail;
   drpc_net_config nc;
   drpc_net_config_default(&nc);
   nc.num_worker_threads = opts->num_worker_threads;
@@ -188,6 +215,15 @@ int drpc_shutdown(drpc_agent *a, bool graceful, double timeout_s,
     timeout_s = drpc_agent_options(a)->shutdown_timeout_s;
   if (graceful)
     note_entered(b);
+  /* The store's host of a dynamic group waits, bounded, for the others
+   * to leave: they need the store to do so. */
+  if (graceful && b->server && b->world_size <= 0) {
+    double bound = timeout_s > 0 && timeout_s < 30 ? timeout_s : 30;
+    struct timespec tick = {0, 10 * 1000 * 1000};
+    for (int i = 0; i < (int)(bound * 100) && drpc_agent_num_members(a) > 1;
+         i++)
+      nanosleep(&tick, NULL);
+  }
   if (b->server && b->world_size <= 0 && drpc_agent_num_members(a) > 1)
     fprintf(stderr,
             "drpc %s: warning: this worker hosts the group's store, which "

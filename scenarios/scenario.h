@@ -35,6 +35,15 @@ struct drpc_scn_host {
    * many it tolerated); may be NULL. */
   void (*tolerated)(const drpc_scn_host *h, drpc_agent *a,
                     const drpc_error *err);
+  /* Dynamic-group scenarios: leaves the group (graceful shutdown of *a),
+   * stays away for away_ns, then joins again as a fresh agent with the
+   * same name and rank, which replaces *a (the host shuts that one down at
+   * the end). Non-zero with err set on failure; *a is then NULL when no
+   * agent runs any more. NULL in hosts without dynamic groups. */
+  int (*rejoin)(const drpc_scn_host *h, drpc_agent **a, uint64_t away_ns,
+                drpc_error *err);
+  /* False once worker rank has crashed (a fault); NULL: nothing crashes. */
+  bool (*alive)(const drpc_scn_host *h, int rank);
 };
 
 typedef struct drpc_scenario {
@@ -55,6 +64,9 @@ typedef struct drpc_scenario {
    * (violations go through h->violation as well). */
   int (*run)(drpc_agent *a, int rank, int world, const drpc_scn_host *h,
              drpc_error *err);
+  /* A dynamic group: agents start without a world size (and are
+   * announced), and the host offers rejoin. */
+  bool dynamic;
 } drpc_scenario;
 
 /* Every known scenario, runnable or not, in a fixed order. */
@@ -93,6 +105,7 @@ extern const drpc_scenario drpc_scn_timeouts;
 extern const drpc_scenario drpc_scn_shutdown_storm;
 extern const drpc_scenario drpc_scn_ps;
 extern const drpc_scenario drpc_scn_rref_chain;
+extern const drpc_scenario drpc_scn_membership;
 
 #ifdef __cplusplus
 }

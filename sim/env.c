@@ -415,6 +415,14 @@ void sim_attach(sim *s, sim_node *n, drpc_agent *a) {
     sim_push(s, EV_REPLAY, n->index, s->now, 0, 0, NULL, 0);
 }
 
+void sim_node_free_retired(sim_node *n) {
+  for (size_t i = 0; i < n->nretired; i++)
+    drpc_agent_free(n->retired[i]);
+  free(n->retired);
+  n->retired = NULL;
+  n->nretired = 0;
+}
+
 void sim_node_maybe_free(sim *s, sim_node *n) {
   if (!n->main_done || n->jobs_running || n->jq_len || n->free_queued ||
       n->state == NODE_DEAD || n->state == NODE_FINISHED)
@@ -443,6 +451,7 @@ void sim_node_free_agent(sim *s, sim_node *n) {
   if (n->agent)
     drpc_agent_free(n->agent);
   n->agent = NULL;
+  sim_node_free_retired(n);
   n->state = NODE_FINISHED;
   n->timer_at = 0;
   s->nodes_left--;
@@ -473,6 +482,7 @@ void sim_crash(sim *s, int16_t node) {
   else if (!n->main_done)
     s->res->abandoned = true; /* an agent half-way through its start */
   n->agent = NULL;
+  sim_node_free_retired(n);
   reset_node_conns(s, node);
 }
 

@@ -136,6 +136,10 @@ struct sim_node {
   int state;
   drpc_env env;
   drpc_agent *agent;
+  /* Agents of earlier incarnations in a dynamic group (a worker that left
+   * and joined again): stopped, freed with the node. */
+  drpc_agent **retired;
+  size_t nretired;
   char name[16], addr[32];
   uint64_t rng;
   int64_t clock_offset_ns;
@@ -258,6 +262,8 @@ void sim_node_job_done(sim *s, sim_node *n);
 void sim_node_maybe_free(sim *s, sim_node *n);
 void sim_node_free_agent(sim *s, sim_node *n);
 void sim_attach(sim *s, sim_node *n, drpc_agent *a);
+/* Frees the node's retired agents (see sim_node.retired). */
+void sim_node_free_retired(sim_node *n);
 
 /* run.c: checkers fed by the core's record output. */
 void sim_check_record(sim *s, sim_node *n, const drpc_event *ev);

@@ -157,6 +157,52 @@ static void host_tolerated(const drpc_scn_host *h, drpc_agent *a,
   s->res->tolerated++;
 }
 
+/* A dynamic group's worker leaves (graceful shutdown) and, after away_ns,
+ * joins again as a fresh agent on the same node: a new incarnation, whose
+ * request ids start again from 1, so the executions counted for the old
+ * one are forgotten (its own calls all ended before it left). */
+static int host_rejoin(const drpc_scn_host *h, drpc_agent **ap,
+                       uint64_t away_ns, drpc_error *err) {
+  sim *s = h->user;
+  drpc_agent *a = *ap;
+  sim_node *n = node_of_agent(a);
+  *ap = NULL;
+  int rc = drpc_agent_shutdown(a, true, s->scn->shutdown_timeout_s, err);
+  drpc_agent **r = realloc(n->retired, (n->nretired + 1) * sizeof *r);
+  if (!r)
+    return rc ? rc : drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  n->retired = r;
+  if (rc)
+    return rc; /* the stopped agent stays attached */
+  for (int m = 0; m < s->nnodes; m++) {
+    sim_node *o = &s->nodes[m];
+    if (o->execs) {
+      free(o->execs[n->index]);
+      o->execs[n->index] = NULL;
+      o->exec_cap[n->index] = 0;
+    }
+  }
+  /* Away: inputs wait for the next incarnation (connections to the old
+   * one mean nothing to it). */
+  n->state = NODE_STARTING;
+  sim_fiber_sleep(s, s->now + (uint64_t)((double)away_ns * n->slow));
+  drpc_agent *b = NULL;
+  if ((rc = drpc_agent_start(&b, s->store, n->name, n->index, -1, &s->opts,
+                             &n->env, err))) {
+    sim_attach(s, n, a);
+    return rc;
+  }
+  n->retired[n->nretired++] = a;
+  sim_attach(s, n, b);
+  *ap = b;
+  return drpc_agent_announce(b, err);
+}
+
+static bool host_alive(const drpc_scn_host *h, int rank) {
+  sim *s = h->user;
+  return rank < 0 || rank >= s->nnodes || s->nodes[rank].state != NODE_DEAD;
+}
+
 /* One worker: start the agent (a rendezvous through the shared store),
  * run the program, shut down gracefully. */
 static void node_main(void *arg) {
@@ -165,19 +211,27 @@ static void node_main(void *arg) {
   drpc_agent *a = NULL;
   drpc_error err = DRPC_ERROR_INIT;
   n->state = NODE_STARTING;
-  int rc = drpc_agent_start(&a, s->store, n->name, n->index, s->nnodes,
-                            &s->opts, &n->env, &err);
+  int rc = drpc_agent_start(&a, s->store, n->name, n->index,
+                            s->scn->dynamic ? -1 : s->nnodes, &s->opts, &n->env,
+                            &err);
   if (rc) {
     if (!s->host.faults || !drpc_scn_fault_error(&err))
       sim_violation(s, "%s: agent start failed: %s", n->name,
                     drpc_error_message(&err));
   } else {
     sim_attach(s, n, a);
+    if (s->scn->dynamic && drpc_agent_announce(a, &err))
+      drpc_scn_check_error(&s->host, a, &err, "announce");
+    drpc_error_clear(&err);
     rc = s->scn->run(a, n->index, s->nnodes, &s->host, &err);
     if (rc)
       sim_violation(s, "%s: program failed: %s", n->name,
                     drpc_error_message(&err));
     drpc_error_clear(&err);
+    /* A dynamic worker may have joined again as a new agent. */
+    a = s->scn->dynamic ? n->agent : a;
+  }
+  if (a) {
     rc = drpc_agent_shutdown(a, true, s->scn->shutdown_timeout_s, &err);
     if (rc && (!s->host.faults || !drpc_scn_fault_error(&err)))
       sim_violation(s, "%s: graceful shutdown failed: %s", n->name,
@@ -424,6 +478,8 @@ int drpc_sim_run(const drpc_sim_config *c, drpc_sim_result *r,
   s->host.compute = host_compute;
   s->host.violation = host_violation;
   s->host.tolerated = host_tolerated;
+  s->host.rejoin = scn->dynamic ? host_rejoin : NULL;
+  s->host.alive = host_alive;
   s->host.faults = c->nfaults > 0;
   s->host.iters = c->iters > 0 ? c->iters : scn->default_iters;
   s->host.think_ns = c->think_ns;

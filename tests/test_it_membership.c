@@ -40,8 +40,8 @@ static int join(member *m, const char *name, int rank, drpc_error *err) {
   int rc;
   if ((rc = drpc_net_new(&m->net, &nc, err)) ||
       (rc = drpc_store_tcp_new(&m->base, "127.0.0.1", port, 10, err)) ||
-      /* The prefix drpc_init gives the first group of a process. */
-      !(m->store = drpc_store_prefix_new(m->base, "rpc_prefix_0")) ||
+      /* The prefix drpc_init gives dynamic groups. */
+      !(m->store = drpc_store_prefix_new(m->base, "rpc_dynamic")) ||
       (rc = drpc_agent_start(&m->a, m->store, name, rank, -1, &o,
                              drpc_net_env(m->net), err))) {
     if (m->net) {
@@ -159,7 +159,7 @@ static void test_join_and_call(void) {
   drpc_net_config_default(&nc);
   CHECK_EQ_INT(drpc_net_new(&net, &nc, &err), 0);
   CHECK_EQ_INT(drpc_store_tcp_new(&base, "127.0.0.1", port, 5, &err), 0);
-  st = drpc_store_prefix_new(base, "rpc_prefix_0");
+  st = drpc_store_prefix_new(base, "rpc_dynamic");
   CHECK(drpc_agent_start(&sa, st, "s0", 0, 2, NULL, drpc_net_env(net), &err) !=
         0);
   CHECK_CONTAINS(drpc_error_message(&err),
@@ -355,6 +355,16 @@ static void test_sigkill(void) {
   CHECK(it_wait(pid, 10, &st));
   CHECK_EQ_INT(echo(w1.a, "w2", 4, &err), 0);
   drpc_error_clear(&err);
+
+  /* A static worker (drpc worker --world-size) against the dynamic
+   * group's store: the reference's mixing error, at once. */
+  char *argvs[] = {
+      (char *)it_drpc_bin(), "worker", "--name",        "s1", "--rank", "1",
+      "--world-size",        "2",      "--init-method", init, NULL};
+  char serr[2048] = "";
+  CHECK_EQ_INT(it_run(argvs, NULL, 30, NULL, 0, serr, sizeof serr), 1);
+  CHECK_CONTAINS(serr, "RPC group mixes statically and dynamically "
+                       "initialized members which is not supported");
   CHECK_EQ_INT(leave(&w2), 0);
   CHECK_EQ_INT(leave(&w1), 0);
   CHECK_EQ_INT(leave(&w0), 0);

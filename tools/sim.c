@@ -888,9 +888,34 @@ static void usage_run(FILE *f) {
              "FILE.db.w<rank>.db,\nmerged into FILE.db at the end.\n");
 }
 
+/* A real worker of a dynamic-group scenario leaves (drpc_shutdown) and
+ * joins again (drpc_init) with the same options. */
+typedef struct real_worker {
+  const char *name;
+  int rank;
+  const drpc_options *opts;
+  drpc_agent *agent; /* the current one */
+} real_worker;
+
+static int real_rejoin(const drpc_scn_host *h, drpc_agent **a, uint64_t away_ns,
+                       drpc_error *err) {
+  real_worker *w = h->user;
+  int rc = drpc_shutdown(*a, true, w->opts->shutdown_timeout_s, err);
+  *a = w->agent = NULL;
+  if (rc)
+    return rc;
+  real_compute(h, NULL, away_ns);
+  if ((rc = drpc_init(&w->agent, w->name, w->rank, -1, w->opts, err)))
+    return rc;
+  *a = w->agent;
+  return 0;
+}
+
 static int run_worker(const drpc_scenario *scn, int rank, int world, int iters,
                       const char *init, const char *record) {
-  drpc_scn_host h = {real_compute, real_violation, false, iters, 0, NULL};
+  real_worker rw = {0};
+  drpc_scn_host h = {real_compute, real_violation, false, iters, 0, &rw};
+  h.rejoin = scn->dynamic ? real_rejoin : NULL;
   drpc_registry *reg = drpc_registry_default();
   if (scn->register_fns(reg, &h))
     return 1;
@@ -909,16 +934,21 @@ static int run_worker(const drpc_scenario *scn, int rank, int world, int iters,
     if (drpc_tools_record_begin(path, scn->name, name, rank))
       return 1;
   }
-  if (drpc_init(&a, name, rank, world, &o, &err)) {
+  if (drpc_init(&a, name, rank, scn->dynamic ? -1 : world, &o, &err)) {
     fprintf(stderr, "%s: %s\n", name, drpc_error_message(&err));
     drpc_tools_record_end();
     return 1;
   }
+  rw.name = name;
+  rw.rank = rank;
+  rw.opts = &o;
+  rw.agent = a;
   int rc = scn->run(a, rank, world, &h, &err);
   if (rc)
     fprintf(stderr, "%s: program failed: %s\n", name, drpc_error_message(&err));
   drpc_error_clear(&err);
-  if (drpc_shutdown(a, true, scn->shutdown_timeout_s, &err)) {
+  a = rw.agent; /* a dynamic scenario may have joined again */
+  if (a && drpc_shutdown(a, true, scn->shutdown_timeout_s, &err)) {
     fprintf(stderr, "%s: shutdown: %s\n", name, drpc_error_message(&err));
     rc = 1;
   }
