@@ -44,7 +44,8 @@ struct drpc_members {
   /* Loop only. */
   drpc_timer *hb_timer;
   bool hb_inflight;
-  _Atomic bool stopping;
+  unsigned beats;
+  _Atomic bool stopping, sync_running;
   /* Suspects whose check runs now (id -> 1), under lock: the loop adds,
    * the executor removes. */
   drpc_sync lock;
@@ -53,6 +54,14 @@ struct drpc_members {
 };
 
 static void rejoin_later(drpc_agent *a);
+static void sync_later(drpc_agent *a);
+
+/* A test-only fault switch for the simulator's self-test alone
+ * (tests/test_sim_membership.c): when non-zero, a LEAVE is answered but
+ * not applied and the member list is not compared with the view, so a
+ * member that left stays listed. The membership checkers must see it.
+ * Nothing else may set it. */
+int drpc_test_fault_skip_leave = 0;
 
 void drpc_members_free(drpc_members *m) {
   if (!m)
@@ -813,6 +822,8 @@ static void heartbeat_due(void *arg, bool fired) {
   if (!fired || drpc_agent_stopped(a) || m->stopping)
     return;
   heartbeat_arm(m);
+  if (++m->beats % 3 == 0)
+    sync_later(a);
   if (m->hb_inflight)
     return;
   /* The next member by id after self, wrapping around. */
@@ -877,13 +888,17 @@ static void view_apply(drpc_cmd *cmd) {
     drpc_agent_input_begin(a);
     for (size_t i = 0; i < c->n; i++) {
       view_entry *e = &c->v[i];
+      if (!e->addr)
+        continue; /* known already */
       char *nl = strchr(e->addr, '\n');
       if (nl)
         *nl = 0;
       bool same = e->wi.id == me || drpc_agent_peer_same(a, &e->wi, e->addr);
       if (nl)
         *nl = '\n';
-      if (same)
+      /* Only news: a change of it this worker applied since the list was
+       * read wins. */
+      if (same || !drpc_agent_member_epoch_advance(a, e->wi.id, c->epoch))
         continue;
       drpc_error err = DRPC_ERROR_INIT;
       if (drpc_agent_peer_put(a, &e->wi, e->addr, c->epoch, &err) == 0)
@@ -907,7 +922,8 @@ static void view_apply(drpc_cmd *cmd) {
   free(c);
 }
 
-/* Reads the addresses of the listed members (under the token). */
+/* The listed members, with the addresses of those this worker does not
+ * know (NULL for the others). */
 static view_cmd *view_read(drpc_agent *a, const entry *e, size_t n) {
   view_cmd *c = calloc(1, sizeof *c);
   if (c)
@@ -923,18 +939,20 @@ static view_cmd *view_read(drpc_agent *a, const entry *e, size_t n) {
     size_t len = 0;
     view_entry *v = &c->v[c->n];
     snprintf(key, sizeof key, "addrs/%s", e[i].name);
-    if (drpc_worker_info_init(&v->wi, e[i].name, e[i].rank, NULL) ||
-        drpc_store_get(drpc_agent_store(a), key, 1.0, (void **)&v->addr, &len,
-                       NULL))
+    if (drpc_worker_info_init(&v->wi, e[i].name, e[i].rank, NULL))
+      continue;
+    drpc_worker_info cur;
+    bool known = drpc_agent_resolve_id(a, v->wi.id, &cur, NULL) == 0 &&
+                 strcmp(cur.name, v->wi.name) == 0;
+    if (!known && drpc_store_get(drpc_agent_store(a), key, 1.0,
+                                 (void **)&v->addr, &len, NULL))
       continue;
     c->n++;
   }
   return c;
 }
 
-static void rejoin_run(drpc_job *job) {
-  rejoin_job *r = (rejoin_job *)job;
-  drpc_agent *a = r->agent;
+static void rejoin_do(drpc_agent *a) {
   drpc_members *m = members_of(a);
   const drpc_worker_info *self = drpc_agent_self(a);
   double t = store_wait_s(a);
@@ -990,8 +1008,64 @@ static void rejoin_run(drpc_job *job) {
   }
   drpc_error_clear(&err);
   free(e);
+}
+
+static void rejoin_run(drpc_job *job) {
+  rejoin_job *r = (rejoin_job *)job;
+  drpc_members *m = members_of(r->agent);
+  rejoin_do(r->agent);
   atomic_fetch_sub(&m->checks_running, 1);
   free(r);
+}
+
+/* Anti-entropy, every member timeout: the view is made to agree with the
+ * member list (changes whose telling was lost), and a worker that is no
+ * longer listed joins again. The epoch is read before the list, so a
+ * change told meanwhile (a newer epoch) wins over what the list says. */
+static void sync_run(drpc_job *job) {
+  rejoin_job *r = (rejoin_job *)job;
+  drpc_agent *a = r->agent;
+  drpc_members *m = members_of(a);
+  int64_t e0 = 0;
+  entry *e = NULL;
+  size_t n = 0;
+  if (!drpc_agent_stopped(a) && !atomic_load(&m->stopping) &&
+      !drpc_test_fault_skip_leave &&
+      drpc_store_add(drpc_agent_store(a), EPOCH_KEY, 0, &e0, NULL) == 0 &&
+      list_read(a, &e, &n, NULL) == 0) {
+    bool listed = false;
+    for (size_t i = 0; i < n; i++)
+      listed |= strcmp(e[i].name, drpc_agent_self(a)->name) == 0;
+    view_cmd *v = listed ? view_read(a, e, n) : NULL;
+    if (!listed) {
+      drpc_agent_logf(a, DRPC_LOG_WARN,
+                      "this worker is not in the member list; joining again");
+      rejoin_do(a);
+    } else if (v) {
+      v->epoch = (uint64_t)e0;
+      drpc_agent_env(a)->ops->post(drpc_agent_env(a)->ctx, &v->cmd);
+    }
+  }
+  free(e);
+  atomic_store(&m->sync_running, false);
+  atomic_fetch_sub(&m->checks_running, 1);
+  free(r);
+}
+
+static void sync_later(drpc_agent *a) {
+  drpc_members *m = members_of(a);
+  bool idle = false;
+  rejoin_job *r = NULL;
+  if (m && !atomic_load(&m->stopping) &&
+      atomic_compare_exchange_strong(&m->sync_running, &idle, true) &&
+      !(r = calloc(1, sizeof *r)))
+    atomic_store(&m->sync_running, false);
+  if (!r)
+    return;
+  r->job.run = sync_run;
+  r->agent = a;
+  atomic_fetch_add(&m->checks_running, 1);
+  drpc_agent_env(a)->ops->execute(drpc_agent_env(a)->ctx, &r->job);
 }
 
 static void rejoin_later(drpc_agent *a) {
@@ -1107,7 +1181,8 @@ void drpc_members_on_request(drpc_agent *a, uint64_t conn, drpc_msg *msg) {
                       "again",
                       why);
       rejoin_later(a);
-    } else if (drpc_agent_member_epoch_advance(a, id, epoch)) {
+    } else if (!drpc_test_fault_skip_leave &&
+               drpc_agent_member_epoch_advance(a, id, epoch)) {
       drpc_agent_peer_del(a, id, epoch, why);
     }
   }

@@ -16,7 +16,7 @@
 #include "scenario.h"
 
 #define ARRIVED "scn_membership/arrived/"
-#define CHECKED "scn_membership/checked"
+#define CHECKED "scn_membership/checked/"
 /* Bounds (virtual time in the simulator): waiting for the others at the
  * end, and for membership to converge once they are there. */
 #define ARRIVE_WAIT_NS (30ull * 1000000000ull)
@@ -194,16 +194,26 @@ static int membership_run(drpc_agent *a, int rank, int world,
   if (!ok)
     drpc_scn_violation(h, a, "%s: membership did not converge: %s",
                        drpc_agent_self(a)->name, why);
-  /* Nobody leaves before everyone has looked. */
-  int64_t checked = 0;
-  drpc_store_add(st, CHECKED, 1, &checked, NULL);
+  /* Nobody leaves before every live worker has looked (a worker that
+   * looked and then crashed does not count). */
+  snprintf(key, sizeof key, CHECKED "%s", drpc_agent_self(a)->name);
+  drpc_store_set_str(st, key, "1", NULL);
   (void)nall;
-  for (uint64_t waited = 0;
-       waited < ARRIVE_WAIT_NS &&
-       checked < (int64_t)(nk = drop_crashed(h, keys, nk)) &&
-       drpc_store_add(st, CHECKED, 0, &checked, NULL) == 0;
-       waited += POLL_NS)
+  for (uint64_t waited = 0; waited < ARRIVE_WAIT_NS; waited += POLL_NS) {
+    nk = drop_crashed(h, keys, nk);
+    size_t nc = 0;
+    char **ck = NULL;
+    if (drpc_store_list(st, CHECKED, &ck, &nc, NULL))
+      break;
+    size_t done = 0, plen = strlen(ARRIVED), clen = strlen(CHECKED);
+    for (size_t i = 0; i < nk; i++)
+      for (size_t k = 0; k < nc; k++)
+        done += strcmp(keys[i] + plen, ck[k] + clen) == 0;
+    drpc_store_keys_free(ck, nc);
+    if (done >= nk)
+      break;
     h->compute(h, a, POLL_NS);
+  }
   drpc_store_keys_free(keys, nk);
   /* Rank 0 stays last: the others leave now, and it must see them go. */
   if (rank == 0) {

@@ -261,9 +261,18 @@ static uint64_t job_cost(sim *s, sim_node *n) {
   return (uint64_t)((double)s->cfg->job_cpu_ns * n->slow);
 }
 
+/* core/internal.h: the connection a call job's request came on. */
+uint64_t drpc_call_job_conn(drpc_job *job);
+
 static void e_execute(void *ctx, drpc_job *job) {
   sim_node *n = ctx;
   sim *s = n->s;
+  if (n->last_exec_valid) {
+    /* The request the core recorded just before handing it over. */
+    n->last_exec_valid = false;
+    sim_count_exec(s, n, n->last_exec_peer, n->last_exec_id,
+                   drpc_call_job_conn(job));
+  }
   if (n->state == NODE_DEAD) {
     s->res->abandoned = true; /* a killed process's work dies with it */
     return;

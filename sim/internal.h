@@ -97,6 +97,14 @@ typedef struct sim_fiber {
   void *fake_stack; /* ASan's fake stack while switched out */
 } sim_fiber;
 
+/* Executions of one request id of one caller, and the connection it came
+ * on: a caller that joined again (a new incarnation) numbers its requests
+ * from 1 again, on new connections. */
+typedef struct sim_exec {
+  uint64_t conn;
+  uint8_t n;
+} sim_exec;
+
 /* What the checkers know of one call a node made. */
 typedef struct sim_call {
   uint64_t begin_ns; /* virtual, from the start */
@@ -163,7 +171,7 @@ struct sim_node {
    * 2 completed; per caller, executions per request id. */
   sim_call *calls;
   size_t call_cap;
-  uint8_t **execs;  /* per caller, made at the first execution seen */
+  sim_exec **execs; /* per caller, made at the first execution seen */
   size_t *exec_cap; /* per caller, with execs */
   int16_t last_exec_peer;
   uint64_t last_exec_id;
@@ -267,6 +275,8 @@ void sim_node_free_retired(sim_node *n);
 
 /* run.c: checkers fed by the core's record output. */
 void sim_check_record(sim *s, sim_node *n, const drpc_event *ev);
+void sim_count_exec(sim *s, sim_node *n, int16_t caller, uint64_t id,
+                    uint64_t conn);
 
 /* rng */
 static inline uint64_t sim_rand(uint64_t *st) {

@@ -28,6 +28,39 @@ static bool grow(void **v, size_t *cap, uint64_t id, size_t size) {
   return true;
 }
 
+/* Counts an execution of request id from caller on conn: (caller, conn,
+ * id) names a request, as a caller never sends one twice and each
+ * incarnation of it opens its own connections. */
+void sim_count_exec(sim *s, sim_node *n, int16_t caller, uint64_t id,
+                    uint64_t conn) {
+  if (!n->execs) {
+    /* Per caller: made at the first execution, so that nodes that never
+     * serve a call hold nothing. A failure leaves the check off. */
+    n->execs = calloc((size_t)s->nnodes, sizeof *n->execs);
+    n->exec_cap = calloc((size_t)s->nnodes, sizeof *n->exec_cap);
+    if (!n->execs || !n->exec_cap) {
+      free(n->execs);
+      free(n->exec_cap);
+      n->execs = NULL;
+      n->exec_cap = NULL;
+    }
+  }
+  if (!n->execs || caller < 0 || caller >= s->nnodes ||
+      !grow((void **)&n->execs[caller], &n->exec_cap[caller], id,
+            sizeof(sim_exec)))
+    return;
+  sim_exec *e = &n->execs[caller][id];
+  if (e->n == 0 || e->conn != conn) {
+    e->conn = conn;
+    e->n = 1;
+    return;
+  }
+  if (e->n < 255)
+    e->n++;
+  sim_violation(s, "safety: request %llu from w%d ran %d times on %s",
+                (unsigned long long)id, caller, e->n, n->name);
+}
+
 void sim_check_record(sim *s, sim_node *n, const drpc_event *ev) {
   if (n->index < 0 || n->state == NODE_DEAD)
     return;
@@ -51,30 +84,11 @@ void sim_check_record(sim *s, sim_node *n, const drpc_event *ev) {
     break;
   case DRPC_EV_OUT_EXECUTE:
     /* The executor hook: the core records each request right before it
-     * hands it to env.execute. Request ids are per caller (callers never
-     * restart in a run), so (caller, id) names a request. */
+     * hands it to env.execute, where it is counted (sim_count_exec). */
     s->res->executions++;
-    if (!n->execs) {
-      /* Per caller: made at the first execution, so that nodes that never
-       * serve a call hold nothing. A failure leaves the check off. */
-      n->execs = calloc((size_t)s->nnodes, sizeof *n->execs);
-      n->exec_cap = calloc((size_t)s->nnodes, sizeof *n->exec_cap);
-      if (!n->execs || !n->exec_cap) {
-        free(n->execs);
-        free(n->exec_cap);
-        n->execs = NULL;
-        n->exec_cap = NULL;
-      }
-    }
-    if (n->execs && ev->peer >= 0 && ev->peer < s->nnodes &&
-        grow((void **)&n->execs[ev->peer], &n->exec_cap[ev->peer], ev->id, 1)) {
-      uint8_t *c = &n->execs[ev->peer][ev->id];
-      if (*c < 255)
-        (*c)++;
-      if (*c > 1)
-        sim_violation(s, "safety: request %llu from w%d ran %d times on %s",
-                      (unsigned long long)ev->id, ev->peer, *c, n->name);
-    }
+    n->last_exec_peer = ev->peer;
+    n->last_exec_id = ev->id;
+    n->last_exec_valid = true;
     break;
   default:
     break;
@@ -159,8 +173,8 @@ static void host_tolerated(const drpc_scn_host *h, drpc_agent *a,
 
 /* A dynamic group's worker leaves (graceful shutdown) and, after away_ns,
  * joins again as a fresh agent on the same node: a new incarnation, whose
- * request ids start again from 1, so the executions counted for the old
- * one are forgotten (its own calls all ended before it left). */
+ * request ids start again from 1 (on new connections: see
+ * sim_count_exec). */
 static int host_rejoin(const drpc_scn_host *h, drpc_agent **ap,
                        uint64_t away_ns, drpc_error *err) {
   sim *s = h->user;
@@ -174,14 +188,6 @@ static int host_rejoin(const drpc_scn_host *h, drpc_agent **ap,
   n->retired = r;
   if (rc)
     return rc; /* the stopped agent stays attached */
-  for (int m = 0; m < s->nnodes; m++) {
-    sim_node *o = &s->nodes[m];
-    if (o->execs) {
-      free(o->execs[n->index]);
-      o->execs[n->index] = NULL;
-      o->exec_cap[n->index] = 0;
-    }
-  }
   /* Away: inputs wait for the next incarnation (connections to the old
    * one mean nothing to it). */
   n->state = NODE_STARTING;
