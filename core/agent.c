@@ -1710,6 +1710,8 @@ static void call_apply(call_cmd *cc) {
     drpc_agent_record(a, DRPC_EV_RPC_BEGIN, c->dst, c->id, c->timeout_ms, NULL,
                       0, name);
   }
+  if (cc->label == drpc_notice_label)
+    drpc_members_notice(a, c->fut, c->dst, cc->frame);
   if (c->dst == a->self.id) {
     deliver_local(a, cc->frame);
   } else {
@@ -2414,7 +2416,8 @@ static void agent_release(drpc_agent *a) {
 
 /* The configuration a replay needs to rebuild this core: [name, id, world
  * size, [[id, name, address]...], rpc timeout ms, max frame bytes,
- * ignore_rref_leak, shutdown timeout s, worker threads]. */
+ * ignore_rref_leak, shutdown timeout s, worker threads, join epoch (dynamic
+ * groups; 0 otherwise)]. */
 drpc_value *drpc_agent_config_value(drpc_agent *a) {
   drpc_value *peers = drpc_value_list();
   for (size_t i = 0; peers && i < a->npeers; i++) {
@@ -2429,13 +2432,14 @@ drpc_value *drpc_agent_config_value(drpc_agent *a) {
     }
   }
   return drpc_value_list_of(
-      9, drpc_value_str(a->self.name), drpc_value_int(a->self.id),
+      10, drpc_value_str(a->self.name), drpc_value_int(a->self.id),
       drpc_value_int(a->world_size), peers,
       drpc_value_int((int64_t)atomic_load(&a->timeout_ms)),
       drpc_value_int((int64_t)a->opts.max_frame_bytes),
       drpc_value_bool(a->opts.ignore_rref_leak),
       drpc_value_float(a->opts.shutdown_timeout_s),
-      drpc_value_int(a->opts.num_worker_threads));
+      drpc_value_int(a->opts.num_worker_threads),
+      drpc_value_int((int64_t)drpc_members_join_epoch(a)));
 }
 
 static void record_start(drpc_agent *a) {
@@ -2925,6 +2929,9 @@ int drpc_agent_replay_call(drpc_agent *a, drpc_rreader *r, drpc_future **fut,
   static const char *const labels[] = {"rpc_async", "rpc_sync", "rpc_remote",
                                        "rref_fetch"};
   const char *lab = NULL;
+  if (strlen(drpc_notice_label) == ln &&
+      memcmp(drpc_notice_label, label, ln) == 0)
+    lab = drpc_notice_label;
   for (size_t i = 0; i < sizeof labels / sizeof *labels; i++)
     if (strlen(labels[i]) == ln && memcmp(labels[i], label, ln) == 0)
       lab = labels[i];

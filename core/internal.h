@@ -156,6 +156,8 @@ enum {
   DRPC_CMD_REMOTE = 4,
   DRPC_CMD_DELETE_USERS = 5,
   DRPC_CMD_HEARTBEAT = 6, /* dynamic groups: heartbeats start */
+  DRPC_CMD_VIEW = 7,      /* dynamic groups: the member list's view */
+  DRPC_CMD_LEAVING = 8,   /* dynamic groups: this worker leaves */
 };
 enum { DRPC_JOB_SEND = 0, DRPC_JOB_REMOTE_DONE = 1 };
 
@@ -310,6 +312,20 @@ void drpc_members_undo_join(drpc_agent *a);
  * told, the calls served end. */
 int drpc_members_leave(drpc_agent *a, uint64_t deadline, drpc_error *err);
 void drpc_members_free(drpc_members *m);
+/* The epoch this worker (last) joined at; 0 for static groups. */
+uint64_t drpc_members_join_epoch(drpc_agent *a);
+/* Replay: the loop commands of membership (DRPC_CMD_HEARTBEAT, _VIEW,
+ * _LEAVING) applied from their records; membership's executor jobs are
+ * recognised and dropped (their effects are recorded as commands). */
+int drpc_members_replay_command(drpc_agent *a, uint64_t type, drpc_rreader *rd,
+                                drpc_error *err);
+bool drpc_members_job_discard(drpc_job *job);
+/* Notices (JOIN and LEAVE telling members of a change) carry this label;
+ * call_apply gives each to drpc_members_notice, which retries it while
+ * the member is listed. */
+extern const char drpc_notice_label[];
+void drpc_members_notice(drpc_agent *a, drpc_future *f, int16_t dst,
+                         const drpc_outframe *frame);
 /* The loop's handler of JOIN and LEAVE requests. */
 void drpc_members_on_request(drpc_agent *a, uint64_t conn, drpc_msg *m);
 /* The loop lost its connection to member id: check it, remove it if dead. */

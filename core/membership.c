@@ -435,8 +435,9 @@ void drpc_members_undo_join(drpc_agent *a) {
 /* ---- telling the members --------------------------------------------------
  */
 
-static drpc_future *tell(drpc_agent *a, int16_t dst, uint8_t type,
-                         drpc_value *body, double timeout_s) {
+static drpc_future *tell_labelled(drpc_agent *a, int16_t dst, uint8_t type,
+                                  drpc_value *body, double timeout_s,
+                                  const char *label) {
   drpc_outframe *f = NULL;
   drpc_future *fut = drpc_future_new(drpc_agent_env(a));
   int rc = fut && body ? drpc_wire_encode(type, 0, 0, body,
@@ -450,9 +451,13 @@ static drpc_future *tell(drpc_agent *a, int16_t dst, uint8_t type,
     return fut;
   }
   uint64_t ms = timeout_s > 0 ? (uint64_t)(timeout_s * 1000) + 1 : 0;
-  drpc_agent_post_request(a, dst, f, NULL, ms, fut, drpc_msg_type_name(type),
-                          NULL);
+  drpc_agent_post_request(a, dst, f, NULL, ms, fut, label, NULL);
   return fut;
+}
+
+static drpc_future *tell(drpc_agent *a, int16_t dst, uint8_t type,
+                         drpc_value *body, double timeout_s) {
+  return tell_labelled(a, dst, type, body, timeout_s, drpc_msg_type_name(type));
 }
 
 /* Reliable telling: a JOIN or LEAVE that a lost connection or a timeout
@@ -521,36 +526,37 @@ static void retry_done(drpc_future *f, void *arg) {
     retry_free(r);
 }
 
+/* The label of notices: call_apply hands each to drpc_members_notice on
+ * the loop (in a replay too, as the label is part of the call's record). */
+const char drpc_notice_label[] = "membership_notice";
+
+void drpc_members_notice(drpc_agent *a, drpc_future *f, int16_t dst,
+                         const drpc_outframe *frame) {
+  drpc_members *m = members_of(a);
+  size_t n = 0;
+  uint8_t *flat = m ? drpc_outframe_flatten(frame, &n) : NULL;
+  drpc_msg msg = {0};
+  retry *r = flat ? calloc(1, sizeof *r) : NULL;
+  if (r &&
+      drpc_wire_decode(flat, n, drpc_agent_wire_limits(a), &msg, NULL) == 0) {
+    r->m = m;
+    r->dst = dst;
+    r->type = msg.type;
+    r->body = msg.body;
+    msg.body = NULL;
+    if (drpc_future_add_done_callback(f, retry_done, r))
+      retry_free(r);
+    r = NULL;
+  }
+  free(r);
+  drpc_msg_clear(&msg);
+  free(flat);
+}
+
 /* tell, retried as above. */
 static drpc_future *tell_reliably(drpc_agent *a, int16_t dst, uint8_t type,
                                   drpc_value *body, double timeout_s) {
-  retry *r = body ? calloc(1, sizeof *r) : NULL;
-  drpc_value *copy = r ? drpc_value_clone(body) : NULL;
-  drpc_outframe *f = NULL;
-  drpc_future *fut = copy ? drpc_future_new(drpc_agent_env(a)) : NULL;
-  if (!fut) {
-    free(r);
-    drpc_value_free(copy);
-    return tell(a, dst, type, body, timeout_s);
-  }
-  r->m = members_of(a);
-  r->dst = dst;
-  r->type = type;
-  r->body = copy;
-  int rc =
-      drpc_wire_encode(type, 0, 0, body, drpc_agent_wire_limits(a), &f, NULL);
-  drpc_value_free(body);
-  if (rc || drpc_future_add_done_callback(fut, retry_done, r)) {
-    retry_free(r);
-    drpc_outframe_free(f);
-    drpc_future_fail(fut, rc ? rc : DRPC_ENOMEM, "could not send a %s request",
-                     drpc_msg_type_name(type));
-    return fut;
-  }
-  uint64_t ms = timeout_s > 0 ? (uint64_t)(timeout_s * 1000) + 1 : 0;
-  drpc_agent_post_request(a, dst, f, NULL, ms, fut, drpc_msg_type_name(type),
-                          NULL);
-  return fut;
+  return tell_labelled(a, dst, type, body, timeout_s, drpc_notice_label);
 }
 
 static drpc_value *join_body(drpc_agent *a, int16_t id, uint64_t epoch) {
@@ -655,6 +661,13 @@ static drpc_value *leave_body(void *arg) {
                             drpc_value_str(l->why));
 }
 
+/* On the loop (a recorded command): no more retries, heartbeats or
+ * checks. */
+static void set_stopping(void *arg) {
+  drpc_members *m = arg;
+  atomic_store(&m->stopping, true);
+}
+
 int drpc_members_leave(drpc_agent *a, uint64_t deadline, drpc_error *err) {
   drpc_members *m = members_of(a);
   const drpc_worker_info *self = drpc_agent_self(a);
@@ -669,7 +682,7 @@ int drpc_members_leave(drpc_agent *a, uint64_t deadline, drpc_error *err) {
     return rc;
   }
   if (m)
-    m->stopping = true;
+    drpc_agent_run_on_loop(a, DRPC_CMD_LEAVING, set_stopping, m);
   if (epoch) {
     leave_args l = {self->id, self->name, epoch, "left"};
     tell_all(a, DRPC_MSG_LEAVE, leave_body, &l, -1, deadline, left, nleft);
@@ -878,7 +891,34 @@ typedef struct view_cmd {
   view_entry *v;
   size_t n;
   uint64_t epoch;
+  bool rejoined; /* the worker joined again at epoch */
 } view_cmd;
+
+static void view_free(view_cmd *c) {
+  for (size_t i = 0; i < c->n; i++)
+    free(c->v[i].addr);
+  free(c->v);
+  free(c);
+}
+
+/* The command's record (traces/EVENTS.md, command 7). */
+static void view_record(drpc_agent *a, const view_cmd *c) {
+  drpc_rbuf b = {0};
+  if (drpc_agent_recording(a)) {
+    drpc_rbuf_u64(&b, c->epoch);
+    drpc_rbuf_u64(&b, c->rejoined);
+    drpc_rbuf_u64(&b, c->n);
+    for (size_t i = 0; i < c->n; i++) {
+      const view_entry *e = &c->v[i];
+      drpc_rbuf_u64(&b, (uint64_t)(uint16_t)e->wi.id);
+      drpc_rbuf_blob(&b, e->wi.name, strlen(e->wi.name));
+      drpc_rbuf_blob(&b, e->addr ? e->addr : "", e->addr ? strlen(e->addr) : 0);
+    }
+  }
+  drpc_agent_record(a, DRPC_EV_IN_COMMAND, -1, 0, DRPC_CMD_VIEW,
+                    b.failed ? NULL : b.p, b.failed ? 0 : b.len, NULL);
+  drpc_rbuf_free(&b);
+}
 
 static void view_apply(drpc_cmd *cmd) {
   view_cmd *c = (view_cmd *)cmd;
@@ -886,6 +926,9 @@ static void view_apply(drpc_cmd *cmd) {
   int16_t me = drpc_agent_self(a)->id;
   if (!drpc_agent_stopped(a)) {
     drpc_agent_input_begin(a);
+    view_record(a, c);
+    if (c->rejoined)
+      atomic_store(&members_of(a)->join_epoch, c->epoch);
     for (size_t i = 0; i < c->n; i++) {
       view_entry *e = &c->v[i];
       if (!e->addr)
@@ -916,10 +959,7 @@ static void view_apply(drpc_cmd *cmd) {
     }
     free(ws);
   }
-  for (size_t i = 0; i < c->n; i++)
-    free(c->v[i].addr);
-  free(c->v);
-  free(c);
+  view_free(c);
 }
 
 /* The listed members, with the addresses of those this worker does not
@@ -994,12 +1034,15 @@ static void rejoin_do(drpc_agent *a) {
     view_cmd *view = told ? view_read(a, e, n) : NULL;
     token_give(a, tok);
     if (view) {
+      /* The new join epoch takes effect on the loop, with the view. */
       view->epoch = epoch;
+      view->rejoined = true;
       drpc_agent_env(a)->ops->post(drpc_agent_env(a)->ctx, &view->cmd);
+    } else if (told) {
+      atomic_store(&m->join_epoch, epoch);
     }
   }
   if (told) {
-    m->join_epoch = epoch;
     self_join s = {a, epoch};
     tell_all(a, DRPC_MSG_JOIN, self_join_body, &s, -1, after_s(a, t), e, n);
   } else if (err.code) {
@@ -1187,4 +1230,86 @@ void drpc_members_on_request(drpc_agent *a, uint64_t conn, drpc_msg *msg) {
     }
   }
   drpc_agent_reply(a, conn, DRPC_MSG_RESPONSE, msg->id, NULL);
+}
+
+/* ---- replay ----------------------------------------------------------------
+ */
+
+uint64_t drpc_members_join_epoch(drpc_agent *a) {
+  drpc_members *m = members_of(a);
+  return m ? atomic_load(&m->join_epoch) : 0;
+}
+
+int drpc_members_replay_command(drpc_agent *a, uint64_t type, drpc_rreader *rd,
+                                drpc_error *err) {
+  drpc_members *m = members_of(a);
+  if (!m)
+    return drpc_error_set(err, DRPC_EPROTO,
+                          "a membership command for a static group's worker");
+  drpc_agent_input_begin(a);
+  if (type == DRPC_CMD_HEARTBEAT) {
+    drpc_agent_record(a, DRPC_EV_IN_COMMAND, -1, 0, type, NULL, 0, NULL);
+    heartbeat_start(m);
+    return 0;
+  }
+  if (type == DRPC_CMD_LEAVING) {
+    drpc_agent_record(a, DRPC_EV_IN_COMMAND, -1, 0, type, NULL, 0, NULL);
+    set_stopping(m);
+    return 0;
+  }
+  /* DRPC_CMD_VIEW */
+  view_cmd *c = calloc(1, sizeof *c);
+  if (!c)
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  c->cmd.apply = view_apply;
+  c->agent = a;
+  c->epoch = drpc_rr_u64(rd);
+  c->rejoined = drpc_rr_u64(rd) != 0;
+  uint64_t n = drpc_rr_u64(rd);
+  c->v = n <= DRPC_MAX_WORKERS ? calloc(n ? n : 1, sizeof *c->v) : NULL;
+  for (uint64_t i = 0; c->v && i < n && !rd->bad; i++) {
+    view_entry *e = &c->v[c->n];
+    uint64_t id = drpc_rr_u64(rd);
+    size_t nl = 0, al = 0;
+    const uint8_t *name = drpc_rr_blob(rd, &nl);
+    const uint8_t *addr = drpc_rr_blob(rd, &al);
+    char nbuf[DRPC_MAX_NAME_LEN + 1];
+    if (rd->bad || !name || nl > DRPC_MAX_NAME_LEN)
+      break;
+    memcpy(nbuf, name, nl);
+    nbuf[nl] = 0;
+    if (drpc_worker_info_init(&e->wi, nbuf, (int64_t)id, NULL))
+      break;
+    if (al && !(e->addr = strndup((const char *)addr, al)))
+      break;
+    c->n++;
+  }
+  if (!c->v || rd->bad || c->n != n) {
+    view_free(c);
+    return drpc_error_set(err, DRPC_EPROTO, "malformed view command");
+  }
+  view_apply(&c->cmd);
+  return 0;
+}
+
+/* Membership's executor jobs touch the store and post what they decide
+ * as recorded commands: a replay drops them. */
+bool drpc_members_job_discard(drpc_job *job) {
+  if (job->run == check_run || job->run == rejoin_run || job->run == sync_run) {
+    drpc_agent *a = job->run == check_run ? ((check_job *)job)->agent
+                                          : ((rejoin_job *)job)->agent;
+    drpc_members *m = members_of(a);
+    if (job->run == check_run) {
+      suspects_lock(m, true);
+      drpc_map_remove(&m->suspects,
+                      (uint64_t)(uint16_t)((check_job *)job)->who.id);
+      suspects_lock(m, false);
+    }
+    if (job->run == sync_run)
+      atomic_store(&m->sync_running, false);
+    atomic_fetch_sub(&m->checks_running, 1);
+    free(job);
+    return true;
+  }
+  return false;
 }

@@ -139,6 +139,8 @@ static void r_close(void *ctx, uint64_t conn) {
 }
 static void r_execute(void *ctx, drpc_job *job) {
   drpc_replay *r = ctx;
+  if (drpc_members_job_discard(job))
+    return; /* membership's jobs: their effects are recorded commands */
   if (!vec_push(&r->jobs, job)) {
     r->failed = true;
     drpc_call_job_discard(job);
@@ -336,7 +338,8 @@ int drpc_replay_new(drpc_replay **out, const drpc_event *start,
                    *maxf = item(cfg, 5, DRPC_VAL_INT),
                    *leak = item(cfg, 6, DRPC_VAL_BOOL),
                    *sdt = item(cfg, 7, DRPC_VAL_FLOAT),
-                   *thr = item(cfg, 8, DRPC_VAL_INT);
+                   *thr = item(cfg, 8, DRPC_VAL_INT),
+                   *jep = item(cfg, 9, DRPC_VAL_INT); /* dynamic groups */
   if (!name || !id || !ws || !peers || !tmo || !maxf || !leak || !sdt || !thr) {
     drpc_msg_clear(&m);
     return drpc_error_set(err, DRPC_EPROTO,
@@ -375,6 +378,31 @@ int drpc_replay_new(drpc_replay **out, const drpc_event *start,
       rc = drpc_store_set_str(r->store, key, paddr->u.s.data, err);
     if (pid->u.i == id->u.i)
       snprintf(r->addr, sizeof r->addr, "%s", paddr->u.s.data);
+  }
+  if (rc == 0 && ws->u.i <= 0) {
+    /* A dynamic group's worker joins through the store: the members it
+     * found, and the epoch it joined at. */
+    char *list = calloc(drpc_value_len(peers) + 1, DRPC_MAX_NAME_LEN + 24);
+    size_t used = 0;
+    for (size_t i = 0; list && i < drpc_value_len(peers); i++) {
+      const drpc_value *p = drpc_list_at(peers, i);
+      const drpc_value *pid = item(p, 0, DRPC_VAL_INT),
+                       *pname = item(p, 1, DRPC_VAL_STR);
+      if (pid->u.i != id->u.i)
+        used += (size_t)sprintf(list + used, "%s-%lld,", pname->u.s.data,
+                                (long long)pid->u.i);
+    }
+    int64_t e = 0;
+    rc = !list ? drpc_error_set(err, DRPC_ENOMEM, "out of memory")
+               : drpc_store_set_str(r->store, "names/_ALL_WORKER_INFOS", list,
+                                    err);
+    free(list);
+    char key[64];
+    snprintf(key, sizeof key, "names/%lld", (long long)id->u.i);
+    if (rc == 0)
+      rc = drpc_store_set_str(r->store, key, "", err);
+    if (rc == 0 && jep && jep->u.i > 1)
+      rc = drpc_store_add(r->store, "membership/epoch", jep->u.i - 1, &e, err);
   }
   if (rc == 0) {
     drpc_options o;
@@ -601,6 +629,10 @@ static int apply_command(drpc_replay *r, const drpc_event *ev,
     drpc_agent_input_begin(a);
     drpc_agent_replay_delete_users(a);
     return 0;
+  case DRPC_CMD_HEARTBEAT:
+  case DRPC_CMD_VIEW:
+  case DRPC_CMD_LEAVING:
+    return drpc_members_replay_command(a, ev->aux, &rd, err);
   default:
     return drpc_error_set(err, DRPC_EPROTO, "unknown command type %llu",
                           (unsigned long long)ev->aux);

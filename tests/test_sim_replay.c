@@ -98,7 +98,8 @@ static int replay_all(const char *path, int *bad_node, int64_t *bad_seq,
 
 static void test_identical(void) {
   static const char *const scns[] = {"echo",           "fanout", "timeouts",
-                                     "shutdown_storm", "ps",     "rref_chain"};
+                                     "shutdown_storm", "ps",     "rref_chain",
+                                     "membership"};
   char path[128];
   snprintf(path, sizeof path, "%s/run.db", dir);
   for (size_t s = 0; s < sizeof scns / sizeof *scns; s++) {
