@@ -149,9 +149,11 @@ static void *worker_thread(void *arg) {
     fprintf(stderr, "drpc worker %s: %s\n", w->name,
             drpc_error_message(&w->err));
   } else {
+    /* Started before it says so: a signal sent on reading "serving" must
+     * find it started. */
+    atomic_store(&w->started, 1);
     fprintf(stderr, "drpc worker %s (rank %lld) serving\n", w->name,
             (long long)drpc_agent_self(w->agent)->id);
-    atomic_store(&w->started, 1);
     /* A dynamic group member serves until told to leave; a static one
      * waits in the graceful shutdown for the whole group. */
     while (!drpc_agent_is_static_group(w->agent) && !atomic_load(&w->leave)) {
