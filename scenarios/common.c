@@ -8,7 +8,8 @@
 
 static const drpc_scenario *const all[] = {
     &drpc_scn_echo,           &drpc_scn_fanout, &drpc_scn_timeouts,
-    &drpc_scn_shutdown_storm, &drpc_scn_ps,     &drpc_scn_rref_chain, &drpc_scn_membership,
+    &drpc_scn_shutdown_storm, &drpc_scn_ps,     &drpc_scn_rref_chain,
+    &drpc_scn_membership,
 };
 
 const drpc_scenario *const *drpc_scenario_list(size_t *n) {
