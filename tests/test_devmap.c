@@ -677,6 +677,39 @@ static void test_dynamic_group_maps(void) {
   down();
 }
 
+/* remote() and to_here() with device maps: the owner's value is made on
+ * its device; to_here answers through the owner's reverse map, so the
+ * value lands on the caller's mapped device (test_device_maps_remote). */
+static void test_remote_to_here(void) {
+  drpc_error err = DRPC_ERROR_INIT;
+  drpc_options o0, o1;
+  drpc_options_default(&o0);
+  drpc_options_default(&o1);
+  map(&o0, "w1", 1, G0, G1);
+  map(&o1, "w0", 1, G1, G0);
+  drpc_options *opts[2] = {&o0, &o1};
+  CHECK_EQ_INT(up_maps(2, opts, &err), 0);
+  drpc_value *args = drpc_value_list_of(1, drpc_value_int(1));
+  drpc_rref *r = NULL;
+  CHECK_EQ_INT(drpc_remote(ag(0), "w1", DRPC_FUNCTION, "ones_on", args, NULL, 0,
+                           &r, &err),
+               0);
+  drpc_value_free(args);
+  tnet_run(&N, 1000000);
+  drpc_value *v = NULL;
+  if (r)
+    CHECK_EQ_INT(drpc_rref_to_here(r, 30, &v, &err), 0);
+  CHECK(v && v->kind == DRPC_VAL_TENSOR);
+  if (v && v->kind == DRPC_VAL_TENSOR) {
+    CHECK(drpc_device_equal(drpc_tensor_device(v->u.t), G0));
+    CHECK(at(v->u.t, 0) == 1.0 && at(v->u.t, 3) == 1.0);
+  }
+  drpc_value_free(v);
+  drpc_rref_decref(r);
+  drpc_error_clear(&err);
+  down();
+}
+
 static void suite(const char *backend) {
   printf("  backend %s\n", drpc_gpu_describe());
   (void)backend;
@@ -691,6 +724,7 @@ static void suite(const char *backend) {
   RUN(test_devices_and_metrics);
   RUN(test_bad_target_device);
   RUN(test_dynamic_group_maps);
+  RUN(test_remote_to_here);
 }
 
 int main(void) {
