@@ -360,16 +360,35 @@ int drpc_replay_new(drpc_replay **out, const drpc_event *start,
   rc = !r->store || !r->registry
            ? drpc_error_set(err, DRPC_ENOMEM, "out of memory")
            : 0;
-  for (size_t i = 0; rc == 0 && i < drpc_value_len(peers); i++) {
+  /* A static group's core waits for every rank in the store: each must
+   * be named, once (a replay's clock never moves, so it would wait for
+   * good). */
+  size_t np = drpc_value_len(peers);
+  bool *seen = NULL;
+  if (rc == 0 && ws->u.i > 0) {
+    if (ws->u.i > DRPC_MAX_WORKERS || (size_t)ws->u.i != np)
+      rc = drpc_error_set(err, DRPC_EPROTO,
+                          "start event configuration: world size %lld but "
+                          "%zu workers",
+                          (long long)ws->u.i, np);
+    else if (!(seen = calloc(np, sizeof *seen)))
+      rc = drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  }
+  for (size_t i = 0; rc == 0 && i < np; i++) {
     const drpc_value *p = drpc_list_at(peers, i);
     const drpc_value *pid = item(p, 0, DRPC_VAL_INT),
                      *pname = item(p, 1, DRPC_VAL_STR),
                      *paddr = item(p, 2, DRPC_VAL_STR);
-    if (!pid || !pname || !paddr) {
+    drpc_worker_info wi;
+    if (!pid || !pname || !paddr ||
+        drpc_worker_info_init(&wi, pname->u.s.data, pid->u.i, NULL) ||
+        (seen && (pid->u.i < 0 || pid->u.i >= ws->u.i || seen[pid->u.i]))) {
       rc = drpc_error_set(err, DRPC_EPROTO,
                           "start event configuration: malformed worker");
       break;
     }
+    if (seen)
+      seen[pid->u.i] = true;
     char key[200];
     snprintf(key, sizeof key, "names/%lld", (long long)pid->u.i);
     rc = drpc_store_set_str(r->store, key, pname->u.s.data, err);
@@ -379,6 +398,7 @@ int drpc_replay_new(drpc_replay **out, const drpc_event *start,
     if (pid->u.i == id->u.i)
       snprintf(r->addr, sizeof r->addr, "%s", paddr->u.s.data);
   }
+  free(seen);
   if (rc == 0 && ws->u.i <= 0) {
     /* A dynamic group's worker joins through the store: the members it
      * found, and the epoch it joined at. */
@@ -388,9 +408,11 @@ int drpc_replay_new(drpc_replay **out, const drpc_event *start,
       const drpc_value *p = drpc_list_at(peers, i);
       const drpc_value *pid = item(p, 0, DRPC_VAL_INT),
                        *pname = item(p, 1, DRPC_VAL_STR);
+      /* Names were checked above (at most DRPC_MAX_NAME_LEN). */
       if (pid->u.i != id->u.i)
-        used += (size_t)sprintf(list + used, "%s-%lld,", pname->u.s.data,
-                                (long long)pid->u.i);
+        used +=
+            (size_t)snprintf(list + used, DRPC_MAX_NAME_LEN + 24, "%s-%lld,",
+                             pname->u.s.data, (long long)pid->u.i);
     }
     int64_t e = 0;
     rc = !list ? drpc_error_set(err, DRPC_ENOMEM, "out of memory")
@@ -596,7 +618,10 @@ static int apply_command(drpc_replay *r, const drpc_event *ev,
         vec_remove(&r->jobs, i);
         rd.pos = 0;
         drpc_agent_input_begin(a);
-        return drpc_agent_replay_job_done(a, j, ev->aux, &rd, err);
+        int rc = drpc_agent_replay_job_done(a, j, ev->aux, &rd, err);
+        if (rc)
+          drpc_call_job_discard(j); /* a bad record: the job goes */
+        return rc;
       }
     }
     char what[200];
