@@ -323,6 +323,15 @@ int drpc_members_join(drpc_agent *a, int64_t rank, const char *my_addr,
   if ((rc = list_read(a, &e, &n, err)))
     goto out;
   for (size_t i = 0; i < n; i++) {
+    if (strcmp(e[i].name, self->name) == 0 && e[i].rank == rank) {
+      /* Listed with its own name and rank (the rank claim let it in): its
+       * last life, which crashed and was not taken out yet. The new
+       * process takes its place. */
+      memmove(e + i, e + i + 1, (n - i - 1) * sizeof *e);
+      n--;
+      i--;
+      continue;
+    }
     if (strcmp(e[i].name, self->name) == 0) {
       rc = drpc_error_set(err, DRPC_EEXISTS,
                           "RPC worker name %s is not unique. Workers %lld "

@@ -3,12 +3,13 @@
 # corpus drivers with clang source-based coverage into build-cov, replays
 # fuzz/corpus/<t> (plus any extra directories given, e.g. what fuzz/run.sh
 # found in build-fuzz/fuzz-out/<t>/corpus) and prints llvm-cov's summary
-# for core/*.c.
+# for core/*.c and traces/*.c (fuzz_replay reads recordings with the
+# latter).
 #
 # Usage: fuzz/coverage.sh [--with-found]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-targets="fuzz_wire fuzz_values fuzz_store fuzz_agent"
+targets="fuzz_wire fuzz_values fuzz_store fuzz_agent fuzz_sim fuzz_replay"
 cc=${FUZZ_CC:-clang}
 ver=$("$cc" --version | sed -n 's/.*clang version \([0-9]*\).*/\1/p')
 profdata=$(command -v "llvm-profdata-$ver" || command -v llvm-profdata)
@@ -40,4 +41,4 @@ for t in $targets; do
 done
 "$profdata" merge -sparse "$build"/prof/*.profraw -o "$build/prof/all.profdata"
 "$cov" report -instr-profile="$build/prof/all.profdata" "$first" \
-  "${objects[@]}" core/*.c | sed "s|$PWD/||"
+  "${objects[@]}" core/*.c traces/*.c | sed "s|$PWD/||"

@@ -9,13 +9,20 @@
  * agents' counters are sane (never negative; the pending client calls
  * cover the calls this program still waits for). At the end every agent
  * shuts down, every call future must be complete, and everything is freed
- * (LeakSanitizer checks the rest). */
+ * (LeakSanitizer checks the rest).
+ *
+ * DRPC_FUZZ_RECORD=FILE.db in the environment records the run into FILE.db
+ * (replaced; each input replaces it again, so give one input): every event
+ * of both agent cores, as `drpc sim --record` would, so that a failing
+ * input can be read with `drpc replay`, `drpc viz` and `drpc trace
+ * export`. The run's backend is "fuzz", its scenario "fuzz_agent". */
 #include "agent_prog.h"
 #include "fuzz.h"
 #include "testenv.h"
 #include "valgen.h"
 
 #include "drpc/drpc.h"
+#include "drpc/trace.h"
 
 #include <string.h>
 
@@ -666,6 +673,53 @@ static void step(fz *in) {
   }
 }
 
+/* ---- recording (DRPC_FUZZ_RECORD) -------------------------------------------
+ */
+
+static drpc_recorder *rec;
+static drpc_env_ops rec_ops; /* the test env's, with a record sink */
+
+static void rec_sink(void *ctx, const drpc_event *ev) {
+  (void)ctx;
+  drpc_recorder_record(rec, ev);
+}
+
+static bool rec_on(void *ctx) {
+  (void)ctx;
+  return true;
+}
+
+/* Before the agents start: their envs get the recorder as record sink. */
+static void record_begin(void) {
+  const char *path = getenv("DRPC_FUZZ_RECORD");
+  if (!path || !path[0])
+    return;
+  drpc_run_info ri = {0};
+  ri.backend = "fuzz";
+  ri.scenario = "fuzz_agent";
+  drpc_error err = DRPC_ERROR_INIT;
+  int rc = drpc_recorder_open(&rec, path, &ri, false, true, &err);
+  FUZZ_CHECK(rc == 0, "recording to %s: %s", path, drpc_error_message(&err));
+  rec_ops = *N.nodes[0].env.ops;
+  rec_ops.record = rec_sink;
+  rec_ops.recording = rec_on;
+  for (int i = 0; i < nagents; i++) {
+    N.nodes[i].env.ops = &rec_ops;
+    drpc_recorder_node(rec, (int16_t)i, NAMES[i]);
+  }
+}
+
+static void record_end(void) {
+  if (!rec)
+    return;
+  drpc_error err = DRPC_ERROR_INIT;
+  int rc = drpc_recorder_close(rec, &err);
+  rec = NULL;
+  FUZZ_CHECK(rc == 0, "closing the recording: %s", drpc_error_message(&err));
+  fprintf(stderr, "fuzz_agent: recorded the run to %s\n",
+          getenv("DRPC_FUZZ_RECORD"));
+}
+
 /* ---- setup and teardown
  * ------------------------------------------------------ */
 
@@ -683,6 +737,7 @@ static void start(uint8_t cfg) {
   o.rpc_timeout_s = (double)(1u << ((cfg >> AP_CFG_TIMEOUT_SHIFT) & 3));
   o.max_frame_bytes = 1u << 20;
   o.shutdown_timeout_s = 2.0;
+  record_begin();
   for (int i = 0; i < nagents; i++) {
     drpc_error err = DRPC_ERROR_INIT;
     int rc = drpc_agent_start(&N.nodes[i].agent, S, NAMES[i], i, 2, &o,
@@ -726,6 +781,7 @@ static void finish(uint8_t cfg) {
   drpc_store_decref(S);
   S = NULL;
   tnet_free(&N);
+  record_end();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

@@ -3,13 +3,16 @@
  * frame they send and every store request they make is captured. From
  * that it writes frames (fuzz_wire), value programs and payloads
  * (fuzz_values), store request streams, responses and file images
- * (fuzz_store) and agent programs (fuzz_agent).
+ * (fuzz_store) and agent programs (fuzz_agent); and simulator
+ * configurations (fuzz_sim), each scenario without faults, with each fault
+ * kind alone and with a mix.
  *
  * Usage: fuzz_gen_corpus OUTDIR. Files land in OUTDIR/<target>/ under
  * sequence numbers; gen_corpus.sh renames them to their SHA-256. Output is
  * deterministic. */
 #include "agent_prog.h"
 #include "consumer.h"
+#include "sim_prog.h"
 #include "testenv.h"
 #include "valgen.h"
 
@@ -36,7 +39,8 @@ typedef struct sink {
 } sink;
 
 static sink WIRE = {"fuzz_wire", 0, {0}}, VALUES = {"fuzz_values", 0, {0}},
-            STORE = {"fuzz_store", 0, {0}}, AGENT = {"fuzz_agent", 0, {0}};
+            STORE = {"fuzz_store", 0, {0}}, AGENT = {"fuzz_agent", 0, {0}},
+            SIM = {"fuzz_sim", 0, {0}};
 
 static uint64_t fnv(const uint8_t *p, size_t n) {
   uint64_t h = 0xcbf29ce484222325ull;
@@ -1005,6 +1009,73 @@ static void gen_agent(void) {
 #undef BEGIN
 }
 
+/* ---- fuzz_sim: configurations -------------------------------------------
+ */
+
+/* The scenarios' least worker counts, in SP_SCENARIOS order (fuzz_sim
+ * reads workers as a range from there). */
+static const int SIM_MIN_WORKERS[SP_NSCENARIOS] = {1, 1, 1, 2, 2, 1};
+
+typedef struct sim_fault_seed {
+  uint8_t kind; /* index into SP_FAULT_KINDS */
+  uint16_t at, dur;
+  uint8_t a, b, node, factor;
+} sim_fault_seed;
+
+static void sim_seed(int scn, int workers, int iters, int threads,
+                     uint32_t seed, uint8_t net, uint8_t window,
+                     const sim_fault_seed *f, int nf, int nties) {
+  fzo o = {0};
+  int hi = SP_MAX_WORKERS;
+  fzo_u8(&o, (uint8_t)scn);
+  fzo_range(&o, (uint64_t)SIM_MIN_WORKERS[scn], (uint64_t)hi,
+            (uint64_t)workers);
+  fzo_range(&o, 1, SP_MAX_ITERS, (uint64_t)iters);
+  fzo_range(&o, 1, 4, (uint64_t)threads);
+  fzo_u32(&o, seed);
+  fzo_u8(&o, net);
+  fzo_range(&o, 0, SP_MAX_FAULTS, (uint64_t)nf);
+  fzo_u8(&o, window);
+  for (int i = 0; i < nf; i++) {
+    fzo_u8(&o, f[i].kind);
+    fzo_u16(&o, f[i].at);
+    fzo_u16(&o, f[i].dur);
+    fzo_u8(&o, f[i].a);
+    fzo_u8(&o, f[i].b);
+    fzo_u8(&o, f[i].node);
+    fzo_u8(&o, f[i].factor);
+  }
+  for (int i = 0; i < nties; i++)
+    fzo_u8(&o, (uint8_t)(i * 37 + scn * 11 + workers));
+  emit_fzo(&SIM, &o);
+}
+
+static void gen_sim(void) {
+  /* Partition, one-way, clog, reset, slow: each alone, then mixed. */
+  static const sim_fault_seed one[5] = {
+      {0, 8000, 20000, 1, 2, 0, 0},  {1, 12000, 30000, 1, 2, 0, 0},
+      {2, 4000, 40000, 3, 4, 0, 0},  {3, 20000, 0, 1, 6, 0, 0},
+      {4, 1000, 50000, 0, 0, 1, 20},
+  };
+  static const sim_fault_seed mix[6] = {
+      {0, 2000, 9000, 1, 14, 0, 0}, {2, 5000, 30000, 2, 1, 0, 0},
+      {4, 6000, 20000, 0, 0, 2, 9}, {3, 30000, 0, 5, 10, 0, 0},
+      {1, 40000, 8000, 4, 3, 0, 0}, {0, 50000, 15000, 6, 9, 0, 0},
+  };
+  for (int scn = 0; scn < SP_NSCENARIOS; scn++) {
+    int w = SIM_MIN_WORKERS[scn] > 2 ? SIM_MIN_WORKERS[scn] : 2;
+    /* No faults: the strict checks (RRefs left, clean shutdowns). */
+    sim_seed(scn, w, 2, 2, 1 + (uint32_t)scn, 0x02, 0, NULL, 0, 0);
+    sim_seed(scn, 4, 3, 4, 7, SP_NET_QUANTISED | 0x02, 0, NULL, 0, 16);
+    sim_seed(scn, 3, 2, 1, 11, SP_NET_QUANTISED | SP_NET_CLOCKS, 0, NULL, 0, 8);
+    for (int k = 0; k < 5; k++)
+      sim_seed(scn, 3, 2, 2, 100 + (uint32_t)k, (uint8_t)(k << 1), 20, &one[k],
+               1, 4);
+    sim_seed(scn, 4, 2, 3, 5, SP_NET_QUANTISED | 0x04 | 0x10, 60, mix, 6, 32);
+    sim_seed(scn, 4, 1, 2, 9, SP_NET_TWICE | 0x06, 30, mix, 4, 0);
+  }
+}
+
 int main(int argc, char **argv) {
   if (argc != 2) {
     fprintf(stderr, "usage: %s OUTDIR\n", argv[0]);
@@ -1017,9 +1088,11 @@ int main(int argc, char **argv) {
   gen_values();
   gen_store();
   gen_agent();
-  printf("fuzz_wire %d, fuzz_values %d, fuzz_store %d, fuzz_agent %d inputs "
-         "(%d frames captured, %zu bytes of store requests)\n",
-         WIRE.n, VALUES.n, STORE.n, AGENT.n, nframes, REC->reqs.len);
+  gen_sim();
+  printf("fuzz_wire %d, fuzz_values %d, fuzz_store %d, fuzz_agent %d, "
+         "fuzz_sim %d inputs (%d frames captured, %zu bytes of store "
+         "requests)\n",
+         WIRE.n, VALUES.n, STORE.n, AGENT.n, SIM.n, nframes, REC->reqs.len);
   for (int i = 0; i < nframes; i++)
     free(frames[i]);
   drpc_store_buf_free(&REC->reqs);

@@ -6,8 +6,11 @@
 #
 # Usage: fuzz/run.sh [SECONDS]      run every target
 #        fuzz/run.sh --probe        exit 0 when a clang with libFuzzer exists
-# Environment: FUZZ_TARGETS (default: all four), FUZZ_CC (the compiler),
-# FUZZ_ARGS (more libFuzzer flags, e.g. "-jobs=2 -workers=2").
+# Environment: FUZZ_TARGETS (default: all six), FUZZ_CC (the compiler),
+# FUZZ_ARGS (more libFuzzer flags, e.g. "-jobs=2 -workers=2"), FUZZ_RUNS
+# (per-target run counts that override a -runs in FUZZ_ARGS, e.g.
+# "fuzz_sim=2000 fuzz_replay=2000": the slow targets then stop after as
+# many runs, and a fixed seed gives the same verdict on every machine).
 #
 # New inputs go to build-fuzz/fuzz-out/<t>/corpus, never into fuzz/corpus;
 # merge them by hand when they are worth keeping:
@@ -40,7 +43,7 @@ if [ "${1:-}" = "--probe" ]; then
 fi
 
 secs=${1:-30}
-targets=${FUZZ_TARGETS:-fuzz_wire fuzz_values fuzz_store fuzz_agent}
+targets=${FUZZ_TARGETS:-fuzz_wire fuzz_values fuzz_store fuzz_agent fuzz_sim fuzz_replay}
 if ! cc=$(find_cc); then
   echo "fuzz/run.sh: no clang with libFuzzer found (set FUZZ_CC)" >&2
   exit 2
@@ -65,11 +68,18 @@ for t in $targets; do
   mkdir -p "$out/corpus"
   log=$out/log
   rc=0
+  # A per-target run count (FUZZ_RUNS), after FUZZ_ARGS: the last flag wins.
+  runs=
+  for tr in ${FUZZ_RUNS:-}; do
+    if [ "${tr%%=*}" = "$t" ]; then
+      runs="-runs=${tr#*=}"
+    fi
+  done
   # shellcheck disable=SC2086
   "$build/fuzz/$t" -max_total_time="$secs" -print_final_stats=1 \
     -timeout=25 -rss_limit_mb=2048 -dict="fuzz/$t.dict" \
-    -artifact_prefix="$out/" ${FUZZ_ARGS:-} "$out/corpus" "fuzz/corpus/$t" \
-    >"$log" 2>&1 || rc=$?
+    -artifact_prefix="$out/" ${FUZZ_ARGS:-} $runs "$out/corpus" \
+    "fuzz/corpus/$t" >"$log" 2>&1 || rc=$?
   execs=$(grep -m1 'stat::average_exec_per_sec' "$log" | awk '{print $2}')
   units=$(grep -m1 'stat::new_units_added' "$log" | awk '{print $2}')
   if [ "$rc" = 0 ]; then

@@ -17,6 +17,7 @@
 
 #define ARRIVED "scn_membership/arrived/"
 #define CHECKED "scn_membership/checked/"
+#define DONE "scn_membership/done/"
 /* Bounds (virtual time in the simulator): waiting for the others at the
  * end, and for membership to converge once they are there. */
 #define ARRIVE_WAIT_NS (30ull * 1000000000ull)
@@ -88,17 +89,49 @@ static int cmp_str(const void *x, const void *y) {
 
 /* Drops the arrived workers that crashed since (the others must take
  * them out); returns how many are left. */
-static size_t drop_crashed(const drpc_scn_host *h, char **keys, size_t nk) {
+/* True when worker name (a key under prefix) is gone for good: crashed
+ * (until it restarts) or finished and left. */
+static bool gone(drpc_agent *a, const drpc_scn_host *h, const char *name) {
+  int rank = name[0] == 'w' ? atoi(name + 1) : -1;
+  if (h->alive && !h->alive(h, rank))
+    return true;
+  char key[160];
+  snprintf(key, sizeof key, DONE "%s", name);
+  /* A read that never waits: a compare-and-set that changes nothing
+   * (a missing key reads as empty). */
+  void *v = NULL;
+  size_t n = 0;
+  bool done = drpc_store_compare_set(drpc_agent_store(a), key, "", 0, "", 0, &v,
+                                     &n, NULL) == 0 &&
+              n == 1 && ((const char *)v)[0] == '1';
+  free(v);
+  return done;
+}
+
+/* Keeps the arrived workers that are not gone; returns how many. */
+static size_t drop_gone(drpc_agent *a, const drpc_scn_host *h, char **keys,
+                        size_t nk) {
   size_t plen = strlen(ARRIVED), k = 0;
   for (size_t i = 0; i < nk; i++) {
-    const char *name = keys[i] + plen;
-    int rank = name[0] == 'w' ? atoi(name + 1) : -1;
-    if (h->alive && !h->alive(h, rank))
+    if (gone(a, h, keys[i] + plen))
       free(keys[i]);
     else
       keys[k++] = keys[i];
   }
   return k;
+}
+
+/* The arrived workers that are not gone, sorted (*keys replaced). */
+static void live_arrivals(drpc_agent *a, const drpc_scn_host *h, char ***keys,
+                          size_t *nk) {
+  drpc_store_keys_free(*keys, *nk);
+  *keys = arrived(a, nk);
+  if (!*keys) {
+    *nk = 0;
+    return;
+  }
+  *nk = drop_gone(a, h, *keys, *nk);
+  qsort(*keys, *nk, sizeof **keys, cmp_str);
 }
 
 /* True when a's members are exactly the arrived workers. */
@@ -138,6 +171,13 @@ static int membership_run(drpc_agent *a, int rank, int world,
   if (!h->rejoin)
     return drpc_error_set(err, DRPC_EUNSUPPORTED,
                           "this host cannot make workers leave and join");
+  /* A restarted worker (a new life) has not arrived yet. */
+  const char *const prefixes[3] = {ARRIVED, CHECKED, DONE};
+  for (int k = 0; k < 3; k++) {
+    char key[160];
+    snprintf(key, sizeof key, "%s%s", prefixes[k], drpc_agent_self(a)->name);
+    drpc_store_delete(drpc_agent_store(a), key, NULL, NULL);
+  }
   for (int i = 0; i < h->iters; i++) {
     one_call(a, rank, i, h);
     if (rank != 0 && i % 4 == 3) {
@@ -164,30 +204,30 @@ static int membership_run(drpc_agent *a, int rank, int world,
   drpc_store *st = drpc_agent_store(a);
   if (drpc_store_set_str(st, key, "1", NULL))
     return 0; /* the store went away: nothing to check against */
+  /* Each poll reads the arrivals again: a worker that crashes drops out,
+   * one that restarts comes back when it arrives. */
   size_t nk = 0;
   char **keys = NULL;
   for (uint64_t waited = 0; waited < ARRIVE_WAIT_NS; waited += POLL_NS) {
-    drpc_store_keys_free(keys, nk);
-    keys = arrived(a, &nk);
-    if (keys)
-      nk = drop_crashed(h, keys, nk);
+    live_arrivals(a, h, &keys, &nk);
     int live = 0;
-    for (int r = 0; r < world; r++)
-      live += !h->alive || h->alive(h, r);
+    for (int r = 0; r < world; r++) {
+      char name[16];
+      drpc_scn_worker_name(r, name, sizeof name);
+      live += !gone(a, h, name);
+    }
     if (keys && nk >= (size_t)live)
       break;
     h->compute(h, a, POLL_NS);
   }
   if (!keys)
     return 0;
-  qsort(keys, nk, sizeof *keys, cmp_str);
   char why[1024] = "";
   bool ok = false;
-  size_t nall = nk;
   for (uint64_t waited = 0; waited < CONVERGE_WAIT_NS && !ok;
        waited += POLL_NS) {
-    nk = drop_crashed(h, keys, nk);
-    ok = converged(a, keys, nk, why, sizeof why);
+    live_arrivals(a, h, &keys, &nk);
+    ok = keys && converged(a, keys, nk, why, sizeof why);
     if (!ok)
       h->compute(h, a, POLL_NS);
   }
@@ -198,12 +238,11 @@ static int membership_run(drpc_agent *a, int rank, int world,
    * looked and then crashed does not count). */
   snprintf(key, sizeof key, CHECKED "%s", drpc_agent_self(a)->name);
   drpc_store_set_str(st, key, "1", NULL);
-  (void)nall;
   for (uint64_t waited = 0; waited < ARRIVE_WAIT_NS; waited += POLL_NS) {
-    nk = drop_crashed(h, keys, nk);
+    live_arrivals(a, h, &keys, &nk);
     size_t nc = 0;
     char **ck = NULL;
-    if (drpc_store_list(st, CHECKED, &ck, &nc, NULL))
+    if (!keys || drpc_store_list(st, CHECKED, &ck, &nc, NULL))
       break;
     size_t done = 0, plen = strlen(ARRIVED), clen = strlen(CHECKED);
     for (size_t i = 0; i < nk; i++)
@@ -215,6 +254,11 @@ static int membership_run(drpc_agent *a, int rank, int world,
     h->compute(h, a, POLL_NS);
   }
   drpc_store_keys_free(keys, nk);
+  /* Gone for good now: nobody expects this worker in a view any more
+   * (rank 0 stays, in the views of late workers too, until the end). */
+  snprintf(key, sizeof key, DONE "%s", drpc_agent_self(a)->name);
+  if (rank != 0)
+    drpc_store_set_str(st, key, "1", NULL);
   /* Rank 0 stays last: the others leave now, and it must see them go. */
   if (rank == 0) {
     uint64_t waited = 0;

@@ -131,7 +131,18 @@ static void check_shard(const drpc_scn_host *h, drpc_agent *a, const char *when,
   /* grad_at(k, j) depends on k only through k % 8: count the updates
    * that ran per class. */
   int ran[8] = {0};
+  /* First a pass without branches (the usual case: every element 0 or 1
+   * and as the trainer knows it); only an anomaly takes the loop below,
+   * which names it. */
+  int odd = 0;
   for (int k = 0; k < PS_MAX_ROUNDS; k++) {
+    float l = p[PS_DENSE + k];
+    uint8_t u = k < rounds ? upd[k] : UPD_NOT_SENT;
+    odd |= (l != 0 && l != 1) | (l == 1 && u == UPD_NOT_SENT) |
+           (l == 0 && u == UPD_DONE);
+    ran[k % 8] += l == 1;
+  }
+  for (int k = 0; odd && k < PS_MAX_ROUNDS; k++) {
     float l = p[PS_DENSE + k];
     uint8_t u = k < rounds ? upd[k] : UPD_NOT_SENT;
     if (l != 0 && l != 1) {
@@ -149,7 +160,6 @@ static void check_shard(const drpc_scn_host *h, drpc_agent *a, const char *when,
                          when, k);
       return;
     }
-    ran[k % 8] += l == 1;
   }
   /* ... and grad_at(k, j) depends on j only through j % 8. */
   float want8[8];
@@ -158,7 +168,13 @@ static void check_shard(const drpc_scn_host *h, drpc_agent *a, const char *when,
     for (int k = 0; k < 8; k++)
       want8[j] += (float)ran[k] * grad_at(k, j);
   }
-  for (int j = 0; j < PS_DENSE; j++) {
+  /* Blocks of eight compared at once (the usual case: all equal); a
+   * mismatch is then found element by element. */
+  int bad = 0;
+  for (int j = 0; j < PS_DENSE; j += 8)
+    for (int m = 0; m < 8; m++)
+      bad |= p[j + m] != want8[m];
+  for (int j = 0; bad && j < PS_DENSE; j++) {
     float want = want8[j % 8];
     if (p[j] != want) {
       drpc_scn_violation(h, a,
@@ -171,13 +187,14 @@ static void check_shard(const drpc_scn_host *h, drpc_agent *a, const char *when,
 
 /* The trainer's shard: odd ranks create it with drpc_remote on the
  * server, even ranks borrow one the server made locally. */
-static drpc_rref *get_shard(drpc_agent *a, int rank, const drpc_scn_host *h) {
+static drpc_rref *get_shard(drpc_agent *a, int rank, bool borrow,
+                            const drpc_scn_host *h) {
   drpc_value *args = drpc_value_list_of(1, drpc_value_int(rank));
   drpc_error e = DRPC_ERROR_INIT;
   drpc_rref *r = NULL;
   if (!args) {
     drpc_error_set(&e, DRPC_ENOMEM, "out of memory");
-  } else if (rank % 2) {
+  } else if (rank % 2 && !borrow) {
     if (drpc_remote(a, "w0", DRPC_FUNCTION, "ps.make_shard", args, NULL,
                     DRPC_UNSET_RPC_TIMEOUT, &r, &e))
       r = NULL;
@@ -200,13 +217,28 @@ static drpc_rref *get_shard(drpc_agent *a, int rank, const drpc_scn_host *h) {
   return r;
 }
 
-static void train(drpc_agent *a, drpc_rref *r, const drpc_scn_host *h) {
+/* The server's crashes so far (a supervisor's view): a shard lives in
+ * one life of the server; a restarted server knows none of them. */
+static unsigned server_crashes(const drpc_scn_host *h) {
+  return h->crashes ? h->crashes(h, 0) : 0;
+}
+
+static void train(drpc_agent *a, drpc_rref *r, unsigned life,
+                  const drpc_scn_host *h) {
   int rounds = h->iters < PS_MAX_ROUNDS ? h->iters : PS_MAX_ROUNDS;
   uint8_t upd[PS_MAX_ROUNDS] = {0};
   drpc_error e = DRPC_ERROR_INIT;
   for (int k = 0; k < rounds; k++) {
+    /* The server crashed since the shard was made: the shard is gone, and
+     * its RRef id may name another trainer's shard in the server's next
+     * life (RRef ids carry no life). Training ends. */
+    if (server_crashes(h) != life)
+      return;
     drpc_value *v = NULL;
-    if (drpc_rref_to_here(r, DRPC_UNSET_RPC_TIMEOUT, &v, &e) == 0)
+    int rc = drpc_rref_to_here(r, DRPC_UNSET_RPC_TIMEOUT, &v, &e);
+    if (server_crashes(h) != life)
+      ; /* the answer may come from the next life: not checked */
+    else if (rc == 0)
       check_shard(h, a, "fetch", v, upd, rounds);
     else
       drpc_scn_check_error(h, a, &e, "to_here");
@@ -223,6 +255,10 @@ static void train(drpc_agent *a, drpc_rref *r, const drpc_scn_host *h) {
       drpc_scn_violation(h, a, "%s: out of memory", drpc_agent_self(a)->name);
       return;
     }
+    if (server_crashes(h) != life) {
+      drpc_value_free(args);
+      return;
+    }
     upd[k] = UPD_UNSURE;
     if (drpc_rref_rpc_sync(r, DRPC_FUNCTION, "ps.apply_update", args, NULL,
                            DRPC_UNSET_RPC_TIMEOUT, &res, &e) == 0)
@@ -234,8 +270,13 @@ static void train(drpc_agent *a, drpc_rref *r, const drpc_scn_host *h) {
     drpc_value_free(args);
   }
   /* The final parameters are the sum of every update that ran. */
+  if (server_crashes(h) != life)
+    return;
   drpc_value *v = NULL;
-  if (drpc_rref_to_here(r, DRPC_UNSET_RPC_TIMEOUT, &v, &e) == 0)
+  int rc = drpc_rref_to_here(r, DRPC_UNSET_RPC_TIMEOUT, &v, &e);
+  if (server_crashes(h) != life)
+    ; /* the answer may come from the next life: not checked */
+  else if (rc == 0)
     check_shard(h, a, "final", v, upd, rounds);
   else
     drpc_scn_check_error(h, a, &e, "final to_here");
@@ -243,17 +284,35 @@ static void train(drpc_agent *a, drpc_rref *r, const drpc_scn_host *h) {
   drpc_error_clear(&e);
 }
 
+static void serve_or_train(drpc_agent *a, int rank, bool restarted,
+                           const drpc_scn_host *h) {
+  if (rank > 0) {
+    unsigned life = server_crashes(h);
+    drpc_rref *r = get_shard(a, rank, restarted, h);
+    if (r)
+      train(a, r, life, h);
+    drpc_rref_decref(r);
+  }
+  drpc_scn_rref_shutdown(a, h, drpc_scn_ps.shutdown_timeout_s);
+}
+
 static int ps_run(drpc_agent *a, int rank, int world, const drpc_scn_host *h,
                   drpc_error *err) {
   (void)world;
   (void)err;
-  if (rank > 0) {
-    drpc_rref *r = get_shard(a, rank, h);
-    if (r)
-      train(a, r, h);
-    drpc_rref_decref(r);
-  }
-  drpc_scn_rref_shutdown(a, h, drpc_scn_ps.shutdown_timeout_s);
+  serve_or_train(a, rank, false, h);
+  return 0;
+}
+
+/* A restarted worker: the server serves again (its shards are gone); a
+ * trainer starts over with a shard it borrows (made on the server), as a
+ * shard it would make with drpc_remote gets an RRef id of its own, which
+ * the server may still hold from the trainer's last life. */
+static int ps_restart(drpc_agent *a, int rank, int world,
+                      const drpc_scn_host *h, drpc_error *err) {
+  (void)world;
+  (void)err;
+  serve_or_train(a, rank, true, h);
   return 0;
 }
 
@@ -269,4 +328,5 @@ const drpc_scenario drpc_scn_ps = {
     .shutdown_timeout_s = 30.0,
     .register_fns = ps_register,
     .run = ps_run,
+    .restart = ps_restart,
 };

@@ -44,6 +44,10 @@ struct drpc_scn_host {
                 drpc_error *err);
   /* False once worker rank has crashed (a fault); NULL: nothing crashes. */
   bool (*alive)(const drpc_scn_host *h, int rank);
+  /* How many times worker rank has crashed so far, as a cluster
+   * supervisor knows it (a restarted worker is a new process that lost
+   * the state of its last life); NULL: nothing crashes. */
+  unsigned (*crashes)(const drpc_scn_host *h, int rank);
 };
 
 typedef struct drpc_scenario {
@@ -67,6 +71,14 @@ typedef struct drpc_scenario {
   /* A dynamic group: agents start without a world size (and are
    * announced), and the host offers rejoin. */
   bool dynamic;
+  /* The program of a worker restarted after a crash (a fresh process with
+   * the same name and rank, whose memory of the last life is gone); NULL:
+   * run again from the top. */
+  int (*restart)(drpc_agent *a, int rank, int world, const drpc_scn_host *h,
+                 drpc_error *err);
+  /* Why restarts are not drawn for this scenario (NULL: they are); an
+   * explicit schedule still applies them. */
+  const char *no_restart;
 } drpc_scenario;
 
 /* Every known scenario, runnable or not, in a fixed order. */

@@ -8,7 +8,7 @@
 #include "internal.h"
 
 static const char *const kind_names[DRPC_SIM_FAULT_KINDS] = {
-    "partition", "oneway", "clog", "reset", "crash", "slow"};
+    "partition", "oneway", "clog", "reset", "crash", "slow", "restart"};
 
 const char *drpc_sim_fault_kind_name(int kind) {
   return kind >= 0 && kind < DRPC_SIM_FAULT_KINDS ? kind_names[kind] : NULL;
@@ -135,7 +135,9 @@ int drpc_sim_config_draw(drpc_sim_config *c, const char *scenario, int workers,
   if (window < 1e5)
     window = 1e5;
   c->fault_end_ns = (uint64_t)window;
-  for (int k = 0; k < DRPC_SIM_FAULT_KINDS; k++) {
+  /* Restarts draw from a stream of their own (below), so that adding
+   * them left every other fault of a seed where it was. */
+  for (int k = 0; k < DRPC_SIM_RESTART; k++) {
     c->kind_on[k] = swarm ? sim_unit(&st) < 0.5 : true;
     c->kind_count[k] = swarm ? (k == DRPC_SIM_CRASH ? log_uniform(&st, 0.3, 3)
                                                     : log_uniform(&st, 0.5, 20))
@@ -152,7 +154,7 @@ int drpc_sim_config_draw(drpc_sim_config *c, const char *scenario, int workers,
   double mean_dur = window * (swarm ? log_uniform(&st, 0.01, 0.5) : 0.1);
   drpc_sim_fault *v = NULL;
   size_t n = 0, cap = 0;
-  for (int k = 0; k < DRPC_SIM_FAULT_KINDS; k++) {
+  for (int k = 0; k < DRPC_SIM_RESTART; k++) {
     if (!c->kind_on[k])
       continue;
     double rate = c->kind_count[k] / window; /* per ns */
@@ -216,6 +218,37 @@ int drpc_sim_config_draw(drpc_sim_config *c, const char *scenario, int workers,
       }
       t += expo(&st, 1.0 / rate);
     }
+  }
+  /* Restarts: each crash is followed, with probability kind_count (a
+   * fraction here), by a restart of that node after a delay drawn from
+   * the restart stream; a restart may land after the fault phase. */
+  uint64_t rst = sim_stream(seed, 8);
+  const drpc_scenario *scn = drpc_scenario_find(scenario);
+  c->kind_on[DRPC_SIM_RESTART] = c->kind_on[DRPC_SIM_CRASH] &&
+                                 (swarm ? sim_unit(&rst) < 0.5 : true) &&
+                                 !(scn && scn->no_restart);
+  c->kind_count[DRPC_SIM_RESTART] = swarm ? sim_unit(&rst) : 0.7;
+  double mean_down = window * (swarm ? log_uniform(&rst, 0.01, 0.5) : 0.1);
+  size_t ncrash = n;
+  for (size_t i = 0; i < ncrash && c->kind_on[DRPC_SIM_RESTART]; i++) {
+    if (v[i].kind != DRPC_SIM_CRASH ||
+        sim_unit(&rst) >= c->kind_count[DRPC_SIM_RESTART] ||
+        n >= DRPC_SIM_MAX_FAULTS)
+      continue;
+    drpc_sim_fault f = {0};
+    f.kind = DRPC_SIM_RESTART;
+    f.node = v[i].node;
+    f.at_ns = v[i].at_ns + (uint64_t)expo(&rst, mean_down) + 1;
+    if (n == cap) {
+      cap = cap ? cap * 2 : 16;
+      drpc_sim_fault *nv = realloc(v, cap * sizeof *nv);
+      if (!nv) {
+        free(v);
+        return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+      }
+      v = nv;
+    }
+    v[n++] = f;
   }
   if (n)
     qsort(v, n, sizeof *v, cmp_fault);
@@ -309,7 +342,8 @@ char *drpc_sim_config_to_json(const drpc_sim_config *c) {
     cJSON_AddItemToObject(j, "at_ns", u64(f->at_ns));
     if (f->dur_ns)
       cJSON_AddItemToObject(j, "dur_ns", u64(f->dur_ns));
-    if (f->kind == DRPC_SIM_CRASH || f->kind == DRPC_SIM_SLOW) {
+    if (f->kind == DRPC_SIM_CRASH || f->kind == DRPC_SIM_SLOW ||
+        f->kind == DRPC_SIM_RESTART) {
       cJSON_AddItemToObject(j, "node", num(f->node));
       if (f->kind == DRPC_SIM_SLOW)
         cJSON_AddItemToObject(j, "factor", num(f->factor));
@@ -468,7 +502,8 @@ int drpc_sim_config_from_json(drpc_sim_config *c, const char *text,
       goto out;
     }
     f->node = (int)d;
-    if ((f->kind == DRPC_SIM_CRASH || f->kind == DRPC_SIM_SLOW) &&
+    if ((f->kind == DRPC_SIM_CRASH || f->kind == DRPC_SIM_SLOW ||
+         f->kind == DRPC_SIM_RESTART) &&
         (f->node < 0 || f->node >= c->workers)) {
       bad = "faults[].node";
       goto out;

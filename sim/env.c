@@ -375,34 +375,26 @@ static int e_listen_addr(void *ctx, char *buf, size_t len) {
   return 0;
 }
 
-const drpc_env_ops sim_env_ops = {
-    .now_ns = e_now,
-    .timer_arm = e_timer_arm,
-    .connect = e_connect,
-    .send = e_send,
-    .close = e_close,
-    .execute = e_execute,
-    .post = e_post,
-    .is_owner = e_is_owner,
-    .sync_init = sim_sync_init,
-    .sync_destroy = sim_sync_destroy,
-    .sync_lock = sim_sync_nop,
-    .sync_unlock = sim_sync_nop,
-    .sync_wait = sim_sync_wait,
-    .sync_broadcast = sim_sync_broadcast,
-    .random = e_random,
-    .record = e_record,
-    .recording = e_recording,
-    .log = e_log,
-    .pool_stats = e_pool_stats,
-    .listen_addr = e_listen_addr,
-};
+/* Every op but log: without --verbose nothing is logged, and the core then
+ * does not even format its log lines. */
+#define SIM_ENV_OPS_COMMON                                                     \
+  .now_ns = e_now, .timer_arm = e_timer_arm, .connect = e_connect,             \
+  .send = e_send, .close = e_close, .execute = e_execute, .post = e_post,      \
+  .is_owner = e_is_owner, .sync_init = sim_sync_init,                          \
+  .sync_destroy = sim_sync_destroy, .sync_lock = sim_sync_nop,                 \
+  .sync_unlock = sim_sync_nop, .sync_wait = sim_sync_wait,                     \
+  .sync_broadcast = sim_sync_broadcast, .random = e_random,                    \
+  .record = e_record, .recording = e_recording, .pool_stats = e_pool_stats,    \
+  .listen_addr = e_listen_addr
+
+const drpc_env_ops sim_env_ops = {SIM_ENV_OPS_COMMON, .log = e_log};
+static const drpc_env_ops sim_env_ops_quiet = {SIM_ENV_OPS_COMMON};
 
 void sim_node_init(sim *s, sim_node *n, int16_t index) {
   memset(n, 0, sizeof *n);
   n->s = s;
   n->index = index;
-  n->env.ops = &sim_env_ops;
+  n->env.ops = s->cfg->verbose ? &sim_env_ops : &sim_env_ops_quiet;
   n->env.ctx = n;
   n->slow = 1.0;
   n->threads = 1;
@@ -473,6 +465,7 @@ void sim_crash(sim *s, int16_t node) {
   if (n->state == NODE_DEAD || n->state == NODE_FINISHED)
     return;
   n->state = NODE_DEAD;
+  n->crashes++;
   s->nodes_left--;
   s->res->crashed++;
   n->timer_at = 0;
@@ -493,6 +486,46 @@ void sim_crash(sim *s, int16_t node) {
   n->agent = NULL;
   sim_node_free_retired(n);
   reset_node_conns(s, node);
+  /* Its sockets died with it: nothing more is told to its ends (a later
+   * life opens its own connections), and its own pending events are
+   * stale from now on. */
+  for (size_t k = 0; k < s->nconns; k++) {
+    sim_conn *c = &s->conns[k];
+    if (c->from == node)
+      c->told[0] = true;
+    if (c->to == node)
+      c->told[1] = true;
+  }
+  n->inc++;
+}
+
+bool sim_restart(sim *s, int16_t node) {
+  sim_node *n = &s->nodes[node];
+  if (n->state != NODE_DEAD)
+    return false;
+  /* A fresh process: nothing of the last life's executor, timers or
+   * calls; the same name, address, clock and store. */
+  n->state = NODE_IDLE;
+  n->main_done = false;
+  n->free_queued = false;
+  n->jobs_running = 0;
+  n->timer_at = n->timer_event_at = 0;
+  n->last_exec_valid = false;
+  if (n->calls)
+    memset(n->calls, 0, n->call_cap * sizeof *n->calls);
+  /* Its calls to itself come on no connection (conn 0) and are numbered
+   * from 1 again: a request is (caller life, id), and the last life's
+   * own requests are forgotten with it. Requests of other callers came on
+   * connections of the last life and stay told apart by those. */
+  if (n->execs) {
+    free(n->execs[node]);
+    n->execs[node] = NULL;
+    n->exec_cap[node] = 0;
+  }
+  s->nodes_left++;
+  s->res->restarted++;
+  sim_push(s, EV_START, node, s->now, 0, 0, NULL, 0);
+  return true;
 }
 
 /* ---- delivering events -------------------------------------------------

@@ -56,6 +56,8 @@ typedef struct sim_event {
   uint32_t len;
   int16_t node;
   uint8_t kind;
+  uint8_t inc;  /* the node's life when pushed (see sim_node.inc) */
+  uint32_t tie; /* drpc_sim_config.tie's key: orders events of one time */
 } sim_event;
 
 typedef struct sim sim;
@@ -142,6 +144,11 @@ struct sim_node {
   sim *s;
   int16_t index; /* -1 for the store's env */
   int state;
+  /* The node's life, counted up at each crash (mod 256): the node's own
+   * events (timers, commands, jobs, wakes, frees, starts) pushed in an
+   * earlier life are dropped, so a restarted process never sees them. */
+  uint8_t inc;
+  unsigned crashes, starts; /* lives ended by a crash; program starts */
   drpc_env env;
   drpc_agent *agent;
   /* Agents of earlier incarnations in a dynamic group (a worker that left
@@ -186,6 +193,12 @@ struct sim {
   uint64_t now, seq;
   sim_event *heap;
   size_t nheap, capheap;
+  /* Events due now, in push order (a ring): without a tie hook they need
+   * no heap, as everything pushed for now runs after what the heap holds
+   * for now (pushed at an earlier instant, so with smaller sequence
+   * numbers) and in sequence order among themselves. */
+  sim_event *nowq;
+  size_t nowq_head, nowq_len, nowq_cap;
   int nnodes;
   sim_node *nodes; /* nnodes of them */
   sim_node store_node;
@@ -264,6 +277,11 @@ void sim_deliver(sim *s, sim_event *ev);
 /* Frees what an event that will never run owns (payload bytes). */
 void sim_event_drop(sim *s, sim_event *ev);
 void sim_crash(sim *s, int16_t node);
+/* Starts a crashed node again at now as a fresh process (EV_START): false
+ * when the node is not down. The host hook for any later start of a
+ * node's program (a restart; a late or repeated start would use it too). */
+bool sim_restart(sim *s, int16_t node);
+
 void sim_break_links(sim *s, uint64_t a, uint64_t b, bool oneway);
 void sim_reset_between(sim *s, uint64_t a, uint64_t b);
 void sim_node_job_done(sim *s, sim_node *n);
@@ -277,6 +295,26 @@ void sim_node_free_retired(sim_node *n);
 void sim_check_record(sim *s, sim_node *n, const drpc_event *ev);
 void sim_count_exec(sim *s, sim_node *n, int16_t caller, uint64_t id,
                     uint64_t conn);
+
+/* True for an event of a node's process (not of the network: frames and
+ * connection events follow their connection's state) pushed in an earlier
+ * life of the node. */
+static inline bool sim_event_stale(const sim *s, const sim_event *ev) {
+  if (ev->node < 0 || ev->inc == s->nodes[ev->node].inc)
+    return false;
+  switch (ev->kind) {
+  case EV_TIMER:
+  case EV_WAKE:
+  case EV_CMD:
+  case EV_JOB:
+  case EV_NODE_FREE:
+  case EV_START:
+  case EV_REPLAY:
+    return true;
+  default:
+    return false;
+  }
+}
 
 /* rng */
 static inline uint64_t sim_rand(uint64_t *st) {

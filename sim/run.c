@@ -209,6 +209,11 @@ static bool host_alive(const drpc_scn_host *h, int rank) {
   return rank < 0 || rank >= s->nnodes || s->nodes[rank].state != NODE_DEAD;
 }
 
+static unsigned host_crashes(const drpc_scn_host *h, int rank) {
+  sim *s = h->user;
+  return rank < 0 || rank >= s->nnodes ? 0 : s->nodes[rank].crashes;
+}
+
 /* One worker: start the agent (a rendezvous through the shared store),
  * run the program, shut down gracefully. */
 static void node_main(void *arg) {
@@ -217,19 +222,29 @@ static void node_main(void *arg) {
   drpc_agent *a = NULL;
   drpc_error err = DRPC_ERROR_INIT;
   n->state = NODE_STARTING;
+  /* A restarted node (a fresh process after a crash) runs the program's
+   * restart entry, or the program again from the top. */
+  bool again = n->starts++ > 0;
   int rc = drpc_agent_start(&a, s->store, n->name, n->index,
                             s->scn->dynamic ? -1 : s->nnodes, &s->opts, &n->env,
                             &err);
   if (rc) {
-    if (!s->host.faults || !drpc_scn_fault_error(&err))
+    if (!s->host.faults || !drpc_scn_fault_error(&err)) {
       sim_violation(s, "%s: agent start failed: %s", n->name,
                     drpc_error_message(&err));
+    } else if (s->res->start_failed++ == 0) {
+      /* Tolerated, but the worker does nothing: the run says so. */
+      snprintf(s->res->start_error, sizeof s->res->start_error,
+               "%s at t=%.6fs: %s", n->name, (double)sim_rel(s, s->now) / 1e9,
+               drpc_error_message(&err));
+    }
   } else {
     sim_attach(s, n, a);
     if (s->scn->dynamic && drpc_agent_announce(a, &err))
       drpc_scn_check_error(&s->host, a, &err, "announce");
     drpc_error_clear(&err);
-    rc = s->scn->run(a, n->index, s->nnodes, &s->host, &err);
+    rc = (again && s->scn->restart ? s->scn->restart : s->scn->run)(
+        a, n->index, s->nnodes, &s->host, &err);
     if (rc)
       sim_violation(s, "%s: program failed: %s", n->name,
                     drpc_error_message(&err));
@@ -260,7 +275,8 @@ static void record_fault(sim *s, const drpc_sim_fault *f, bool end) {
   char name[48];
   const char *k = drpc_sim_fault_kind_name(f->kind);
   snprintf(name, sizeof name, "%s%s", k ? k : "fault", end ? " end" : "");
-  bool on_node = f->kind == DRPC_SIM_CRASH || f->kind == DRPC_SIM_SLOW;
+  bool on_node = f->kind == DRPC_SIM_CRASH || f->kind == DRPC_SIM_SLOW ||
+                 f->kind == DRPC_SIM_RESTART;
   drpc_event ev = {DRPC_EV_FAULT,
                    (int16_t)(on_node ? f->node : -1),
                    -1,
@@ -325,6 +341,11 @@ static void apply_fault(sim *s, const drpc_sim_fault *f, bool end) {
     if (!end && f->node >= 0 && f->node < s->nnodes)
       sim_crash(s, (int16_t)f->node);
     break;
+  case DRPC_SIM_RESTART:
+    /* Only a node that is down comes back (else: nothing happens). */
+    if (!end && f->node >= 0 && f->node < s->nnodes)
+      sim_restart(s, (int16_t)f->node);
+    break;
   case DRPC_SIM_SLOW:
     if (f->node >= 0 && f->node < s->nnodes)
       s->nodes[f->node].slow =
@@ -336,7 +357,8 @@ static void apply_fault(sim *s, const drpc_sim_fault *f, bool end) {
 }
 
 /* Faults off: partitions heal, clogs clear, slow nodes recover. Crashed
- * nodes stay down (they are excluded from the liveness check). */
+ * nodes stay down unless a restart names them (restarts still apply after
+ * the phase); nodes that stay down are excluded from the liveness check. */
 static void end_fault_phase(sim *s) {
   s->phase_over = true;
   for (int x = 0; x < s->nnodes; x++) {
@@ -353,12 +375,18 @@ static void end_fault_phase(sim *s) {
 /* ---- the loop ----------------------------------------------------------- */
 
 static void dispatch(sim *s, sim_event *ev) {
+  if (sim_event_stale(s, ev)) {
+    /* An event of a crashed life of the node: that process is gone. */
+    sim_event_drop(s, ev);
+    return;
+  }
   switch (ev->kind) {
   case EV_WAKE:
     sim_fiber_wake_event(s, ev->a, ev->b);
     return;
   case EV_FAULT:
-    if (s->phase_over && ev->b == 0)
+    if (s->phase_over && ev->b == 0 &&
+        s->cfg->faults[ev->a].kind != DRPC_SIM_RESTART)
       return;
     sim_hash(s, EV_FAULT, -1, ev->a, ev->b, NULL, 0);
     apply_fault(s, &s->cfg->faults[ev->a], ev->b != 0);
@@ -486,6 +514,7 @@ int drpc_sim_run(const drpc_sim_config *c, drpc_sim_result *r,
   s->host.tolerated = host_tolerated;
   s->host.rejoin = scn->dynamic ? host_rejoin : NULL;
   s->host.alive = host_alive;
+  s->host.crashes = host_crashes;
   s->host.faults = c->nfaults > 0;
   s->host.iters = c->iters > 0 ? c->iters : scn->default_iters;
   s->host.think_ns = c->think_ns;
@@ -530,7 +559,14 @@ int drpc_sim_run(const drpc_sim_config *c, drpc_sim_result *r,
                1, NULL, 0);
   }
   s->fault_end = SIM_BASE_NS + c->fault_end_ns;
-  s->deadline = s->fault_end + c->liveness_ns;
+  /* Restarts are recoveries, not faults: a late one moves the liveness
+   * bound on with it. */
+  uint64_t settle = s->fault_end;
+  for (size_t i = 0; i < c->nfaults; i++)
+    if (c->faults[i].kind == DRPC_SIM_RESTART &&
+        SIM_BASE_NS + c->faults[i].at_ns > settle)
+      settle = SIM_BASE_NS + c->faults[i].at_ns;
+  s->deadline = settle + c->liveness_ns;
   if (c->nfaults)
     sim_push(s, EV_PHASE_END, -1, s->fault_end, 0, 0, NULL, 0);
 
@@ -582,6 +618,7 @@ int drpc_sim_run(const drpc_sim_config *c, drpc_sim_result *r,
   /* Abandoned agents keep a pointer to it but never run again. */
   drpc_registry_free(s->reg);
   free(s->heap);
+  free(s->nowq);
   free(s->conns);
   free(s->nodes);
   free(s->links);

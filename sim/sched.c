@@ -1,5 +1,6 @@
-/* The event queue (a binary heap ordered by time, then sequence number, so
- * ties resolve the same way in every run), the running event hash and the
+/* The event queue (a binary heap ordered by time, then the key of
+ * drpc_sim_config.tie, 0 when unset, then sequence number, so ties resolve
+ * the same way in every run), the running event hash and the
  * first-violation record. */
 #include <stdarg.h>
 #include <stdio.h>
@@ -11,11 +12,44 @@
 sim *sim_current;
 
 static bool ev_less(const sim_event *x, const sim_event *y) {
-  return x->time != y->time ? x->time < y->time : x->seq < y->seq;
+  if (x->time != y->time)
+    return x->time < y->time;
+  return x->tie != y->tie ? x->tie < y->tie : x->seq < y->seq;
+}
+
+static bool nowq_push(sim *s, const sim_event *ev) {
+  if (s->nowq_len == s->nowq_cap) {
+    size_t cap = s->nowq_cap ? s->nowq_cap * 2 : 256;
+    sim_event *q =
+        s->nheap + cap <= SIM_MAX_EVENTS ? malloc(cap * sizeof *q) : NULL;
+    if (!q)
+      return false;
+    /* Unwrap the ring into the new buffer. */
+    for (size_t i = 0; i < s->nowq_len; i++)
+      q[i] = s->nowq[(s->nowq_head + i) % s->nowq_cap];
+    free(s->nowq);
+    s->nowq = q;
+    s->nowq_cap = cap;
+    s->nowq_head = 0;
+  }
+  s->nowq[(s->nowq_head + s->nowq_len) % s->nowq_cap] = *ev;
+  s->nowq_len++;
+  return true;
 }
 
 void sim_push(sim *s, uint8_t kind, int16_t node, uint64_t time, uint32_t a,
               uint64_t b, void *p, uint32_t len) {
+  if (time <= s->now && !s->cfg->tie) {
+    uint8_t inc = node >= 0 ? s->nodes[node].inc : 0;
+    sim_event ev = {s->now, s->seq++, p, b, a, len, node, kind, inc, 0};
+    if (nowq_push(s, &ev))
+      return;
+    sim_violation(s, "event queue full (%zu events pending)",
+                  s->nheap + s->nowq_len);
+    if (kind == EV_FRAME)
+      free(p);
+    return;
+  }
   if (s->nheap == s->capheap) {
     size_t cap = s->capheap ? s->capheap * 2 : 1024;
     sim_event *h =
@@ -32,7 +66,10 @@ void sim_push(sim *s, uint8_t kind, int16_t node, uint64_t time, uint32_t a,
   }
   if (time < s->now)
     time = s->now;
-  sim_event ev = {time, s->seq++, p, b, a, len, node, kind};
+  uint32_t tie =
+      s->cfg->tie ? s->cfg->tie(s->cfg->tie_ctx, node, sim_rel(s, time)) : 0;
+  uint8_t inc = node >= 0 ? s->nodes[node].inc : 0;
+  sim_event ev = {time, s->seq++, p, b, a, len, node, kind, inc, tie};
   size_t i = s->nheap++;
   while (i > 0) {
     size_t parent = (i - 1) / 2;
@@ -45,6 +82,13 @@ void sim_push(sim *s, uint8_t kind, int16_t node, uint64_t time, uint32_t a,
 }
 
 bool sim_pop(sim *s, sim_event *out) {
+  /* The heap's events due now were pushed before any in the now queue. */
+  if (s->nowq_len && (s->nheap == 0 || s->heap[0].time > s->now)) {
+    *out = s->nowq[s->nowq_head];
+    s->nowq_head = (s->nowq_head + 1) % s->nowq_cap;
+    s->nowq_len--;
+    return true;
+  }
   if (s->nheap == 0)
     return false;
   *out = s->heap[0];
@@ -88,18 +132,28 @@ void sim_hash(sim *s, uint8_t kind, int16_t node, uint64_t x, uint64_t y,
   h = mix(h, x);
   h = mix(h, y);
   if (bytes) {
-    /* The bytes themselves, eight at a time: sends are compared as bytes. */
+    /* The bytes themselves (sends are compared as bytes): four independent
+     * lanes of eight bytes, so the multiplies overlap, folded at the end. */
     const uint8_t *p = bytes;
     size_t i = 0;
+    uint64_t l[4] = {h, h ^ 0x243f6a8885a308d3ull, h ^ 0x13198a2e03707344ull,
+                     h ^ 0xa4093822299f31d0ull};
+    for (; i + 32 <= len; i += 32)
+      for (int k = 0; k < 4; k++) {
+        uint64_t w;
+        memcpy(&w, p + i + 8 * (size_t)k, 8);
+        l[k] = (l[k] ^ w) * 0x9e3779b97f4a7c15ull;
+        l[k] ^= l[k] >> 29;
+      }
     for (; i + 8 <= len; i += 8) {
       uint64_t w;
       memcpy(&w, p + i, 8);
-      h = (h ^ w) * 0x9e3779b97f4a7c15ull;
-      h ^= h >> 29;
+      l[0] = (l[0] ^ w) * 0x9e3779b97f4a7c15ull;
+      l[0] ^= l[0] >> 29;
     }
     uint64_t w = 0;
     memcpy(&w, p + i, len - i);
-    h = mix(h, w ^ len);
+    h = mix(mix(mix(mix(l[0], l[1]), l[2]), l[3]), w ^ len);
   }
   r->hash = h;
   r->events++;

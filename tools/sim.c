@@ -210,12 +210,22 @@ static void print_result(const sim_opts *o, const drpc_sim_config *c,
   fprintf(f,
           "run: %s  sim %.6f s in %.3f s wall (%.0fx), %llu events, %llu "
           "deliveries, %llu calls, %llu executions, %llu faults, %d "
-          "crashed, %llu failed calls tolerated, hash %016llx\n",
+          "crashed, %d restarted, %llu failed calls tolerated, hash "
+          "%016llx\n",
           r->ok ? "ok" : "FAIL", (double)r->sim_ns / 1e9, r->wall_s, ratio,
           (unsigned long long)r->events, (unsigned long long)r->deliveries,
           (unsigned long long)r->calls, (unsigned long long)r->executions,
-          (unsigned long long)r->faults_applied, r->crashed,
+          (unsigned long long)r->faults_applied, r->crashed, r->restarted,
           (unsigned long long)r->tolerated, (unsigned long long)r->hash);
+  /* A run the faults kept from working passes its checks trivially: say
+   * so rather than a bare ok. */
+  if (r->start_failed)
+    fprintf(f,
+            "note: %d worker start%s failed under faults (tolerated; such a "
+            "worker did no work), first: %s\n",
+            r->start_failed, r->start_failed == 1 ? "" : "s", r->start_error);
+  if (r->ok && r->calls == 0)
+    fprintf(f, "note: no worker made a call in this run\n");
   if (r->rref_nodes_left)
     fprintf(f,
             "rrefs left at shutdown on %d workers: %lld owner RRefs, %lld "

@@ -33,7 +33,8 @@ typedef enum drpc_sim_fault_kind {
   DRPC_SIM_RESET = 3,     /* established connections between a, b reset */
   DRPC_SIM_CRASH = 4,     /* node killed as by kill -9 */
   DRPC_SIM_SLOW = 5,      /* node's functions take factor times longer */
-  DRPC_SIM_FAULT_KINDS = 6
+  DRPC_SIM_RESTART = 6,   /* a crashed node starts again as a fresh process */
+  DRPC_SIM_FAULT_KINDS = 7
 } drpc_sim_fault_kind;
 
 /* "partition", "oneway", ...; NULL for an unknown kind. */
@@ -44,7 +45,7 @@ typedef struct drpc_sim_fault {
   uint64_t dur_ns; /* partition, oneway, clog, slow: how long it lasts */
   int kind;        /* drpc_sim_fault_kind */
   uint64_t a, b; /* node masks (nodes 0..63): partition, oneway, clog, reset */
-  int node;      /* crash, slow */
+  int node;      /* crash, slow, restart */
   double factor; /* slow */
 } drpc_sim_fault;
 
@@ -75,8 +76,14 @@ typedef struct drpc_sim_config {
   double slow[DRPC_SIM_MAX_NODES];
 
   /* Fault phase: faults happen in [0, fault_end); at fault_end every
-   * partition heals and every clog clears (crashed nodes stay down). Live
-   * workers must then finish within liveness_ns. */
+   * partition heals and every clog clears. A crashed node stays down
+   * unless a restart names it: a restart (JSON {"kind": "restart",
+   * "at_ns": T, "node": N}) brings node N, if it is down at T, back as a
+   * fresh process (new agent, same name, rank and store) that runs the
+   * scenario's program again (drpc_scenario.restart when set); restarts
+   * apply after fault_end too (they are recoveries). Live workers must
+   * finish within liveness_ns of fault_end or of the last restart,
+   * whichever is later; nodes that stay down are excluded. */
   bool kind_on[DRPC_SIM_FAULT_KINDS];
   double kind_count[DRPC_SIM_FAULT_KINDS]; /* expected faults of each kind */
   uint64_t fault_end_ns;
@@ -93,6 +100,15 @@ typedef struct drpc_sim_config {
    * record(record_ctx, ev), with payloads kept for replay. NULL: off. */
   void (*record)(void *ctx, const drpc_event *ev);
   void *record_ctx;
+
+  /* Tie-breaks (fuzz/fuzz_sim.c): events due at the same virtual time run
+   * in ascending tie(tie_ctx, node, time), then in the order they were
+   * scheduled. The key depends on the node and the time only, so the
+   * events of one node (node -1: faults) keep their order; what changes
+   * is how different nodes interleave at one instant. Must be a pure
+   * function. NULL: every key is 0 (scheduling order). */
+  uint32_t (*tie)(void *ctx, int16_t node, uint64_t time_ns);
+  void *tie_ctx;
 } drpc_sim_config;
 
 /* Fills c with the settings of an unfaulted, fast LAN. */
@@ -134,6 +150,11 @@ typedef struct drpc_sim_result {
   uint64_t tolerated;
   uint64_t hash; /* running hash of every event */
   int crashed;
+  int restarted; /* crashed nodes that started again */
+  /* Worker starts (rendezvous) that failed under faults and were
+   * tolerated, and the first such error: such a worker did no work. */
+  int start_failed;
+  char start_error[256];
   /* The RRef checker: the four RRef counters (num_owner_rrefs,
    * num_pending_futures, num_pending_users, num_forks) as each worker's
    * graceful shutdown left them, summed over the workers that shut down,
