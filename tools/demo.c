@@ -156,6 +156,21 @@ static int driver(drpc_agent *a, int world) {
   return step_failed;
 }
 
+/* Writes the recording's viewer page next to it ("<record minus .db>.html")
+ * and prints its path. */
+static int viewer_page(const char *record) {
+  char html[4096];
+  size_t len = strlen(record);
+  if (len > 3 && strcmp(record + len - 3, ".db") == 0)
+    len -= 3;
+  snprintf(html, sizeof html, "%.*s.html", (int)len, record);
+  char *argv[] = {"viz", (char *)record, "-o", html, "--quiet", NULL};
+  if (drpc_cmd_viz(5, argv))
+    return 1;
+  printf("viewer page: %s (open in any browser; drpc viz)\n", html);
+  return 0;
+}
+
 static void usage(FILE *f) {
   fprintf(f, "usage: drpc demo [--workers N] [--record FILE.db | "
              "--no-record]\n"
@@ -165,8 +180,8 @@ static void usage(FILE *f) {
              "a remote error, a timeout\nand 2000 pipelined calls, then all "
              "shut down gracefully.\nEvery worker records its core's events; "
              "the recordings are merged into\nFILE.db (default "
-             "drpc-demo.db), replayed, and exported as a Chrome\ntrace "
-             "(FILE.json).\n");
+             "drpc-demo.db), replayed, exported as a Chrome trace\n(FILE.json) "
+             "and drawn as a viewer page (FILE.html, drpc viz).\n");
 }
 
 int drpc_cmd_demo(int argc, char **argv) {
@@ -248,8 +263,9 @@ int drpc_cmd_demo(int argc, char **argv) {
   }
   printf("workers w1..w%d exited cleanly: %d of %d\n", world - 1, clean,
          world - 1);
-  if (record && (drpc_tools_record_end() || clean != world - 1 ||
-                 drpc_tools_record_finish(record, world)))
+  if (record &&
+      (drpc_tools_record_end() || clean != world - 1 ||
+       drpc_tools_record_finish(record, world) || viewer_page(record)))
     failed = 1;
   printf("demo %s: %d steps ok, %d failed, %.2f s\n",
          failed || clean != world - 1 ? "FAILED" : "passed", step_ok,

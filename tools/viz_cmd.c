@@ -25,14 +25,23 @@ extern const unsigned char drpc_viz_viewer_css[];
 extern const size_t drpc_viz_viewer_css_len;
 
 static void usage_viz(FILE *f) {
-  fprintf(f, "usage: drpc viz FILE.db -o VIEW.html\n"
-             "\n"
-             "Writes one self-contained HTML page (no network access needed)\n"
-             "showing the recording: a space-time diagram of the messages\n"
-             "between workers (lost sends, connection resets, faults and\n"
-             "crashes marked), the RPC and server-work spans below it, and\n"
-             "details of the clicked item. Wheel zooms, drag pans. Exit 2\n"
-             "when the recording cannot be read or the page not written.\n");
+  fprintf(f,
+          "usage: drpc viz FILE.db -o VIEW.html [--quiet]\n"
+          "       drpc viz FILE.db --svg PICTURE.svg [--from T] [--to T] "
+          "[--quiet]\n"
+          "\n"
+          "-o writes one self-contained HTML page (no network access\n"
+          "needed) showing the recording: a space-time diagram of the\n"
+          "messages between workers (lost sends, connection resets, faults\n"
+          "and crashes marked), the RPC and server-work spans below it, and\n"
+          "details of the clicked item. Wheel zooms, drag pans.\n"
+          "--svg writes a static picture of the same diagram for reports,\n"
+          "of the time window --from .. --to (default: the whole run).\n"
+          "Times count from the run's first event, as on the page: a number\n"
+          "with a unit ns, us, ms or s, no unit meaning ms (250, 1.5ms,\n"
+          "800us, 2s). -o and --svg may be given together. Exit 2 when the\n"
+          "recording cannot be read, an argument is bad or a file cannot\n"
+          "be written. --quiet: print nothing on success.\n");
 }
 
 /* ---- growable arrays ------------------------------------------------------
@@ -828,7 +837,8 @@ static int write_data(FILE *f, viz *z, const char *path,
   for (int s = 0; s < 2; s++) {
     for (size_t i = 0; i < errsrc[s]->n; i++) {
       int64_t code = errsrc[s]->v[i];
-      bool dup = code <= 0;
+      /* error codes are negative; an open call has none */
+      bool dup = code == 0 || (s == 0 && z->rpc[SP_T1].v[i] < 0);
       for (int k = 0; !dup && k < nseen; k++)
         dup = seen[k] == code;
       if (dup || nseen == 64)
@@ -964,17 +974,752 @@ static void viz_free(viz *z) {
   free(z->clock_ppm);
 }
 
+/* ---- the static SVG picture (--svg) ---------------------------------------
+ */
+
+/* The viewer's palette (viz/viewer.js PAL): message types and span names
+ * get the same colours in the page and the picture. */
+static const char *const viz_pal[] = {
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b",
+    "#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#3949ab",
+    "#00897b", "#6d4c41", "#c0ca33", "#5e35b1", "#f4511e"};
+#define VIZ_NPAL ((int64_t)(sizeof viz_pal / sizeof viz_pal[0]))
+
+static const char *pal(int64_t i) {
+  return viz_pal[((i % VIZ_NPAL) + VIZ_NPAL) % VIZ_NPAL];
+}
+
+/* Parses a --from/--to time: a non-negative decimal number with an
+ * optional unit ns, us, ms or s (no unit: ms), counted from the run's
+ * first event. Returns 0, or -1 with a message. */
+static int parse_window_time(const char *opt, const char *s, int64_t *ns) {
+  const char *p = s;
+  while (*p >= '0' && *p <= '9')
+    p++;
+  if (*p == '.')
+    for (p++; *p >= '0' && *p <= '9'; p++)
+      ;
+  /* only digits and one point: strtod then sees no sign, hex or inf */
+  if (p == s || (p == s + 1 && *s == '.')) {
+    fprintf(stderr,
+            "drpc viz: %s '%s': expected a time such as 250, 1.5ms, 800us, "
+            "2s (no unit: ms)\n",
+            opt, s);
+    return -1;
+  }
+  double v = strtod(s, NULL);
+  double scale;
+  if (!*p || !strcmp(p, "ms"))
+    scale = 1e6;
+  else if (!strcmp(p, "ns"))
+    scale = 1;
+  else if (!strcmp(p, "us"))
+    scale = 1e3;
+  else if (!strcmp(p, "s"))
+    scale = 1e9;
+  else {
+    fprintf(stderr, "drpc viz: %s '%s': unknown unit '%s' (ns, us, ms, s)\n",
+            opt, s, p);
+    return -1;
+  }
+  v *= scale;
+  if (!(v < 9e18)) {
+    fprintf(stderr, "drpc viz: %s '%s': too large\n", opt, s);
+    return -1;
+  }
+  *ns = (int64_t)(v + 0.5);
+  return 0;
+}
+
+/* A time for people: 1.25 ms, 3.000 s. */
+static void fmt_time(char *buf, size_t n, double ns) {
+  double a = ns < 0 ? -ns : ns;
+  if (a >= 1e9)
+    snprintf(buf, n, "%.*f s", a >= 1e10 ? 2 : 3, ns / 1e9);
+  else if (a >= 1e6)
+    snprintf(buf, n, "%.*f ms", a >= 1e7 ? 2 : 3, ns / 1e6);
+  else if (a >= 1e3)
+    snprintf(buf, n, "%.*f us", a >= 1e4 ? 1 : 2, ns / 1e3);
+  else
+    snprintf(buf, n, "%.0f ns", ns);
+}
+
+/* XML text or attribute value. */
+static void xml_str(FILE *f, const char *s) {
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    switch (*p) {
+    case '&':
+      fputs("&amp;", f);
+      break;
+    case '<':
+      fputs("&lt;", f);
+      break;
+    case '>':
+      fputs("&gt;", f);
+      break;
+    case '"':
+      fputs("&quot;", f);
+      break;
+    default:
+      /* control characters are not allowed in XML 1.0 */
+      fputc(*p < 0x20 && *p != '\t' && *p != '\n' ? '?' : *p, f);
+    }
+  }
+}
+
+enum { SVG_W = 1200, SVG_GUT = 110, SVG_RIGHT = 12, SVG_K = 4 };
+/* Above this many messages in the window, a message drawn on the same
+ * pixels as the previous one between the same two lanes is left out. */
+#define SVG_DEDUP_ABOVE 5000
+
+typedef struct svgctx {
+  FILE *f;
+  const viz *z;
+  int64_t from, to; /* window, ns from the first event */
+  double pw;        /* plot width, px */
+  double lane_top, lane_h, row_h;
+  int nlanes;
+  int32_t *lane_of; /* node id + 1 -> lane, -1 */
+} svgctx;
+
+static double sx(const svgctx *c, double t) {
+  return SVG_GUT + (t - (double)c->from) / (double)(c->to - c->from) * c->pw;
+}
+
+static int lane_of(const svgctx *c, int64_t node) {
+  return node >= 0 && node <= 32767 ? c->lane_of[node + 1] : -1;
+}
+
+static double lane_y(const svgctx *c, int lane) {
+  return c->lane_top + (lane + 0.5) * c->lane_h;
+}
+
+/* Clips the segment (x0,y0)-(x1,y1) to SVG_GUT <= x <= SVG_GUT + pw;
+ * returns false when nothing is left; *cut1 says the end was cut. */
+static bool clip_seg(const svgctx *c, double *x0, double *y0, double *x1,
+                     double *y1, bool *cut1) {
+  double lo = SVG_GUT, hi = SVG_GUT + c->pw;
+  double dx = *x1 - *x0, dy = *y1 - *y0, u0 = 0, u1 = 1;
+  *cut1 = false;
+  if (dx == 0) {
+    if (*x0 < lo || *x0 > hi)
+      return false;
+  } else {
+    double ua = (lo - *x0) / dx, ub = (hi - *x0) / dx;
+    if (ua > ub) {
+      double t = ua;
+      ua = ub;
+      ub = t;
+    }
+    u0 = ua > 0 ? ua : 0;
+    u1 = ub < 1 ? ub : 1;
+    if (u0 > u1)
+      return false;
+  }
+  double ax = *x0, ay = *y0;
+  *x0 = ax + u0 * dx;
+  *y0 = ay + u0 * dy;
+  *x1 = ax + u1 * dx;
+  *y1 = ay + u1 * dy;
+  *cut1 = u1 < 1;
+  return true;
+}
+
+/* Greedy packing of spans into at most SVG_K rows per lane, as the viewer
+ * does; rows[lane] = rows used. */
+static int pack_spans(const svgctx *c, const vec *sp, int8_t **row_out,
+                      int *rows) {
+  size_t n = sp[SP_NODE].n;
+  int8_t *row = calloc(n + 1, 1);
+  int64_t *ends = malloc(((size_t)c->nlanes * SVG_K + 1) * sizeof *ends);
+  if (!row || !ends) {
+    free(row);
+    free(ends);
+    return -1;
+  }
+  for (int l = 0; l < c->nlanes; l++)
+    rows[l] = 0;
+  for (size_t i = 0; i < n; i++) {
+    int l = lane_of(c, sp[SP_NODE].v[i]);
+    if (l < 0)
+      continue;
+    int64_t t0 = sp[SP_T0].v[i];
+    int64_t e = sp[SP_T1].v[i] >= 0 ? sp[SP_T1].v[i] : c->z->tmax;
+    int64_t *r = ends + (size_t)l * SVG_K;
+    int k = -1;
+    for (int j = 0; j < rows[l] && k < 0; j++)
+      if (r[j] <= t0)
+        k = j;
+    if (k < 0 && rows[l] < SVG_K) {
+      k = rows[l]++;
+      r[k] = 0;
+    }
+    if (k < 0) {
+      k = 0;
+      for (int j = 1; j < SVG_K; j++)
+        if (r[j] < r[k])
+          k = j;
+    }
+    if (e > r[k])
+      r[k] = e;
+    row[i] = (int8_t)k;
+  }
+  free(ends);
+  *row_out = row;
+  return 0;
+}
+
+static void svg_axis(const svgctx *c, double y) {
+  FILE *f = c->f;
+  double span = (double)(c->to - c->from);
+  double raw = span / (c->pw / 110.0);
+  double p = 1;
+  while (p * 10 <= raw)
+    p *= 10;
+  while (p > raw && p > 1)
+    p /= 10;
+  double step = p;
+  static const double mult[] = {1, 2, 5, 10};
+  for (int i = 0; i < 4; i++)
+    if (mult[i] * p >= raw) {
+      step = mult[i] * p;
+      break;
+    }
+  fprintf(f, "<g class=\"axis\" font-size=\"10\" fill=\"#37474f\">\n");
+  fprintf(f,
+          "<line x1=\"%d\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" "
+          "stroke=\"#90a4ae\"/>\n",
+          SVG_GUT, y, SVG_GUT + c->pw, y);
+  double t = (double)(int64_t)((double)c->from / step) * step;
+  if (t < (double)c->from)
+    t += step;
+  for (int guard = 0; t <= (double)c->to && guard < 100; t += step, guard++) {
+    char buf[32];
+    fmt_time(buf, sizeof buf, t);
+    double x = sx(c, t);
+    fprintf(f,
+            "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" "
+            "stroke=\"#90a4ae\"/><text x=\"%.1f\" y=\"%.1f\">%s</text>\n",
+            x, y - 6, x, y, x + 2, y - 8, buf);
+  }
+  fputs("</g>\n", f);
+}
+
+/* Messages: an arrow per received send (from the send on the sender's
+ * lane to the receive on the receiver's), coloured by type; a lost send
+ * is a grey stub ending in a red x. Returns the numbers drawn. */
+static int svg_messages(const svgctx *c, const int64_t *recv_of,
+                        size_t *n_arrows, size_t *n_lost, size_t *n_skipped) {
+  FILE *f = c->f;
+  const viz *z = c->z;
+  size_t ns = z->sends[0].n, inwin = 0;
+  const int64_t *ts = z->sends[MS_T].v;
+  for (size_t i = 0; i < ns && ts[i] <= c->to; i++) {
+    int64_t end = recv_of[i] >= 0 && recv_of[i] > ts[i] ? recv_of[i] : ts[i];
+    if (end >= c->from && lane_of(c, z->sends[MS_NODE].v[i]) >= 0 &&
+        lane_of(c, z->sends[MS_PEER].v[i]) >= 0)
+      inwin++;
+  }
+  bool dedup = inwin > SVG_DEDUP_ABOVE;
+  size_t npair = (size_t)c->nlanes * (size_t)c->nlanes;
+  int32_t *last = dedup ? malloc((npair * 2 + 1) * sizeof *last) : NULL;
+  if (dedup && !last)
+    return -1;
+  for (size_t k = 0; dedup && k < npair * 2; k++)
+    last[k] = INT32_MIN;
+  *n_arrows = *n_lost = *n_skipped = 0;
+  fputs("<g class=\"msgs\" stroke-width=\"1.2\" fill=\"none\">\n", f);
+  for (size_t i = 0; i < ns && ts[i] <= c->to; i++) {
+    int64_t tr = recv_of[i];
+    int64_t end = tr >= 0 && tr > ts[i] ? tr : ts[i];
+    int lf = lane_of(c, z->sends[MS_NODE].v[i]);
+    int lt = lane_of(c, z->sends[MS_PEER].v[i]);
+    if (end < c->from || lf < 0 || lt < 0)
+      continue;
+    int64_t type = z->sends[MS_TYPE].v[i];
+    const char *tn = type > 0 && type <= DRPC_MSG_TYPE_MAX
+                         ? drpc_msg_type_name((int)type)
+                         : NULL;
+    double x0 = sx(c, (double)ts[i]), y0 = lane_y(c, lf);
+    if (dedup) {
+      size_t pair = ((size_t)lf * (size_t)c->nlanes + (size_t)lt) * 2;
+      int32_t xa = (int32_t)x0;
+      int32_t xb = tr >= 0 ? (int32_t)sx(c, (double)tr) : INT32_MIN + 1;
+      if (last[pair] == xa && last[pair + 1] == xb) {
+        (*n_skipped)++;
+        continue;
+      }
+      last[pair] = xa;
+      last[pair + 1] = xb;
+    }
+    char attrs[256];
+    snprintf(attrs, sizeof attrs,
+             "data-type=\"%s\" data-from=\"%lld\" data-to=\"%lld\" "
+             "data-id=\"%llu\" data-t0=\"%lld\"",
+             tn ? tn : "?", (long long)z->sends[MS_NODE].v[i],
+             (long long)z->sends[MS_PEER].v[i],
+             (unsigned long long)z->sends[MS_ID].v[i], (long long)ts[i]);
+    if (tr < 0) {
+      /* lost: a short stub towards the receiver, then a red x */
+      double dir = lt > lf ? 1 : lt < lf ? -1 : 0;
+      double stub = c->lane_h * 0.4 < 14 ? c->lane_h * 0.4 : 14;
+      double x1 = x0 + 12, y1 = y0 + dir * stub;
+      fprintf(f,
+              "<path class=\"msg lost\" %s d=\"M%.1f %.1fL%.1f %.1f"
+              "M%.1f %.1fL%.1f %.1fM%.1f %.1fL%.1f %.1f\" "
+              "stroke=\"#9e9e9e\"/>\n",
+              attrs, x0, y0, x1, y1, x1 - 3, y1 - 3, x1 + 3, y1 + 3, x1 - 3,
+              y1 + 3, x1 + 3, y1 - 3);
+      /* the x in red over the grey stub */
+      fprintf(f,
+              "<path d=\"M%.1f %.1fL%.1f %.1fM%.1f %.1fL%.1f %.1f\" "
+              "stroke=\"#e53935\" stroke-width=\"1.6\"/>\n",
+              x1 - 3, y1 - 3, x1 + 3, y1 + 3, x1 - 3, y1 + 3, x1 + 3, y1 - 3);
+      (*n_lost)++;
+      continue;
+    }
+    double x1 = sx(c, (double)tr), y1 = lane_y(c, lt);
+    bool cut;
+    if (!clip_seg(c, &x0, &y0, &x1, &y1, &cut))
+      continue;
+    char marker[48] = "";
+    if (!cut && type >= 0 && type <= DRPC_MSG_TYPE_MAX)
+      snprintf(marker, sizeof marker, " marker-end=\"url(#a%lld)\"",
+               (long long)type);
+    fprintf(f,
+            "<line class=\"msg\" %s data-t1=\"%lld\" x1=\"%.1f\" y1=\"%.1f\" "
+            "x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\"%s/>\n",
+            attrs, (long long)tr, x0, y0, x1, y1, pal(type), marker);
+    (*n_arrows)++;
+  }
+  fputs("</g>\n", f);
+  free(last);
+  return 0;
+}
+
+/* RPC and server-work spans under the lanes; returns the number drawn. */
+static size_t svg_spans(const svgctx *c, const vec *sp, const int8_t *row,
+                        const double *group_y, bool rpc, size_t *skipped) {
+  FILE *f = c->f;
+  const viz *z = c->z;
+  size_t n = sp[SP_NODE].n, drawn = 0, inwin = 0;
+  for (size_t i = 0; i < n && sp[SP_T0].v[i] <= c->to; i++) {
+    int64_t t1 = sp[SP_T1].v[i];
+    inwin += (t1 >= 0 ? t1 : z->tmax) >= c->from;
+  }
+  /* Above SVG_DEDUP_ABOVE spans, one that ends within the pixel where the
+   * last one drawn in its row ended is left out (never a failed call). */
+  size_t nslot = (size_t)c->nlanes * SVG_K;
+  double *last_x =
+      inwin > SVG_DEDUP_ABOVE ? malloc((nslot + 1) * sizeof *last_x) : NULL;
+  for (size_t k = 0; last_x && k < nslot; k++)
+    last_x[k] = -1e9;
+  for (size_t i = 0; i < n && sp[SP_T0].v[i] <= c->to; i++) {
+    int l = lane_of(c, sp[SP_NODE].v[i]);
+    int64_t t0 = sp[SP_T0].v[i], t1 = sp[SP_T1].v[i];
+    int64_t e = t1 >= 0 ? t1 : z->tmax;
+    if (l < 0 || e < c->from)
+      continue;
+    double xa = sx(c, (double)t0), xb = sx(c, (double)e);
+    if (xa < SVG_GUT)
+      xa = SVG_GUT;
+    if (xb > SVG_GUT + c->pw)
+      xb = SVG_GUT + c->pw;
+    double w = xb - xa < 1 ? 1 : xb - xa;
+    int64_t name = sp[SP_NAME].v[i], end = sp[SP_END].v[i];
+    if (last_x && !(rpc && t1 >= 0 && end != 0)) {
+      double *lx = &last_x[(size_t)l * SVG_K + (size_t)row[i]];
+      if (xb < *lx + 1) {
+        (*skipped)++;
+        continue;
+      }
+      *lx = xb > xa + 1 ? xb : xa + 1;
+    }
+    const char *col = rpc && t1 >= 0 && end != 0 ? "#e53935"
+                      : t1 < 0                   ? "#bdbdbd"
+                                                 : pal(name * 7 + 3);
+    double y = group_y[l] + row[i] * c->row_h;
+    fprintf(f,
+            "<rect class=\"%s\" data-node=\"%lld\" data-xid=\"%llu\" "
+            "x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" "
+            "fill=\"%s\"><title>",
+            rpc ? "rpc" : "work", (long long)sp[SP_NODE].v[i],
+            (unsigned long long)sp[SP_XID].v[i], xa, y + 0.5, w, c->row_h - 1,
+            col);
+    xml_str(f, name >= 0 && (size_t)name < z->str.n ? z->str.s[name] : "?");
+    char d[32];
+    if (t1 >= 0) {
+      fmt_time(d, sizeof d, (double)(t1 - t0));
+      fprintf(f, " %s", d);
+      if (rpc && end)
+        fprintf(f, " %s", drpc_errname((int)end));
+    } else {
+      fputs(" (never ended)", f);
+    }
+    fputs("</title></rect>\n", f);
+    drawn++;
+  }
+  free(last_x);
+  return drawn;
+}
+
+static int write_svg(FILE *f, viz *z, const char *path,
+                     const drpc_trace_run_info *ri, const int16_t *ids,
+                     char **names, size_t nn, const int64_t *recv_of,
+                     int64_t from, int64_t to, char *summary, size_t sumlen) {
+  svgctx c = {.f = f, .z = z, .from = from, .to = to};
+  c.lane_of = malloc(32769 * sizeof *c.lane_of);
+  int16_t *lane_ids = malloc((nn + 1) * sizeof *lane_ids);
+  const char **lane_names = malloc((nn + 1) * sizeof *lane_names);
+  int *rrows = malloc((nn + 1) * sizeof *rrows);
+  int *wrows = malloc((nn + 1) * sizeof *wrows);
+  double *ry = malloc((nn + 1) * sizeof *ry);
+  double *wy = malloc((nn + 1) * sizeof *wy);
+  int8_t *rrow = NULL, *wrow = NULL;
+  int rc = -1;
+  if (!c.lane_of || !lane_ids || !lane_names || !rrows || !wrows || !ry || !wy)
+    goto out;
+  for (int i = 0; i < 32769; i++)
+    c.lane_of[i] = -1;
+  for (size_t i = 0; i < nn; i++) {
+    if (ids[i] < 0)
+      continue;
+    c.lane_of[ids[i] + 1] = c.nlanes;
+    lane_ids[c.nlanes] = ids[i];
+    lane_names[c.nlanes] = names[i];
+    c.nlanes++;
+  }
+  c.pw = SVG_W - SVG_GUT - SVG_RIGHT;
+  c.lane_h = c.nlanes > 16 ? 20 : 36;
+  c.row_h = c.nlanes > 16 ? 4 : 9;
+  c.lane_top = 52;
+  if (pack_spans(&c, z->rpc, &rrow, rrows) ||
+      pack_spans(&c, z->work, &wrow, wrows))
+    goto out;
+  double y = c.lane_top + c.nlanes * c.lane_h + 22;
+  double spans_top = y;
+  for (int l = 0; l < c.nlanes; l++) {
+    ry[l] = y;
+    y += (rrows[l] ? rrows[l] : 1) * c.row_h;
+    wy[l] = y;
+    y += (wrows[l] ? wrows[l] : 1) * c.row_h + 3;
+  }
+  double legend_y = y + 14;
+  double height = legend_y + 30;
+  char a[32], b[32];
+  fmt_time(a, sizeof a, (double)from);
+  fmt_time(b, sizeof b, (double)to);
+
+  fprintf(f,
+          "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+          "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" "
+          "height=\"%.0f\" viewBox=\"0 0 %d %.0f\" "
+          "font-family=\"sans-serif\" font-size=\"12\" "
+          "data-from=\"%lld\" data-to=\"%lld\" data-lanes=\"%d\">\n",
+          SVG_W, height, SVG_W, height, (long long)from, (long long)to,
+          c.nlanes);
+  fputs("<title>drpc viz: ", f);
+  xml_str(f, ri->scenario ? ri->scenario : path);
+  if (ri->has_seed)
+    fprintf(f, " seed %llu", (unsigned long long)ri->seed);
+  fprintf(f, ", %s .. %s</title>\n<desc>", a, b);
+  xml_str(f, path);
+  fprintf(f,
+          ": backend %s, times from the run's first event; messages from "
+          "the sender's out_send to the receiver's in_frame</desc>\n",
+          ri->backend ? ri->backend : "?");
+  fputs("<defs>\n", f);
+  for (int t = 0; t <= DRPC_MSG_TYPE_MAX; t++)
+    fprintf(f,
+            "<marker id=\"a%d\" viewBox=\"0 0 8 8\" refX=\"8\" refY=\"4\" "
+            "markerWidth=\"7\" markerHeight=\"7\" orient=\"auto\" "
+            "markerUnits=\"userSpaceOnUse\"><path d=\"M0 0L8 4L0 8z\" "
+            "fill=\"%s\"/></marker>\n",
+            t, pal(t));
+  fprintf(f,
+          "<clipPath id=\"plot\"><rect x=\"%d\" y=\"0\" width=\"%.1f\" "
+          "height=\"%.0f\"/></clipPath>\n</defs>\n",
+          SVG_GUT, c.pw + 1, height);
+  fprintf(f, "<rect width=\"%d\" height=\"%.0f\" fill=\"#ffffff\"/>\n", SVG_W,
+          height);
+  fputs("<text x=\"8\" y=\"16\" font-weight=\"bold\">drpc viz: ", f);
+  xml_str(f, ri->scenario && *ri->scenario ? ri->scenario : path);
+  if (ri->has_seed)
+    fprintf(f, " seed %llu", (unsigned long long)ri->seed);
+  fprintf(f,
+          "</text><text x=\"%d\" y=\"16\" text-anchor=\"end\" "
+          "fill=\"#555\">",
+          SVG_W - SVG_RIGHT);
+  char whole[32];
+  fmt_time(whole, sizeof whole, (double)z->tmax);
+  fprintf(f, "%s .. %s of %s</text>\n", a, b, whole);
+  svg_axis(&c, c.lane_top - 6);
+
+  /* lanes */
+  fputs("<g class=\"lanes\">\n", f);
+  for (int l = 0; l < c.nlanes; l++) {
+    double top = c.lane_top + l * c.lane_h;
+    fprintf(f,
+            "<g class=\"lane\" data-node=\"%d\"><rect x=\"%d\" y=\"%.1f\" "
+            "width=\"%.1f\" height=\"%.1f\" fill=\"%s\"/><line x1=\"%d\" "
+            "y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#b0bec5\"/>"
+            "<text x=\"8\" y=\"%.1f\" dominant-baseline=\"middle\">",
+            lane_ids[l], SVG_GUT, top, c.pw, c.lane_h,
+            l % 2 ? "#f4f6f8" : "#fbfcfd", SVG_GUT, top + c.lane_h / 2,
+            SVG_GUT + c.pw, top + c.lane_h / 2, top + c.lane_h / 2);
+    if (lane_names[l])
+      xml_str(f, lane_names[l]);
+    else
+      fprintf(f, "node %d", lane_ids[l]);
+    fputs("</text></g>\n", f);
+  }
+  fputs("</g>\n<g clip-path=\"url(#plot)\">\n", f);
+
+  /* crashed intervals */
+  size_t n_crash = 0;
+  for (size_t i = 0; i < z->crash_node.n; i++) {
+    int l = lane_of(&c, z->crash_node.v[i]);
+    int64_t t0 = z->crash_t0.v[i];
+    int64_t t1 = z->crash_t1.v[i] >= 0 ? z->crash_t1.v[i] : z->tmax;
+    if (l < 0 || t1 < from || t0 > to)
+      continue;
+    double xa = sx(&c, (double)(t0 > from ? t0 : from));
+    double xb = sx(&c, (double)(t1 < to ? t1 : to));
+    fprintf(f,
+            "<rect class=\"crash\" data-node=\"%lld\" x=\"%.1f\" y=\"%.1f\" "
+            "width=\"%.1f\" height=\"%.1f\" fill=\"#e53935\" "
+            "fill-opacity=\"0.15\"><title>crashed</title></rect>\n",
+            (long long)z->crash_node.v[i], xa, c.lane_top + l * c.lane_h + 1,
+            xb - xa < 1 ? 1 : xb - xa, c.lane_h - 2);
+    n_crash++;
+  }
+  /* starts */
+  for (size_t i = 0; i < z->start_t.n; i++) {
+    int l = lane_of(&c, z->start_node.v[i]);
+    int64_t t = z->start_t.v[i];
+    if (l < 0 || t < from || t > to)
+      continue;
+    double x = sx(&c, (double)t), yl = lane_y(&c, l);
+    fprintf(f,
+            "<line class=\"start\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" "
+            "y2=\"%.1f\" stroke=\"#263238\" stroke-width=\"2\"/>\n",
+            x, yl - c.lane_h * 0.35, x, yl + c.lane_h * 0.35);
+  }
+  /* faults: a triangle at the top; a link fault (node -1) as a dashed
+   * line across all lanes, "... end" paler */
+  size_t n_fault = 0;
+  for (size_t i = 0; i < z->fault_t.n; i++) {
+    int64_t t = z->fault_t.v[i], nm = z->fault_name.v[i];
+    if (t < from || t > to)
+      continue;
+    const char *name = nm >= 0 && (size_t)nm < z->str.n ? z->str.s[nm] : "?";
+    size_t len = strlen(name);
+    bool is_end = len >= 4 && !strcmp(name + len - 4, " end");
+    int l = lane_of(&c, z->fault_node.v[i]);
+    double x = sx(&c, (double)t);
+    double ya = l < 0 ? c.lane_top : c.lane_top + l * c.lane_h + 1;
+    double yb = l < 0 ? c.lane_top + c.nlanes * c.lane_h
+                      : c.lane_top + (l + 1) * c.lane_h - 1;
+    fprintf(f,
+            "<g class=\"fault\" data-node=\"%lld\" data-t=\"%lld\"><title>"
+            "fault: ",
+            (long long)z->fault_node.v[i], (long long)t);
+    xml_str(f, name);
+    fprintf(f,
+            "</title><line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" "
+            "stroke=\"#fb8c00\" stroke-opacity=\"%s\"%s/><path "
+            "d=\"M%.1f %.1fL%.1f %.1fL%.1f %.1fz\" fill=\"#e65100\"/></g>\n",
+            x, ya, x, yb, is_end ? "0.45" : "0.95",
+            l < 0 ? " stroke-dasharray=\"4 3\"" : "", x - 4, c.lane_top, x + 4,
+            c.lane_top, x, c.lane_top + 6);
+    n_fault++;
+  }
+  /* resets */
+  size_t n_reset = 0;
+  for (size_t i = 0; i < z->reset_t.n; i++) {
+    int l = lane_of(&c, z->reset_node.v[i]);
+    int64_t t = z->reset_t.v[i];
+    if (l < 0 || t < from || t > to)
+      continue;
+    double x = sx(&c, (double)t), yl = lane_y(&c, l);
+    fprintf(f,
+            "<rect class=\"reset\" data-node=\"%lld\" data-t=\"%lld\" "
+            "x=\"%.1f\" y=\"%.1f\" width=\"2.5\" height=\"%.1f\" "
+            "fill=\"#8e24aa\"><title>reset: %s</title></rect>\n",
+            (long long)z->reset_node.v[i], (long long)t, x - 1.2,
+            yl - c.lane_h * 0.3, c.lane_h * 0.6,
+            drpc_errname((int)z->reset_err.v[i]));
+    n_reset++;
+  }
+  /* RRef events */
+  for (size_t i = 0; i < z->rref_t.n; i++) {
+    int l = lane_of(&c, z->rref_node.v[i]);
+    int64_t t = z->rref_t.v[i], nm = z->rref_name.v[i];
+    if (l < 0 || t < from || t > to)
+      continue;
+    fprintf(f,
+            "<circle class=\"rref\" cx=\"%.1f\" cy=\"%.1f\" r=\"2.5\" "
+            "fill=\"#43a047\"><title>rref ",
+            sx(&c, (double)t), lane_y(&c, l) - c.lane_h * 0.25);
+    xml_str(f, nm >= 0 && (size_t)nm < z->str.n ? z->str.s[nm] : "?");
+    fputs("</title></circle>\n", f);
+  }
+  size_t n_arrows, n_lost, n_skipped;
+  if (svg_messages(&c, recv_of, &n_arrows, &n_lost, &n_skipped))
+    goto out;
+
+  /* spans */
+  fprintf(f, "</g>\n<g class=\"spanlabels\" font-size=\"10\" fill=\"#555\">\n");
+  for (int l = 0; l < c.nlanes; l++) {
+    const char *nm = lane_names[l] ? lane_names[l] : "node";
+    if (c.row_h < 6)
+      break;
+    fprintf(f, "<text x=\"8\" y=\"%.1f\" dominant-baseline=\"middle\">",
+            ry[l] + (rrows[l] ? rrows[l] : 1) * c.row_h / 2);
+    xml_str(f, nm);
+    fprintf(f,
+            " calls</text><text x=\"8\" y=\"%.1f\" "
+            "dominant-baseline=\"middle\">",
+            wy[l] + (wrows[l] ? wrows[l] : 1) * c.row_h / 2);
+    xml_str(f, nm);
+    fputs(" serves</text>\n", f);
+  }
+  fprintf(f,
+          "</g>\n<text x=\"8\" y=\"%.1f\" font-size=\"10\" fill=\"#555\">"
+          "RPC spans</text>\n<g class=\"spans\" clip-path=\"url(#plot)\">\n",
+          spans_top - 6);
+  size_t n_span_skipped = 0;
+  size_t n_rpc = svg_spans(&c, z->rpc, rrow, ry, true, &n_span_skipped);
+  size_t n_work = svg_spans(&c, z->work, wrow, wy, false, &n_span_skipped);
+  fputs("</g>\n", f);
+
+  /* legend: the message types present in the whole run */
+  bool seen[DRPC_MSG_TYPE_MAX + 1] = {0};
+  for (size_t i = 0; i < z->sends[0].n; i++)
+    if (z->sends[MS_TYPE].v[i] >= 0 &&
+        z->sends[MS_TYPE].v[i] <= DRPC_MSG_TYPE_MAX)
+      seen[z->sends[MS_TYPE].v[i]] = true;
+  fprintf(f, "<g class=\"legend\" font-size=\"11\">\n");
+  double lx = 8;
+  for (int t = 1; t <= DRPC_MSG_TYPE_MAX; t++) {
+    const char *tn = drpc_msg_type_name(t);
+    if (!seen[t] || !tn)
+      continue;
+    fprintf(f,
+            "<rect x=\"%.0f\" y=\"%.1f\" width=\"10\" height=\"10\" "
+            "fill=\"%s\"/><text x=\"%.0f\" y=\"%.1f\">%s</text>\n",
+            lx, legend_y - 9, pal(t), lx + 13, legend_y, tn);
+    lx += 22 + 7.5 * (double)strlen(tn);
+  }
+  static const char *const marks[][2] = {{"#e53935", "lost (x) / failed RPC"},
+                                         {"#8e24aa", "reset"},
+                                         {"#fb8c00", "fault"},
+                                         {"#f9c9c8", "crashed"},
+                                         {"#43a047", "RRef event"},
+                                         {"#bdbdbd", "never ended"}};
+  for (size_t k = 0; k < sizeof marks / sizeof marks[0]; k++) {
+    if (lx > SVG_W - 150) {
+      lx = 8;
+      legend_y += 16;
+    }
+    fprintf(f,
+            "<rect x=\"%.0f\" y=\"%.1f\" width=\"10\" height=\"10\" "
+            "fill=\"%s\"/><text x=\"%.0f\" y=\"%.1f\">%s</text>\n",
+            lx, legend_y - 9, marks[k][0], lx + 13, legend_y, marks[k][1]);
+    lx += 22 + 6.2 * (double)strlen(marks[k][1]);
+  }
+  fputs("</g>\n", f);
+  if (n_skipped || n_span_skipped)
+    fprintf(f,
+            "<!-- left out, drawn on the pixels of the previous one: %zu "
+            "messages (same two lanes), %zu spans (same row) -->\n",
+            n_skipped, n_span_skipped);
+  fputs("</svg>\n", f);
+  snprintf(summary, sumlen,
+           "%d lanes, %zu arrows, %zu lost, %zu rpcs, %zu server spans, %zu "
+           "faults, %zu resets, %zu crashed intervals%s",
+           c.nlanes, n_arrows, n_lost, n_rpc, n_work, n_fault, n_reset, n_crash,
+           n_skipped || n_span_skipped ? " (items on the same pixels merged)"
+                                       : "");
+  rc = ferror(f) ? -1 : 0;
+out:
+  free(c.lane_of);
+  free(lane_ids);
+  free(lane_names);
+  free(rrows);
+  free(wrows);
+  free(ry);
+  free(wy);
+  free(rrow);
+  free(wrow);
+  return rc;
+}
+
+/* Writes what to out with write; reports and removes it on failure. */
+static int write_file(const char *out, viz *z, const char *path,
+                      const drpc_trace_run_info *ri, const int16_t *ids,
+                      char **names, size_t nn, const int64_t *recv_of,
+                      const int64_t *window, char *summary, size_t sumlen) {
+  FILE *f = fopen(out, "w");
+  if (!f) {
+    perror(out);
+    fprintf(stderr, "drpc viz: cannot write %s\n", out);
+    return 2;
+  }
+  int wrc = window ? write_svg(f, z, path, ri, ids, names, nn, recv_of,
+                               window[0], window[1], summary, sumlen)
+                   : write_page(f, z, path, ri, ids, names, nn, recv_of);
+  if (fclose(f) || wrc) {
+    fprintf(stderr, "drpc viz: error writing %s\n", out);
+    remove(out);
+    return 2;
+  }
+  return 0;
+}
+
+static long file_size(const char *path) {
+  FILE *f = fopen(path, "r");
+  long bytes = -1;
+  if (f && !fseek(f, 0, SEEK_END))
+    bytes = ftell(f);
+  if (f)
+    fclose(f);
+  return bytes;
+}
+
 int drpc_cmd_viz(int argc, char **argv) {
+  enum { OPT_SVG = 256, OPT_FROM, OPT_TO, OPT_QUIET };
   static const struct option opts[] = {{"output", required_argument, 0, 'o'},
+                                       {"svg", required_argument, 0, OPT_SVG},
+                                       {"from", required_argument, 0, OPT_FROM},
+                                       {"to", required_argument, 0, OPT_TO},
+                                       {"quiet", no_argument, 0, OPT_QUIET},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
-  const char *out = NULL;
+  const char *out = NULL, *svg = NULL;
+  int64_t from = 0, to = -1;
+  bool have_from = false, quiet = false;
   int c;
   optind = 1;
   while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
     switch (c) {
     case 'o':
       out = optarg;
+      break;
+    case OPT_SVG:
+      svg = optarg;
+      break;
+    case OPT_FROM:
+      if (parse_window_time("--from", optarg, &from))
+        return 2;
+      have_from = true;
+      break;
+    case OPT_TO:
+      if (parse_window_time("--to", optarg, &to))
+        return 2;
+      break;
+    case OPT_QUIET:
+      quiet = true;
       break;
     case 'h':
       usage_viz(stdout);
@@ -984,14 +1729,26 @@ int drpc_cmd_viz(int argc, char **argv) {
       return 2;
     }
   }
-  if (optind != argc - 1 || !out) {
+  if (optind != argc - 1 || (!out && !svg)) {
     usage_viz(stderr);
     return 2;
   }
+  if (!svg && (have_from || to >= 0)) {
+    fprintf(stderr, "drpc viz: --from and --to choose the window of --svg\n");
+    return 2;
+  }
+  if (to >= 0 && to <= from) {
+    fprintf(stderr, "drpc viz: --to must be later than --from\n");
+    return 2;
+  }
   const char *path = argv[optind];
-  if (!strcmp(path, out)) {
-    fprintf(stderr, "drpc viz: the page would overwrite the recording %s\n",
+  if ((out && !strcmp(path, out)) || (svg && !strcmp(path, svg))) {
+    fprintf(stderr, "drpc viz: the output would overwrite the recording %s\n",
             path);
+    return 2;
+  }
+  if (out && svg && !strcmp(out, svg)) {
+    fprintf(stderr, "drpc viz: -o and --svg name the same file %s\n", out);
     return 2;
   }
   struct timespec w0, w1;
@@ -1037,38 +1794,44 @@ int drpc_cmd_viz(int argc, char **argv) {
     fprintf(stderr, "drpc viz: out of memory\n");
     status = 2;
   }
-  if (!status) {
-    FILE *f = fopen(out, "w");
-    if (!f) {
-      perror(out);
-      fprintf(stderr, "drpc viz: cannot write %s\n", out);
-      status = 2;
-    } else {
-      int wrc = write_page(f, &z, path, &ri, ids, names, nn, recv_of);
-      if (fclose(f) || wrc) {
-        fprintf(stderr, "drpc viz: error writing %s\n", out);
-        remove(out);
-        status = 2;
-      }
-    }
+  int64_t window[2] = {from, to >= 0 ? to : (z.tmax > from ? z.tmax : -1)};
+  if (!status && svg && from > z.tmax) {
+    char buf[32];
+    fmt_time(buf, sizeof buf, (double)z.tmax);
+    fprintf(stderr,
+            "drpc viz: --from is after the end of the run (its last event is "
+            "at %s)\n",
+            buf);
+    status = 2;
   }
-  if (!status) {
+  if (!status && svg && window[1] <= from)
+    window[1] = from + 1; /* a run of one instant */
+  if (!status && out)
+    status =
+        write_file(out, &z, path, &ri, ids, names, nn, recv_of, NULL, NULL, 0);
+  if (!status && out && !quiet) {
     size_t lost = 0;
     for (size_t i = 0; i < z.sends[0].n; i++)
       lost += recv_of[i] < 0;
     clock_gettime(CLOCK_MONOTONIC, &w1);
-    FILE *f = fopen(out, "r");
-    long bytes = -1;
-    if (f && !fseek(f, 0, SEEK_END))
-      bytes = ftell(f);
-    if (f)
-      fclose(f);
     printf("wrote %s: %lld events, %zu messages (%zu lost), %zu rpcs, %zu "
            "server spans, %zu faults, %zu resets; %ld bytes in %.3f s\n",
            out, (long long)z.nevents, z.sends[0].n, lost, z.rpc[0].n,
-           z.work[0].n, z.fault_t.n, z.reset_t.n, bytes,
+           z.work[0].n, z.fault_t.n, z.reset_t.n, file_size(out),
            (double)(w1.tv_sec - w0.tv_sec) +
                (double)(w1.tv_nsec - w0.tv_nsec) / 1e9);
+  }
+  if (!status && svg) {
+    char summary[256] = "";
+    status = write_file(svg, &z, path, &ri, ids, names, nn, recv_of, window,
+                        summary, sizeof summary);
+    if (!status && !quiet) {
+      char a[32], b[32];
+      fmt_time(a, sizeof a, (double)window[0]);
+      fmt_time(b, sizeof b, (double)window[1]);
+      printf("wrote %s: %s .. %s, %s; %ld bytes\n", svg, a, b, summary,
+             file_size(svg));
+    }
   }
   free(recv_of);
   viz_free(&z);

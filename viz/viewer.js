@@ -167,6 +167,8 @@
   let v0 = 0, v1 = TMAX * 1.02; /* visible time window, ns */
   let sel = null; /* {k: 'msg'|'rpc'|'work'|'fault'|'reset'|'rref'|'crash', i} */
   let L = {}; /* layout */
+  /* what the last frame drew, for the status line and window.drpcViewer */
+  let last = { lanes: 0, visible: 0, arrows: 0, lost: 0, spans: 0, ms: 0 };
 
   function layout() {
     const dpr = window.devicePixelRatio || 1;
@@ -208,6 +210,18 @@
   let pending = false;
   function redraw() {
     if (!pending) { pending = true; requestAnimationFrame(draw); }
+  }
+  /* While the view moves (wheel, drag, keys), a frame draws at most
+   * ARROW_BUDGET arrows, a fixed subset (every k-th message) so that the
+   * picture stays put; rasterising tens of thousands of antialiased lines
+   * is what makes a frame slow. The whole picture follows once the view
+   * has rested for SETTLE_MS. */
+  const ARROW_BUDGET = 3000, SETTLE_MS = 180;
+  let settle = null;
+  function moving() {
+    if (settle !== null) clearTimeout(settle);
+    settle = setTimeout(() => { settle = null; redraw(); }, SETTLE_MS);
+    redraw();
   }
 
   function draw() {
@@ -284,6 +298,17 @@
       let a = byType.get(M.type[i]);
       if (!a) { a = []; byType.set(M.type[i], a); }
       a.push(i);
+    }
+    let narrows = 0, stride = 1;
+    for (const a of byType.values()) narrows += a.length;
+    if (settle !== null && narrows > ARROW_BUDGET) {
+      stride = Math.ceil(narrows / ARROW_BUDGET);
+      narrows = 0;
+      for (const [type, a] of byType) {
+        const kept = a.filter((i) => i % stride === 0);
+        byType.set(type, kept);
+        narrows += kept.length;
+      }
     }
     const heads = nvis < 4000;
     const laneYs = new Float64Array(NL);
@@ -392,7 +417,7 @@
         if (xb < lastX[slot] + 1) continue;
         lastX[slot] = Math.max(xb, xa + 1);
         const y = gs[s.lane[i]].y + s.row[i] * L.rowH;
-        const failed = s === R && s.end[i] > 0;
+        const failed = s === R && s.t1[i] >= 0 && s.end[i] !== 0;
         const col = failed ? '#e53935' : s.t1[i] < 0 ? '#bdbdbd' : spanColor(s.name[i]);
         let arr = byColor.get(col);
         if (!arr) { arr = []; byColor.set(col, arr); }
@@ -439,8 +464,10 @@
     ctx.textBaseline = 'alphabetic';
     drawAxis();
     const ms = performance.now() - tStart;
+    last = { lanes: NL, visible: nvis, arrows: narrows, thinned: stride, lost: lost.length, spans: nspans, ms, v0, v1 };
     el('status').textContent = fmtT(v0) + ' .. ' + fmtT(v1) + ' | ' + nvis +
-      ' messages, ' + nspans + ' spans shown | ' + ms.toFixed(1) + ' ms';
+      ' messages' + (stride > 1 ? ' (1 in ' + stride + ' drawn while moving)' : '') + ', ' + nspans +
+      ' spans shown | ' + ms.toFixed(1) + ' ms';
   }
 
   function drawAxis() {
@@ -629,7 +656,7 @@
     w = Math.max(50, Math.min(TMAX * 4, w));
     v0 = t - ((x - GUT) / (Wd - GUT - 8)) * w;
     v1 = v0 + w;
-    redraw();
+    moving();
   }, { passive: false });
   cv.addEventListener('mousedown', (e) => {
     drag = { x: e.clientX, y: e.clientY, v0, v1, moved: false };
@@ -641,7 +668,7 @@
     if (!drag.moved) return;
     const dt = (dx / (Wd - GUT - 8)) * (drag.v1 - drag.v0);
     v0 = drag.v0 - dt; v1 = drag.v1 - dt;
-    redraw();
+    moving();
   });
   window.addEventListener('mouseup', (e) => {
     if (!drag) return;
@@ -655,10 +682,10 @@
   window.addEventListener('keydown', (e) => {
     if (e.target.tagName === 'INPUT') return;
     const w = v1 - v0;
-    if (e.key === 'ArrowLeft') { v0 -= w / 10; v1 -= w / 10; redraw(); }
-    if (e.key === 'ArrowRight') { v0 += w / 10; v1 += w / 10; redraw(); }
-    if (e.key === '+' || e.key === '=') { v0 += w / 4; v1 -= w / 4; redraw(); }
-    if (e.key === '-') { v0 -= w / 2; v1 += w / 2; redraw(); }
+    if (e.key === 'ArrowLeft') { v0 -= w / 10; v1 -= w / 10; moving(); }
+    if (e.key === 'ArrowRight') { v0 += w / 10; v1 += w / 10; moving(); }
+    if (e.key === '+' || e.key === '=') { v0 += w / 4; v1 -= w / 4; moving(); }
+    if (e.key === '-') { v0 -= w / 2; v1 += w / 2; moving(); }
   });
 
   /* filters */
@@ -732,10 +759,57 @@
     ['RPCs', R.n], ['server spans', W.n], ['faults', F.n], ['resets', X.n], ['crashes', C.n],
     ['RRef events', Q.n], ['duration', fmtT(TMAX)]]);
   document.title = 'drpc viz: ' + (run.scenario || D.file);
-  el('title').textContent = 'drpc viz: ' + (run.scenario || '') + (run.seed !== '' ? ' seed ' + run.seed : '');
+  el('title').textContent = 'drpc viz: ' + (run.scenario || D.file) + (run.seed !== '' ? ' seed ' + run.seed : '');
 
   layout();
   draw();
   /* for tests and the console */
   window.drpcViz = { D, M, R, W, F, X, C, Q, redraw, select, firstFailure };
+  /* The test hook (viz/browser.js): what the last frame showed, the view,
+   * and where an item is drawn in client coordinates, so that a test can
+   * click it with real mouse events. */
+  window.drpcViewer = {
+    lanes: NL,
+    laneNames: nodeNames.slice(),
+    stats: () => Object.assign({}, last),
+    view: () => [v0, v1],
+    setView(a, b) { v0 = a; v1 = b; redraw(); },
+    drawNow() { draw(); return last.ms; },
+    selected: () => (sel ? { k: sel.k, i: sel.i } : null),
+    typeColor,
+    /* the point at fraction u along message i as drawn (a lost one: its
+     * stub), in client coordinates; null when its lanes are not shown */
+    msgPoint(i, u) {
+      if (!laneOf.has(M.from[i]) || !laneOf.has(M.to[i])) return null;
+      const r = cv.getBoundingClientRect();
+      const xa = xOf(M.ts[i]), ya = laneY(M.from[i]);
+      let xb, yb;
+      if (M.tr[i] >= 0) { xb = xOf(M.tr[i]); yb = laneY(M.to[i]); }
+      else { xb = xa + 12; yb = ya + Math.sign(laneY(M.to[i]) - ya) * Math.min(L.laneH * 0.45, 14); }
+      return { x: r.left + xa + u * (xb - xa), y: r.top + ya + u * (yb - ya), ax: r.left + xa,
+        ay: r.top + ya, bx: r.left + xb, by: r.top + yb };
+    },
+    /* the middle of span i ('rpc' or 'work') as drawn, client coordinates */
+    spanPoint(kind, i) {
+      const s = kind === 'rpc' ? R : W;
+      const g = L.gOf.get((kind === 'rpc' ? 'r' : 'w') + s.node[i]);
+      if (!g) return null;
+      const r = cv.getBoundingClientRect();
+      const xa = Math.max(GUT, xOf(s.t0[i])), xb = Math.min(Wd, xOf(s.e[i]));
+      return { x: r.left + (xa + xb) / 2, y: r.top + g.y + (s.row[i] + 0.5) * L.rowH };
+    },
+    /* what a click at client (x, y) would select, without selecting it */
+    hit(x, y) {
+      const r = cv.getBoundingClientRect();
+      const p = pick(x - r.left, y - r.top);
+      return p ? { k: p.k, i: p.i } : null;
+    },
+    /* messages the current frame shows (window and filters), in order */
+    visibleMessages() {
+      const out = [];
+      for (let i = 0; i < M.n; i++)
+        if (M.ts[i] <= v1 && M.end[i] >= v0 && M.lf[i] >= 0 && M.lt[i] >= 0 && msgOk(i)) out.push(i);
+      return out;
+    },
+  };
 })();
