@@ -614,6 +614,20 @@ static void test_bad_target_device(void) {
  * other's maps from the join, so the existing worker calls the new one
  * with tensors landing on the mapped device, and back; responses take the
  * reverse maps. When w1 leaves, w0 drops its maps toward it. */
+/* Tensors made for one test's calls (drpc_value_tensor takes its own
+ * reference), dropped at the end of the test. */
+static drpc_tensor *kept[8];
+static int nkept;
+static drpc_tensor *keep(drpc_tensor *t) {
+  if (nkept < 8)
+    kept[nkept++] = t;
+  return t;
+}
+static void drop_kept(void) {
+  while (nkept)
+    drpc_tensor_decref(kept[--nkept]);
+}
+
 static void test_dynamic_group_maps(void) {
   drpc_error err = DRPC_ERROR_INIT;
   tnet_init(&N);
@@ -646,16 +660,16 @@ static void test_dynamic_group_maps(void) {
 
   /* The existing rank calls the new one, and the new one calls it. */
   drpc_value *v = call1(0, "w1", DRPC_FUNCTION, "devof",
-                        drpc_value_tensor(ramp(G0, 1)), NULL, &err);
+                        drpc_value_tensor(keep(ramp(G0, 1))), NULL, &err);
   CHECK(v && v->kind == DRPC_VAL_STR && strcmp(v->u.s.data, "cuda:1") == 0);
   drpc_value_free(v);
-  v = call1(1, "w0", DRPC_FUNCTION, "devof", drpc_value_tensor(ramp(G1, 1)),
-            NULL, &err);
+  v = call1(1, "w0", DRPC_FUNCTION, "devof",
+            drpc_value_tensor(keep(ramp(G1, 1))), NULL, &err);
   CHECK(v && v->kind == DRPC_VAL_STR && strcmp(v->u.s.data, "cuda:0") == 0);
   drpc_value_free(v);
   /* The answer comes back through w1's reverse map: cuda:1 -> cuda:0. */
-  v = call1(0, "w1", DRPC_FUNCTION, "ident", drpc_value_tensor(ramp(G0, 5)),
-            NULL, &err);
+  v = call1(0, "w1", DRPC_FUNCTION, "ident",
+            drpc_value_tensor(keep(ramp(G0, 5))), NULL, &err);
   CHECK(v && v->kind == DRPC_VAL_TENSOR);
   if (v && v->kind == DRPC_VAL_TENSOR) {
     CHECK(drpc_device_equal(drpc_tensor_device(v->u.t), G0));
@@ -669,11 +683,12 @@ static void test_dynamic_group_maps(void) {
   CHECK_EQ_INT((int)drpc_agent_num_members(ag(0)), 1);
   /* Its devices are those of its maps toward members: none now. */
   CHECK_EQ_INT(drpc_agent_devices(ag(0), devs, 4), 0);
-  v = call1(0, "w1", DRPC_FUNCTION, "devof", drpc_value_tensor(ramp(G0, 1)),
-            NULL, &err);
+  v = call1(0, "w1", DRPC_FUNCTION, "devof",
+            drpc_value_tensor(keep(ramp(G0, 1))), NULL, &err);
   CHECK(v == NULL);
   CHECK_CONTAINS(drpc_error_message(&err), "has left the group");
   drpc_error_clear(&err);
+  drop_kept();
   down();
 }
 
