@@ -95,7 +95,7 @@ struct drpc_agent {
    * group-management state (core/membership.c). */
   _Atomic uint64_t epoch;
   drpc_map member_epochs;
-  departed_info departed[MAX_DEPARTED];
+  departed_info *departed; /* MAX_DEPARTED, made at the first departure */
   size_t departed_next;
   drpc_members *members;
 
@@ -391,6 +391,9 @@ int drpc_agent_peer_put(drpc_agent *a, const drpc_worker_info *wi,
 
 static void remember_departed(drpc_agent *a, const drpc_worker_info *wi,
                               uint64_t epoch, const char *why) {
+  if (!a->departed &&
+      !(a->departed = calloc(MAX_DEPARTED, sizeof *a->departed)))
+    return; /* errors then just say "could not find" */
   departed_info *d = &a->departed[a->departed_next];
   a->departed_next = (a->departed_next + 1) % MAX_DEPARTED;
   d->info = *wi;
@@ -403,7 +406,7 @@ static void remember_departed(drpc_agent *a, const drpc_worker_info *wi,
 static const departed_info *find_departed(drpc_agent *a, const char *name,
                                           int64_t id) {
   const departed_info *best = NULL;
-  for (size_t i = 0; i < MAX_DEPARTED; i++) {
+  for (size_t i = 0; a->departed && i < MAX_DEPARTED; i++) {
     const departed_info *d = &a->departed[i];
     if (!d->epoch ||
         (name ? strcmp(d->info.name, name) != 0 : d->info.id != id))
@@ -2393,6 +2396,7 @@ static void agent_release(drpc_agent *a) {
   for (size_t i = 0; i < MAX_OLD_INFOS; i++)
     free(a->old_infos[i]);
   free(a->by_name);
+  free(a->departed);
   drpc_map_free(&a->member_epochs);
   drpc_members_free(a->members);
   a->env.ops->sync_destroy(a->env.ctx, &a->mlock);

@@ -78,13 +78,15 @@ struct drpc_devstate {
 
   /* Lends and IPC events: touched by encoding threads and the loop. */
   drpc_sync lock;
-  lend lends[DEV_MAX_LENDS];
+  /* Made at the first share or open (most agents never share by handle;
+   * a simulated cluster starts thousands). */
+  lend *lends; /* DEV_MAX_LENDS */
   int nlends;
   uint64_t next_lend;
-  ipc_event ev_pool[DEV_MAX_LENDS];
+  ipc_event *ev_pool; /* DEV_MAX_LENDS */
   int nev;
   /* Loop only: events opened from peers' handles. */
-  opened_event opened[DEV_EVENT_CACHE];
+  opened_event *opened; /* DEV_EVENT_CACHE */
   int nopened;
   uint64_t use_clock;
   _Atomic uint64_t shared_sent, staged_sent, shared_received;
@@ -275,12 +277,8 @@ static const char *field(const char *line, const char *key, size_t *n) {
 
 /* A peer that published nothing has no CUDA devices and no maps. */
 static int parse_info(const char *line, node_info *ni) {
-  ni->maps = calloc(DRPC_MAX_DEVICE_MAPS, sizeof *ni->maps);
-  ni->peers = calloc(DRPC_MAX_DEVICE_MAPS, sizeof *ni->peers);
-  if (!ni->maps || !ni->peers)
-    return DRPC_ENOMEM;
   if (!line)
-    return 0;
+    return 0; /* no device information: no maps */
   if (strncmp(line, DEVINFO_TAG " ", strlen(DEVINFO_TAG) + 1) != 0)
     return DRPC_EPROTO;
   size_t n = 0;
@@ -305,7 +303,11 @@ static int parse_info(const char *line, node_info *ni) {
   if (!(v = field(line, "maps", &n)))
     return DRPC_EPROTO;
   if (n == 1 && v[0] == '-')
-    return 0;
+    return 0; /* no maps: nothing allocated (most workers) */
+  ni->maps = calloc(DRPC_MAX_DEVICE_MAPS, sizeof *ni->maps);
+  ni->peers = calloc(DRPC_MAX_DEVICE_MAPS, sizeof *ni->peers);
+  if (!ni->maps || !ni->peers)
+    return DRPC_ENOMEM;
   while (n > 0) {
     const char *semi = memchr(v, ';', n);
     size_t len = semi ? (size_t)(semi - v) : n;
@@ -488,6 +490,9 @@ void drpc_dev_free(drpc_devstate *d) {
     drpc_devevent_free(d->ev_pool[i].ev);
   for (int i = 0; i < d->nopened; i++)
     drpc_devevent_free(d->opened[i].ev);
+  free(d->lends);
+  free(d->ev_pool);
+  free(d->opened);
   env->ops->sync_destroy(env->ctx, &d->lock);
   for (dev_tab *t = atomic_load(&d->tab), *next; t; t = next) {
     next = t->older;
@@ -673,6 +678,8 @@ static int lend_slot_event(drpc_devstate *d, int device, drpc_error *err) {
     }
   if (d->nev >= DEV_MAX_LENDS)
     return drpc_error_set(err, DRPC_ETOOBIG, "too many interprocess events");
+  if (!d->ev_pool && !(d->ev_pool = calloc(DEV_MAX_LENDS, sizeof *d->ev_pool)))
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
   void *ctx = NULL;
   const drpc_device_backend *b = drpc_device_backend_get(&ctx);
   ipc_event *e = &d->ev_pool[d->nev];
@@ -724,7 +731,9 @@ static int share(drpc_devstate *d, int16_t peer, drpc_tensor *t,
   const drpc_env *env = drpc_agent_env(d->agent);
   env->ops->sync_lock(env->ctx, &d->lock);
   int rc = 1;
-  if (d->nlends < DEV_MAX_LENDS) {
+  if (!d->lends)
+    d->lends = calloc(DEV_MAX_LENDS, sizeof *d->lends);
+  if (d->lends && d->nlends < DEV_MAX_LENDS) {
     /* No event to spare: staged instead. */
     int slot = lend_slot_event(d, idx, NULL);
     if (slot >= 0) {
@@ -886,6 +895,10 @@ static drpc_devevent *open_event(drpc_devstate *d, const uint8_t *h,
       d->opened[i].used = ++d->use_clock;
       return d->opened[i].ev;
     }
+  if (!d->opened && !(d->opened = calloc(DEV_EVENT_CACHE, sizeof *d->opened))) {
+    drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+    return NULL;
+  }
   void *ctx = NULL;
   const drpc_device_backend *b = drpc_device_backend_get(&ctx);
   drpc_devevent *ev = b->ipc_event_open(ctx, h, hlen, err);
