@@ -64,11 +64,15 @@ void drpc_scn_worker_name(int r, char *buf, size_t n) {
 const char *const drpc_scn_rref_counters[4] = {
     "num_owner_rrefs", "num_pending_futures", "num_pending_users", "num_forks"};
 
+int64_t drpc_scn_dict_count(const drpc_value *d, const char *key) {
+  const drpc_value *v = d ? drpc_dict_get(d, key) : NULL;
+  return v && v->kind == DRPC_VAL_STR ? strtoll(v->u.s.data, NULL, 10)
+                                      : INT64_MIN;
+}
+
 int64_t drpc_scn_debug_count(drpc_agent *a, const char *key) {
   drpc_value *d = drpc_agent_debug_info(a);
-  const drpc_value *v = drpc_dict_get(d, key);
-  int64_t n =
-      v && v->kind == DRPC_VAL_STR ? strtoll(v->u.s.data, NULL, 10) : INT64_MIN;
+  int64_t n = drpc_scn_dict_count(d, key);
   drpc_value_free(d);
   return n;
 }
@@ -81,11 +85,12 @@ void drpc_scn_rref_shutdown(drpc_agent *a, const drpc_scn_host *h,
   drpc_error_clear(&e);
   if (h->faults)
     return;
+  drpc_value *d = drpc_agent_debug_info(a); /* once: it is a big dict */
   for (int k = 0; k < 4; k++) {
     char key[64];
     snprintf(key, sizeof key, "%s_at_shutdown", drpc_scn_rref_counters[k]);
-    int64_t now = drpc_scn_debug_count(a, drpc_scn_rref_counters[k]);
-    int64_t left = drpc_scn_debug_count(a, key);
+    int64_t now = drpc_scn_dict_count(d, drpc_scn_rref_counters[k]);
+    int64_t left = drpc_scn_dict_count(d, key);
     if (now != 0 || left != 0)
       drpc_scn_violation(h, a,
                          "%s: after graceful shutdown %s is %lld (%lld when "
@@ -93,4 +98,5 @@ void drpc_scn_rref_shutdown(drpc_agent *a, const drpc_scn_host *h,
                          drpc_agent_self(a)->name, drpc_scn_rref_counters[k],
                          (long long)now, (long long)left);
   }
+  drpc_value_free(d);
 }

@@ -105,6 +105,8 @@ extern const char *const drpc_scn_rref_counters[4];
 /* The debug-info entry key of a (a count kept as a string), INT64_MIN
  * when absent. */
 int64_t drpc_scn_debug_count(drpc_agent *a, const char *key);
+/* The same from a debug-info dict already fetched. */
+int64_t drpc_scn_dict_count(const drpc_value *d, const char *key);
 /* Shuts a down gracefully within timeout_s (errors go through
  * drpc_scn_check_error); without faults, reports any RRef counter that is
  * not zero afterwards, or was not when the agent stopped. */

@@ -130,17 +130,20 @@ static void check_rrefs(sim *s, sim_node *n, drpc_agent *a) {
   size_t used = 0;
   bool dirty = false;
   what[0] = 0;
+  /* One debug-info dict for the eight counters (it is built whole). */
+  drpc_value *d = drpc_agent_debug_info(a);
   for (int k = 0; k < 4; k++) {
     char key[64];
     snprintf(key, sizeof key, "%s_at_shutdown", drpc_scn_rref_counters[k]);
-    int64_t left = drpc_scn_debug_count(a, key);
-    int64_t now = drpc_scn_debug_count(a, drpc_scn_rref_counters[k]);
+    int64_t left = drpc_scn_dict_count(d, key);
+    int64_t now = drpc_scn_dict_count(d, drpc_scn_rref_counters[k]);
     if (left == INT64_MIN) {
       if (!s->host.faults)
         sim_violation(s,
                       "rref: %s reports no RRef counters after its "
                       "graceful shutdown",
                       n->name);
+      drpc_value_free(d);
       return;
     }
     s->res->rref_left[k] += left;
@@ -153,6 +156,7 @@ static void check_rrefs(sim *s, sim_node *n, drpc_agent *a) {
     if (w > 0 && (size_t)w < sizeof what - used)
       used += (size_t)w;
   }
+  drpc_value_free(d);
   if (!dirty)
     return;
   s->res->rref_nodes_left++;
