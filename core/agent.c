@@ -129,6 +129,10 @@ struct drpc_agent {
    * time reads it, so replay sees the same deadlines). */
   bool rec_full;
   uint64_t in_now;
+  /* Recording scratch, used by the owner thread only: command payloads
+   * (rec_buf) and frames with tensor data (rec_frame) are built here and
+   * reused, so recording allocates nothing per event. */
+  drpc_rbuf rec_buf, rec_frame;
 
   /* PROFILER: profiling state (core/profiler.c). */
   drpc_agent_prof *prof;
@@ -190,6 +194,15 @@ void drpc_agent_input_begin(drpc_agent *a) {
   a->in_now = drpc_env_now(&a->env);
 }
 
+/* The recording scratch keeps up to this much memory between events. */
+#define REC_KEEP ((size_t)1 << 20)
+
+/* The agent's command payload scratch, emptied (owner thread only). */
+static drpc_rbuf *rec_buf(drpc_agent *a) {
+  drpc_rbuf_reset(&a->rec_buf, REC_KEEP);
+  return &a->rec_buf;
+}
+
 /* Records an input command with its arguments (when payloads are kept). */
 static void rec_cmd(drpc_agent *a, drpc_event_kind kind, uint64_t type,
                     int16_t peer_id, uint64_t id, drpc_rbuf *b) {
@@ -199,7 +212,32 @@ static void rec_cmd(drpc_agent *a, drpc_event_kind kind, uint64_t type,
                     "will not replay");
   drpc_agent_record(a, kind, peer_id, id, type, b->p, b->failed ? 0 : b->len,
                     NULL);
-  drpc_rbuf_free(b);
+  if (b == &a->rec_buf)
+    drpc_rbuf_reset(b, REC_KEEP);
+  else
+    drpc_rbuf_free(b);
+}
+
+/* The bytes of f as it goes on the wire: its head itself when that is the
+ * whole frame (no tensor data), else a copy in the agent's frame scratch
+ * (owner thread only; valid until the next call). NULL when out of
+ * memory. */
+static const uint8_t *rec_frame_bytes(drpc_agent *a, const drpc_outframe *f,
+                                      size_t *n) {
+  if (f->head_len == f->total_len) {
+    *n = f->head_len;
+    return f->head;
+  }
+  drpc_rbuf *b = &a->rec_frame;
+  drpc_rbuf_reset(b, REC_KEEP);
+  drpc_rbuf_put_frame(b, f);
+  if (b->failed) {
+    drpc_rbuf_reset(b, 0);
+    *n = 0;
+    return NULL;
+  }
+  *n = b->len;
+  return b->p;
 }
 
 static peer *peer_by_id(drpc_agent *a, int64_t id) {
@@ -537,10 +575,9 @@ static void send_frame(drpc_agent *a, uint64_t conn, drpc_outframe *f) {
     conn_entry *ce = drpc_map_get(&a->conns, conn);
     uint8_t type = f->head_len > 5 ? f->head[5] : 0;
     size_t n = 0;
-    uint8_t *flat = a->rec_full ? drpc_outframe_flatten(f, &n) : NULL;
+    const uint8_t *flat = a->rec_full ? rec_frame_bytes(a, f, &n) : NULL;
     drpc_agent_record(a, DRPC_EV_OUT_SEND, ce ? ce->peer : -1, conn, type, flat,
                       flat ? n : (size_t)f->total_len, NULL);
-    free(flat);
   }
   a->env.ops->send(a->env.ctx, conn, f);
 }
@@ -846,15 +883,15 @@ static void send_cmd_apply(drpc_cmd *cmd) {
   drpc_agent *a = s->agent;
   drpc_agent_input_begin(a);
   if (a->env.ops->record) {
-    drpc_rbuf b = {0};
+    drpc_rbuf *b = rec_buf(a);
     if (a->rec_full) {
-      drpc_rbuf_u64(&b, s->conn);
-      drpc_rbuf_u64(&b, s->req_id);
-      drpc_rbuf_u64(&b, s->async);
-      drpc_rbuf_frame(&b, s->frame);
-      drpc_fork_list_write(s->forks, &b);
+      drpc_rbuf_u64(b, s->conn);
+      drpc_rbuf_u64(b, s->req_id);
+      drpc_rbuf_u64(b, s->async);
+      drpc_rbuf_frame(b, s->frame);
+      drpc_fork_list_write(s->forks, b);
     }
-    rec_cmd(a, DRPC_EV_IN_JOB_DONE, DRPC_JOB_SEND, s->caller, s->req_id, &b);
+    rec_cmd(a, DRPC_EV_IN_JOB_DONE, DRPC_JOB_SEND, s->caller, s->req_id, b);
   }
   if (atomic_load(&a->state) == ST_STOPPED) {
     drpc_fork_list_drop(s->forks);
@@ -903,25 +940,25 @@ static void remote_done_apply(drpc_cmd *cmd) {
   drpc_agent *a = r->agent;
   drpc_agent_input_begin(a);
   if (a->env.ops->record) {
-    drpc_rbuf b = {0};
+    drpc_rbuf *b = rec_buf(a);
     if (a->rec_full) {
-      drpc_rbuf_u64(&b, r->conn);
-      drpc_rbuf_u64(&b, r->req_id);
-      drpc_rbuf_u64(&b, r->async);
-      drpc_rref_write_ids(r->owner, &b);
-      drpc_rbuf_u64(&b, (uint64_t)(int64_t)r->err.code);
+      drpc_rbuf_u64(b, r->conn);
+      drpc_rbuf_u64(b, r->req_id);
+      drpc_rbuf_u64(b, r->async);
+      drpc_rref_write_ids(r->owner, b);
+      drpc_rbuf_u64(b, (uint64_t)(int64_t)r->err.code);
       const char *m = r->err.code ? drpc_error_message(&r->err) : "";
-      drpc_rbuf_blob(&b, m, strlen(m));
+      drpc_rbuf_blob(b, m, strlen(m));
       drpc_outframe *vf = NULL;
       if (!r->err.code && r->result &&
           drpc_wire_encode(DRPC_MSG_RESPONSE, 0, 0, r->result, &a->lim, &vf,
                            NULL) != 0)
-        b.failed = true;
-      drpc_rbuf_frame(&b, vf);
+        b->failed = true;
+      drpc_rbuf_frame(b, vf);
       drpc_outframe_free(vf);
     }
     rec_cmd(a, DRPC_EV_IN_JOB_DONE, DRPC_JOB_REMOTE_DONE, r->caller, r->req_id,
-            &b);
+            b);
   }
   /* REMOTE_RET first: a fetch waiting for this value is answered by the
    * settle, and its caller should see the RRef confirmed before that. */
@@ -1548,18 +1585,43 @@ static int16_t conn_peer(drpc_agent *a, uint64_t conn) {
   return ce ? ce->peer : -1;
 }
 
-void drpc_agent_on_message(drpc_agent *a, uint64_t conn, drpc_msg *m) {
+/* Whether raw, a whole frame as received and decoded into m, is byte for
+ * byte what re-encoding m gives. The encoding is canonical except where
+ * the decoder reads nothing: padding (re-encoded as zeros) and the order
+ * of tensor indices (renumbered by first use; fuzz/fuzz_wire.c checks
+ * both). So a frame without tensors whose padding is zero is its own
+ * re-encoding. */
+static bool raw_is_canonical(const drpc_msg *m, const uint8_t *raw,
+                             size_t len) {
+  if (!raw || m->ntensors || m->nshared || len < DRPC_WIRE_HEADER_SIZE)
+    return false;
+  uint32_t payload_len = (uint32_t)raw[16] | (uint32_t)raw[17] << 8 |
+                         (uint32_t)raw[18] << 16 | (uint32_t)raw[19] << 24;
+  if (drpc_wire_data_offset(payload_len) != len)
+    return false;
+  for (size_t i = DRPC_WIRE_HEADER_SIZE + (size_t)payload_len; i < len; i++)
+    if (raw[i])
+      return false;
+  return true;
+}
+
+void drpc_agent_on_message_raw(drpc_agent *a, uint64_t conn, drpc_msg *m,
+                               const uint8_t *raw, size_t raw_len) {
   drpc_agent_input_begin(a);
   if (a->env.ops->record) {
-    /* The frame as it arrived: re-encoded from the decoded message (the
-     * encoding is canonical), so backends that read straight into tensor
-     * storage need keep no copy. */
+    /* The frame as it arrived. When the backend still has its bytes and
+     * they are canonical, those; otherwise re-encoded from the decoded
+     * message (the encoding is canonical), so backends that read straight
+     * into tensor storage need keep no copy. Either way the same bytes. */
     drpc_outframe *f = NULL;
     size_t n = 0;
-    uint8_t *flat = NULL;
-    if (a->rec_full && drpc_wire_encode_msg(m, &a->lim, &f, NULL) == 0)
-      flat = drpc_outframe_flatten(f, &n);
-    drpc_outframe_free(f);
+    const uint8_t *flat = NULL;
+    if (a->rec_full && raw_is_canonical(m, raw, raw_len)) {
+      flat = raw;
+      n = raw_len;
+    } else if (a->rec_full && drpc_wire_encode_msg(m, &a->lim, &f, NULL) == 0) {
+      flat = rec_frame_bytes(a, f, &n);
+    }
     if (a->rec_full && !flat)
       drpc_agent_logf(a, DRPC_LOG_ERROR,
                       "could not record a %s frame; the recording will not "
@@ -1567,10 +1629,14 @@ void drpc_agent_on_message(drpc_agent *a, uint64_t conn, drpc_msg *m) {
                       drpc_msg_type_name(m->type));
     drpc_agent_record(a, DRPC_EV_IN_FRAME, conn_peer(a, conn), conn, m->type,
                       flat, n, NULL);
-    free(flat);
+    drpc_outframe_free(f);
   }
   handle_message(a, conn, m);
   drpc_msg_clear(m);
+}
+
+void drpc_agent_on_message(drpc_agent *a, uint64_t conn, drpc_msg *m) {
+  drpc_agent_on_message_raw(a, conn, m, NULL, 0);
 }
 
 void drpc_agent_on_frame(drpc_agent *a, uint64_t conn, const uint8_t *buf,
@@ -1630,7 +1696,8 @@ typedef struct call_cmd {
   drpc_future *fut;
   uint64_t timeout_ms;
   const char *label; /* static: "rpc_async", "rpc_remote", a message type */
-  char *fn;          /* the function, when recording */
+  char *fn;          /* the function, when recording (points into fn_buf) */
+  char fn_buf[];
 } call_cmd;
 
 static void call_apply(call_cmd *cc);
@@ -1640,28 +1707,36 @@ static void call_cmd_apply(drpc_cmd *cmd) {
   drpc_agent *a = cc->agent;
   drpc_agent_input_begin(a);
   if (a->env.ops->record) {
-    drpc_rbuf b = {0};
+    drpc_rbuf *b = rec_buf(a);
     if (a->rec_full) {
-      drpc_rbuf_u64(&b, (uint64_t)(int64_t)cc->dst);
-      drpc_rbuf_u64(&b, cc->timeout_ms);
-      drpc_rbuf_frame(&b, cc->frame);
-      drpc_fork_list_write(cc->forks, &b);
+      drpc_rbuf_u64(b, (uint64_t)(int64_t)cc->dst);
+      drpc_rbuf_u64(b, cc->timeout_ms);
+      drpc_rbuf_frame(b, cc->frame);
+      drpc_fork_list_write(cc->forks, b);
       const char *l = cc->label ? cc->label : "";
-      drpc_rbuf_blob(&b, l, strlen(l));
+      drpc_rbuf_blob(b, l, strlen(l));
       const char *fn = cc->fn ? cc->fn : "";
-      drpc_rbuf_blob(&b, fn, strlen(fn));
+      drpc_rbuf_blob(b, fn, strlen(fn));
     }
-    rec_cmd(a, DRPC_EV_IN_COMMAND, DRPC_CMD_CALL, cc->dst, 0, &b);
+    rec_cmd(a, DRPC_EV_IN_COMMAND, DRPC_CMD_CALL, cc->dst, 0, b);
   }
   call_apply(cc);
 }
 
-/* "rpc_async#fn" for the span of a call. */
+/* "rpc_async#fn" for the span of a call (cut to n - 1 bytes). */
 static void span_name(const call_cmd *cc, char *buf, size_t n) {
-  if (cc->fn && *cc->fn)
-    snprintf(buf, n, "%s#%s", cc->label ? cc->label : "rpc", cc->fn);
-  else
-    snprintf(buf, n, "%s", cc->label ? cc->label : "rpc");
+  const char *parts[3] = {cc->label ? cc->label : "rpc",
+                          cc->fn && *cc->fn ? "#" : "",
+                          cc->fn && *cc->fn ? cc->fn : ""};
+  size_t at = 0;
+  for (int i = 0; i < 3; i++) {
+    size_t k = strlen(parts[i]);
+    if (k > n - 1 - at)
+      k = n - 1 - at;
+    memcpy(buf + at, parts[i], k);
+    at += k;
+  }
+  buf[at] = 0;
 }
 
 static void call_apply(call_cmd *cc) {
@@ -1676,7 +1751,6 @@ static void call_apply(call_cmd *cc) {
                        : "out of memory");
     drpc_future_decref(cc->fut);
     free(c);
-    free(cc->fn);
     free(cc);
     if (atomic_fetch_sub(&a->client_active, 1) == 1)
       notify_idle(a);
@@ -1701,7 +1775,6 @@ static void call_apply(call_cmd *cc) {
     /* A call the agent cannot track could never complete or time out. */
     drpc_outframe_free(cc->frame);
     drpc_fork_list_drop(cc->forks);
-    free(cc->fn);
     free(cc);
     call_fail(a, c, DRPC_ENOMEM, "out of memory registering the call");
     rearm(a);
@@ -1736,7 +1809,6 @@ static void call_apply(call_cmd *cc) {
     }
   }
   drpc_error_clear(&err);
-  free(cc->fn);
   free(cc);
 }
 
@@ -1852,7 +1924,9 @@ static call_cmd *call_cmd_new(drpc_agent *a, int16_t dst, drpc_outframe *frame,
                               drpc_fork_list *forks, uint64_t timeout_ms,
                               drpc_future *fut, const char *label,
                               const char *fn) {
-  call_cmd *cc = malloc(sizeof *cc);
+  /* The function's name travels in the same allocation. */
+  size_t fnn = fn && a->env.ops->record ? strlen(fn) + 1 : 0;
+  call_cmd *cc = malloc(sizeof *cc + fnn);
   if (!cc) {
     drpc_fork_list_drop(forks);
     drpc_outframe_free(frame);
@@ -1868,7 +1942,7 @@ static call_cmd *call_cmd_new(drpc_agent *a, int16_t dst, drpc_outframe *frame,
   cc->fut = fut;
   cc->timeout_ms = timeout_ms;
   cc->label = label;
-  cc->fn = fn && a->env.ops->record ? strdup(fn) : NULL;
+  cc->fn = fnn ? memcpy(cc->fn_buf, fn, fnn) : NULL;
   atomic_fetch_add(&a->client_active, 1);
   return cc;
 }
@@ -2411,6 +2485,8 @@ static void agent_release(drpc_agent *a) {
   drpc_heap_free(&a->timers);
   free(a->rref_leaks);
   drpc_rctx_release(a->rctx);
+  drpc_rbuf_free(&a->rec_buf);
+  drpc_rbuf_free(&a->rec_frame);
   if (a->store)
     drpc_store_decref(a->store);
   drpc_agent_prof_free(a->prof); /* PROFILER */

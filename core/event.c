@@ -42,7 +42,9 @@ uint64_t drpc_event_fold(uint64_t h, const drpc_event *ev) {
  */
 
 #include <stdlib.h>
+#include <sys/uio.h>
 
+#include "drpc/tensor.h"
 #include "internal.h"
 
 static bool rbuf_reserve(drpc_rbuf *b, size_t n) {
@@ -69,10 +71,15 @@ static bool rbuf_reserve(drpc_rbuf *b, size_t n) {
 }
 
 void drpc_rbuf_u64(drpc_rbuf *b, uint64_t v) {
-  if (!rbuf_reserve(b, 8))
+  if ((b->failed || b->cap - b->len < 8) && !rbuf_reserve(b, 8))
     return;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  memcpy(b->p + b->len, &v, 8);
+#else
   for (int i = 0; i < 8; i++)
-    b->p[b->len++] = (uint8_t)(v >> (8 * i));
+    b->p[b->len + (size_t)i] = (uint8_t)(v >> (8 * i));
+#endif
+  b->len += 8;
 }
 
 void drpc_rbuf_blob(drpc_rbuf *b, const void *p, size_t n) {
@@ -84,15 +91,47 @@ void drpc_rbuf_blob(drpc_rbuf *b, const void *p, size_t n) {
   b->len += n;
 }
 
+void drpc_rbuf_put_frame(drpc_rbuf *b, const drpc_outframe *f) {
+  if (f->total_len > SIZE_MAX || !rbuf_reserve(b, (size_t)f->total_len))
+    return;
+  /* The pieces drpc_outframe_iov names (head, zero padding, tensor data),
+   * copied straight in: no flattened copy in between. */
+  static const uint8_t zeros[DRPC_TENSOR_ALIGN];
+  struct iovec iov[16];
+  uint64_t from = 0;
+  while (from < f->total_len) {
+    size_t cnt = drpc_outframe_iov(f, from, iov, 16, zeros);
+    if (cnt > 16)
+      cnt = 16;
+    for (size_t i = 0; i < cnt; i++) {
+      memcpy(b->p + b->len, iov[i].iov_base, iov[i].iov_len);
+      b->len += iov[i].iov_len;
+      from += iov[i].iov_len;
+    }
+  }
+}
+
 void drpc_rbuf_frame(drpc_rbuf *b, const drpc_outframe *f) {
-  size_t n = 0;
-  uint8_t *flat = f ? drpc_outframe_flatten(f, &n) : NULL;
-  if (f && !flat) {
+  if (!f) {
+    drpc_rbuf_u64(b, 0);
+    return;
+  }
+  if (f->total_len > SIZE_MAX) {
     b->failed = true;
     return;
   }
-  drpc_rbuf_blob(b, flat, n);
-  free(flat);
+  drpc_rbuf_u64(b, f->total_len);
+  drpc_rbuf_put_frame(b, f);
+}
+
+void drpc_rbuf_reset(drpc_rbuf *b, size_t keep) {
+  if (b->cap > keep) {
+    free(b->p);
+    b->p = NULL;
+    b->cap = 0;
+  }
+  b->len = 0;
+  b->failed = false;
 }
 
 void drpc_rbuf_free(drpc_rbuf *b) {

@@ -171,6 +171,12 @@ void drpc_rbuf_u64(drpc_rbuf *b, uint64_t v);
 void drpc_rbuf_blob(drpc_rbuf *b, const void *p, size_t n);
 /* A blob with the frame's bytes as they would go on the wire. */
 void drpc_rbuf_frame(drpc_rbuf *b, const drpc_outframe *f);
+/* The frame's bytes as they would go on the wire, with no length prefix
+ * (copied piece by piece, never flattened first). */
+void drpc_rbuf_put_frame(drpc_rbuf *b, const drpc_outframe *f);
+/* Empties b for reuse, keeping its memory when it holds at most keep
+ * bytes (freeing it otherwise). */
+void drpc_rbuf_reset(drpc_rbuf *b, size_t keep);
 void drpc_rbuf_free(drpc_rbuf *b);
 
 typedef struct drpc_rreader {

@@ -568,13 +568,16 @@ static size_t data_iov(nconn *c, drpc_net *n, uint64_t pos, struct iovec *iov,
   return cnt;
 }
 
-static void deliver(drpc_net *n, nconn *c) {
+/* Hands the decoded frame to the agent; raw: the whole frame's bytes when
+ * they are still in the read buffer (frames without tensor data), which a
+ * recording agent records instead of re-encoding the message. */
+static void deliver(drpc_net *n, nconn *c, const uint8_t *raw, size_t raw_len) {
   drpc_agent *a = atomic_load(&n->agent);
   drpc_msg m = c->msg;
   memset(&c->msg, 0, sizeof c->msg);
   c->rstate = 0;
   if (a)
-    drpc_agent_on_message(a, c->id, &m);
+    drpc_agent_on_message_raw(a, c->id, &m, raw, raw_len);
   drpc_msg_clear(&m);
 }
 
@@ -596,7 +599,7 @@ static void consume_data_from_buffer(drpc_net *n, nconn *c) {
         break;
     }
     if (c->frame_pos == c->frame_len)
-      deliver(n, c);
+      deliver(n, c, NULL, 0);
   }
 }
 
@@ -654,7 +657,7 @@ static bool parse_buffer(drpc_net *n, nconn *c) {
     drpc_wire_frame_size(&c->hdr, &c->frame_len);
     c->rpos += need;
     if (c->hdr.data_len == 0) {
-      deliver(n, c);
+      deliver(n, c, c->rbuf + c->rpos - need, need);
       if (!drpc_map_get(&n->conns, c->id))
         return false;
       continue;
@@ -700,7 +703,7 @@ static void conn_readable(drpc_net *n, nconn *c) {
       if (r > 0) {
         c->frame_pos += (uint64_t)r;
         if (c->frame_pos == c->frame_len) {
-          deliver(n, c);
+          deliver(n, c, NULL, 0);
           if (!drpc_map_get(&n->conns, c->id))
             return;
         }

@@ -252,6 +252,11 @@ void drpc_agent_on_conn_closed(drpc_agent *a, uint64_t conn,
                                const drpc_error *reason);
 /* A decoded message arrived (ownership of m's contents moves to the core). */
 void drpc_agent_on_message(drpc_agent *a, uint64_t conn, drpc_msg *m);
+/* The same, with the frame's bytes as received (raw, raw_len) when the
+ * backend still holds them whole (NULL otherwise): a recording agent then
+ * records them instead of re-encoding m, where that gives the same bytes. */
+void drpc_agent_on_message_raw(drpc_agent *a, uint64_t conn, drpc_msg *m,
+                               const uint8_t *raw, size_t raw_len);
 /* A whole frame arrived as bytes; a malformed one closes conn and logs. */
 void drpc_agent_on_frame(drpc_agent *a, uint64_t conn, const uint8_t *buf,
                          size_t len);
