@@ -2398,29 +2398,32 @@ static int store_get_str(drpc_store *s, const char *key, double timeout_s,
   return 0;
 }
 
-static int rendezvous(drpc_agent *a, int64_t rank, drpc_error *err) {
-  char key[DRPC_MAX_NAME_LEN + 64], addr[256];
-  int rc;
+int drpc_store_claim_group_mode(drpc_store *s, bool is_static,
+                                drpc_error *err) {
+  const char *mode = is_static ? "true" : "false";
   void *actual = NULL;
   size_t alen = 0;
-  const char *mode = a->world_size > 0 ? "true" : "false";
-  rc = drpc_store_compare_set(a->store, "rpcIsStaticGroup", "", 0, mode,
-                              strlen(mode), &actual, &alen, err);
-  if (rc) {
-    drpc_error_prefix(err, "rendezvous failed");
-    return rc;
-  }
-  if (alen != strlen(mode) || memcmp(actual, mode, alen) != 0) {
+  int rc = drpc_store_compare_set(s, "rpcIsStaticGroup", "", 0, mode,
+                                  strlen(mode), &actual, &alen, err);
+  if (rc == 0 && (alen != strlen(mode) || memcmp(actual, mode, alen) != 0))
     rc = drpc_error_set(
         err, DRPC_EINVAL,
         "RPC group mixes statically and dynamically initialized members "
         "which is not supported. Static group property is initialized as "
         "%.*s and is trying to be set as %s",
         (int)alen, (const char *)actual, mode);
-    free(actual);
+  free(actual);
+  return rc;
+}
+
+static int rendezvous(drpc_agent *a, int64_t rank, drpc_error *err) {
+  char key[DRPC_MAX_NAME_LEN + 64], addr[256];
+  int rc;
+  if ((rc = drpc_store_claim_group_mode(a->store, a->world_size > 0, err))) {
+    if (rc != DRPC_EINVAL)
+      drpc_error_prefix(err, "rendezvous failed");
     return rc;
   }
-  free(actual);
   if ((rc = a->env.ops->listen_addr(a->env.ctx, addr, sizeof addr)))
     return drpc_error_set(err, rc, "backend has no listening address");
   /* A dynamic member publishes its address once its name is its own. */

@@ -49,23 +49,6 @@ static void release(bundle *b) {
   free(b);
 }
 
-static int check_group_mode(drpc_store *base, bool is_static, drpc_error *err) {
-  const char *mode = is_static ? "true" : "false";
-  void *actual = NULL;
-  size_t alen = 0;
-  int rc = drpc_store_compare_set(base, "rpcIsStaticGroup", "", 0, mode,
-                                  strlen(mode), &actual, &alen, err);
-  if (rc == 0 && (alen != strlen(mode) || memcmp(actual, mode, alen) != 0))
-    rc = drpc_error_set(
-        err, DRPC_EINVAL,
-        "RPC group mixes statically and dynamically initialized members "
-        "which is not supported. Static group property is initialized as "
-        "%.*s and is trying to be set as %s",
-        (int)alen, (const char *)actual, mode);
-  free(actual);
-  return rc;
-}
-
 int drpc_init(drpc_agent **out, const char *name, int64_t rank,
               int64_t world_size, const drpc_options *opts, drpc_error *err) {
   *out = NULL;
@@ -111,7 +94,7 @@ int drpc_init(drpc_agent **out, const char *name, int64_t rank,
   }
   /* Static and dynamic groups live under different prefixes: the mode is
    * also claimed in the shared store, so mixing them fails here. */
-  if ((rc = check_group_mode(b->base, b->world_size > 0, err)))
+  if ((rc = drpc_store_claim_group_mode(b->base, b->world_size > 0, err)))
     goto fail;
   drpc_net_config nc;
   drpc_net_config_default(&nc);

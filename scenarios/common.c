@@ -64,6 +64,15 @@ void drpc_scn_worker_name(int r, char *buf, size_t n) {
 const char *const drpc_scn_rref_counters[4] = {
     "num_owner_rrefs", "num_pending_futures", "num_pending_users", "num_forks"};
 
+drpc_value *drpc_scn_echo_fn(drpc_call *call, const drpc_value *args,
+                             const drpc_value *kwargs, drpc_error *err) {
+  (void)call;
+  (void)kwargs;
+  (void)err;
+  const drpc_value *v = drpc_list_at(args, 0);
+  return v ? drpc_value_clone(v) : drpc_value_nil();
+}
+
 int64_t drpc_scn_dict_count(const drpc_value *d, const char *key) {
   const drpc_value *v = d ? drpc_dict_get(d, key) : NULL;
   return v && v->kind == DRPC_VAL_STR ? strtoll(v->u.s.data, NULL, 10)

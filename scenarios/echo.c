@@ -6,17 +6,8 @@
 
 #include "scenario.h"
 
-static drpc_value *echo_fn(drpc_call *call, const drpc_value *args,
-                           const drpc_value *kwargs, drpc_error *err) {
-  (void)call;
-  (void)kwargs;
-  (void)err;
-  const drpc_value *v = drpc_list_at(args, 0);
-  return v ? drpc_value_clone(v) : drpc_value_nil();
-}
-
 static int echo_register(drpc_registry *r, const drpc_scn_host *h) {
-  return drpc_register_function(r, "scn.echo", echo_fn, (void *)h);
+  return drpc_register_function(r, "scn.echo", drpc_scn_echo_fn, (void *)h);
 }
 
 /* A payload whose size and bytes depend on who sent it and when, so a

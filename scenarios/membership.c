@@ -24,17 +24,9 @@
 #define CONVERGE_WAIT_NS (30ull * 1000000000ull)
 #define POLL_NS (20ull * 1000000ull)
 
-static drpc_value *member_echo(drpc_call *call, const drpc_value *args,
-                               const drpc_value *kwargs, drpc_error *err) {
-  (void)call;
-  (void)kwargs;
-  (void)err;
-  const drpc_value *v = drpc_list_at(args, 0);
-  return v ? drpc_value_clone(v) : drpc_value_nil();
-}
-
 static int membership_register(drpc_registry *r, const drpc_scn_host *h) {
-  return drpc_register_function(r, "scn.member_echo", member_echo, (void *)h);
+  return drpc_register_function(r, "scn.member_echo", drpc_scn_echo_fn,
+                                (void *)h);
 }
 
 /* A departure between the look-up and the call is not a failure. */

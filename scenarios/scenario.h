@@ -98,6 +98,9 @@ bool drpc_scn_check_error(const drpc_scn_host *h, drpc_agent *a,
 /* Reports a formatted violation. */
 void drpc_scn_violation(const drpc_scn_host *h, drpc_agent *a, const char *fmt,
                         ...) __attribute__((format(printf, 3, 4)));
+/* A function that answers with its first argument (nil without one). */
+drpc_value *drpc_scn_echo_fn(drpc_call *call, const drpc_value *args,
+                             const drpc_value *kwargs, drpc_error *err);
 /* The name of worker rank r ("w<r>"). */
 void drpc_scn_worker_name(int r, char *buf, size_t n);
 /* The four RRef debug-info counters (num_owner_rrefs, ...). */

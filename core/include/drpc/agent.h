@@ -96,6 +96,12 @@ int drpc_agent_publish_devices(drpc_store *st, const char *name,
                                const char *addr, const drpc_options *o,
                                drpc_error *err);
 
+/* Claims the group's mode in the store (key rpcIsStaticGroup): DRPC_EINVAL
+ * with the reference's "RPC group mixes statically and dynamically
+ * initialized members..." when the other mode holds it. Agents do it at
+ * start; drpc_init also in the shared store above its per-group prefix. */
+int drpc_store_claim_group_mode(drpc_store *s, bool is_static, drpc_error *err);
+
 /* ---- functions -------------------------------------------------------- */
 
 typedef struct drpc_agent drpc_agent;
