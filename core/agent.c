@@ -637,6 +637,13 @@ static int send_to_peer(drpc_agent *a, peer *p, drpc_outframe *f,
                           "could not connect to %s (id %d) at %s: %s",
                           p->info.name, p->info.id, p->addr, drpc_strerror(rc));
   }
+  if (drpc_map_get(&a->conns, conn)) {
+    /* A backend never reuses a live id (a damaged recording may). */
+    drop_queue(p);
+    return drpc_error_set(err, DRPC_EPROTO,
+                          "the backend gave connection id %llu twice",
+                          (unsigned long long)conn);
+  }
   conn_entry *ce = calloc(1, sizeof *ce);
   if (!ce || drpc_map_put(&a->conns, conn, ce)) {
     free(ce);
@@ -679,6 +686,12 @@ void drpc_agent_on_conn_open(drpc_agent *a, uint64_t conn) {
 void drpc_agent_on_conn_accept(drpc_agent *a, uint64_t conn) {
   drpc_agent_input_begin(a);
   rec(a, DRPC_EV_IN_CONN_OPEN, -1, conn, 0);
+  if (drpc_map_get(&a->conns, conn)) {
+    /* A backend never reuses a live id (a damaged recording may). */
+    logf_(a, DRPC_LOG_ERROR, "connection %llu accepted twice; ignored",
+          (unsigned long long)conn);
+    return;
+  }
   conn_entry *ce = calloc(1, sizeof *ce);
   if (!ce || drpc_map_put(&a->conns, conn, ce)) {
     free(ce);
@@ -2292,7 +2305,7 @@ size_t drpc_agent_num_members(drpc_agent *a) {
  * member are ordered by epoch, whatever order they arrive in). */
 bool drpc_agent_member_epoch_advance(drpc_agent *a, int16_t id,
                                      uint64_t epoch) {
-  uint64_t key = (uint64_t)(uint16_t)id;
+  uint64_t key = (uint64_t)(uint16_t)id + 1; /* map keys are non-zero */
   uintptr_t last = (uintptr_t)drpc_map_get(&a->member_epochs, key);
   if (last && epoch <= (uint64_t)(last >> 1))
     return false;
@@ -2306,7 +2319,7 @@ bool drpc_agent_member_epoch_advance(drpc_agent *a, int16_t id,
 }
 uint64_t drpc_agent_member_last_epoch(drpc_agent *a, int16_t id) {
   uintptr_t last =
-      (uintptr_t)drpc_map_get(&a->member_epochs, (uint64_t)(uint16_t)id);
+      (uintptr_t)drpc_map_get(&a->member_epochs, (uint64_t)(uint16_t)id + 1);
   return (uint64_t)(last >> 1);
 }
 

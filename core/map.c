@@ -43,6 +43,8 @@ static int grow(drpc_map *m) {
 }
 
 int drpc_map_put(drpc_map *m, uint64_t key, void *val) {
+  if (key == 0)
+    return -1; /* 0 marks an empty slot */
   if ((m->len + 1) * 4 > m->cap * 3 && grow(m))
     return -1;
   size_t j = mix(key) & (m->cap - 1);

@@ -18,7 +18,8 @@ typedef struct drpc_map {
 
 void drpc_map_init(drpc_map *m);
 void drpc_map_free(drpc_map *m);
-/* key must be non-zero. Returns -1 on no memory. */
+/* key must be non-zero (-1 for 0, which marks empty slots). Returns -1
+ * on no memory. */
 int drpc_map_put(drpc_map *m, uint64_t key, void *val);
 void *drpc_map_get(const drpc_map *m, uint64_t key);
 void *drpc_map_remove(drpc_map *m, uint64_t key);

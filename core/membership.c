@@ -56,6 +56,11 @@ struct drpc_members {
 static void rejoin_later(drpc_agent *a);
 static void sync_later(drpc_agent *a);
 
+/* The suspects map's key of worker id (map keys are non-zero). */
+static uint64_t suspect_key(int16_t id) {
+  return (uint64_t)(uint16_t)id + 1;
+}
+
 /* A test-only fault switch for the simulator's self-test alone
  * (tests/test_sim_membership.c): when non-zero, a LEAVE is answered but
  * not applied and the member list is not compared with the view, so a
@@ -769,7 +774,7 @@ static void check_run(drpc_job *job) {
   }
   drpc_error_clear(&err);
   suspects_lock(m, true);
-  drpc_map_remove(&m->suspects, (uint64_t)(uint16_t)c->who.id);
+  drpc_map_remove(&m->suspects, suspect_key(c->who.id));
   suspects_lock(m, false);
   atomic_fetch_sub(&m->checks_running, 1);
   free(c);
@@ -781,7 +786,7 @@ void drpc_members_suspect(drpc_agent *a, int16_t id, const char *why) {
   if (!m || m->stopping || id == drpc_agent_self(a)->id ||
       drpc_agent_resolve_id(a, id, &wi, NULL))
     return;
-  uint64_t key = (uint64_t)(uint16_t)id;
+  uint64_t key = suspect_key(id);
   check_job *c = calloc(1, sizeof *c);
   suspects_lock(m, true);
   bool start = c && !drpc_map_get(&m->suspects, key) &&
@@ -1310,8 +1315,7 @@ bool drpc_members_job_discard(drpc_job *job) {
     drpc_members *m = members_of(a);
     if (job->run == check_run) {
       suspects_lock(m, true);
-      drpc_map_remove(&m->suspects,
-                      (uint64_t)(uint16_t)((check_job *)job)->who.id);
+      drpc_map_remove(&m->suspects, suspect_key(((check_job *)job)->who.id));
       suspects_lock(m, false);
     }
     if (job->run == sync_run)
