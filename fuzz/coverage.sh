@@ -18,7 +18,7 @@ cov=$(command -v "llvm-cov-$ver" || command -v llvm-cov)
 build=build-cov
 flags="-fprofile-instr-generate -fcoverage-mapping"
 cmake -S . -B "$build" -G Ninja -DCMAKE_C_COMPILER="$cc" \
-  -DCMAKE_BUILD_TYPE=Debug -DCMAKE_C_FLAGS="$flags" \
+  -DCMAKE_BUILD_TYPE=Debug -DDRPC_CUDA=OFF -DCMAKE_C_FLAGS="$flags" \
   -DCMAKE_EXE_LINKER_FLAGS="-fprofile-instr-generate" >/dev/null
 # shellcheck disable=SC2086
 cmake --build "$build" --target $targets >/dev/null

@@ -17,8 +17,11 @@
 #define DRPC_FUZZ_SIM_PROG_H
 
 #define SP_SCENARIOS                                                           \
-  { "echo", "fanout", "timeouts", "rref_chain", "ps", "shutdown_storm" }
-#define SP_NSCENARIOS 6
+  {                                                                            \
+    "echo", "fanout", "timeouts", "rref_chain", "ps", "shutdown_storm",        \
+        "membership"                                                           \
+  }
+#define SP_NSCENARIOS 7
 #define SP_MAX_WORKERS 4
 #define SP_MAX_ITERS 4
 #define SP_MAX_FAULTS 12
