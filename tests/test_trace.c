@@ -193,6 +193,8 @@ static drpc_recorder_stats record_all(const char *path, const xev *v, size_t n,
 
 static void write_file(const char *path, const void *data, size_t n);
 static int seq_hash_cb(void *arg, const drpc_trace_event *e);
+static void copy_file(const char *src, const char *dst, size_t limit);
+static long file_size(const char *path);
 
 /* ---- reading back and comparing -------------------------------------- */
 
@@ -718,10 +720,189 @@ static void test_recover(void) {
   const char *orphan = tpath("orphan.db");
   char ospill[600];
   snprintf(ospill, sizeof ospill, "%s.spill", orphan);
-  write_file(ospill, "DRPCSPL1\0\0\0\0\0\0\0\0", 16);
+  write_file(ospill, "DRPCSPL2\0\0\0\0\0\0\0\0", 16);
   CHECK_EQ_INT(drpc_recorder_recover(orphan, &err), DRPC_ENOTFOUND);
   CHECK_CONTAINS(drpc_error_message(&err), "has no recording");
   drpc_error_clear(&err);
+}
+
+/* The spill file's compact records code fields against the previous
+ * record of the chunk (deltas, repeats elided): extreme and backward
+ * values, node and peer up to the int16 limit, payloads larger than a
+ * chunk, and runs of repeats all come back as recorded. */
+static void test_spill_codec(void) {
+  const char *path = tpath("codec.db");
+  /* (Nodes are worker ids, >= 0: foreach reads a negative one as "all".) */
+  static const int16_t nodes[] = {0, 1, 63, 64, 300, INT16_MAX};
+  /* (A peer below -1 reads back as -1, so the running hash would differ.) */
+  static const int16_t peers[] = {-1, 0, 1, 63, 64, 128, INT16_MAX};
+  static const uint64_t big[] = {
+      0, 1, 127, 128, UINT64_MAX, UINT64_MAX - 1, 1ull << 63, (1ull << 63) - 1};
+  enum { N = 4000 };
+  xev *v = calloc(N, sizeof *v);
+  CHECK(v != NULL);
+  if (!v)
+    return;
+  for (size_t i = 0; i < N; i++) {
+    drpc_event *e = &v[i].ev;
+    bool rep = i > 0 && rnd() % 3 == 0; /* a run of repeats */
+    if (rep) {
+      *e = v[i - 1].ev;
+      e->bytes = NULL;
+      e->len = 0;
+    } else {
+      e->kind = ALL_KINDS[rnd() % NKINDS];
+      e->node = nodes[rnd() % 6];
+      e->peer = peers[rnd() % 7];
+      e->time_ns = rnd() % 4 ? big[rnd() % 8] + rnd() % 1000 : rnd();
+      e->id = rnd() % 2 ? big[rnd() % 8] : rnd();
+    }
+    e->aux = rnd() % 2 ? big[rnd() % 8] : rnd();
+    e->len = rnd() % 2 ? 1 + rnd() % 200 : 0;
+    if (i == 7)
+      e->len = 3 << 20; /* larger than a queue chunk, early */
+    else if (i == 1000 || i == 2501)
+      e->len = ((size_t)1 << 20) + 1 + rnd() % 4096;
+    if (e->len) {
+      v[i].bytes = malloc(e->len);
+      for (size_t j = 0; j < e->len; j++)
+        v[i].bytes[j] = (unsigned char)(j * 131 + i);
+    }
+    e->bytes = v[i].bytes;
+    e->name = NULL;
+    if (rnd() % 3 == 0) {
+      v[i].name = strdup(NAMES[rnd() % 5]);
+      e->name = v[i].name;
+    }
+  }
+  drpc_error err = DRPC_ERROR_INIT;
+  drpc_recorder *r;
+  CHECK_EQ_INT(drpc_recorder_open(&r, path, NULL, true, true, &err), 0);
+  if (r) {
+    drpc_recorder_node(r, 0, "min");
+    for (size_t i = 0; i < N; i++) {
+      drpc_recorder_record(r, &v[i].ev);
+      if (i == N / 2)
+        CHECK_EQ_INT(drpc_recorder_flush(r, &err), 0);
+    }
+    drpc_recorder_node(r, INT16_MAX, "max");
+    CHECK_EQ_INT(drpc_recorder_close(r, &err), 0);
+  }
+  drpc_trace *t;
+  CHECK_EQ_INT(drpc_trace_open(&t, path, &err), 0);
+  size_t total = 0;
+  for (size_t k = 0; t && k < 6; k++) {
+    cmp_state c = {
+        .v = v, .n = N, .node = nodes[k], .hash = DRPC_EVENT_HASH_INIT};
+    CHECK_EQ_INT(drpc_trace_foreach(t, nodes[k], cmp_node_cb, &c, &err), 0);
+    CHECK(!c.bad);
+    size_t want = 0;
+    for (size_t i = 0; i < N; i++)
+      want += v[i].ev.node == nodes[k];
+    CHECK_EQ_INT(c.seq, want);
+    total += (size_t)c.seq;
+  }
+  CHECK_EQ_INT(total, N);
+  if (t) {
+    int16_t *ids;
+    char **names;
+    size_t nn;
+    CHECK_EQ_INT(drpc_trace_nodes(t, &ids, &names, &nn, &err), 0);
+    CHECK_EQ_INT(nn, 6);
+    if (nn == 6) {
+      CHECK_STR_EQ(names[0], "min");
+      CHECK_STR_EQ(names[5], "max");
+    }
+    drpc_trace_nodes_free(ids, names, nn);
+  }
+  drpc_trace_close(t);
+  CHECK_EQ_INT(count_rows(path, "SELECT count(*) FROM events"), N);
+  free_events(v, N);
+  drpc_error_clear(&err);
+}
+
+/* A spill file cut anywhere (the process died in the middle of a write):
+ * recover imports the whole records before the cut, in order, and nothing
+ * of the record cut short. */
+static void test_recover_cut(void) {
+  const char *path = tpath("cut.db");
+  char spill[600];
+  snprintf(spill, sizeof spill, "%s.spill", path);
+  enum { N = 5000 };
+  pid_t pid = fork();
+  if (pid == 0) {
+    drpc_recorder *r;
+    if (drpc_recorder_open(&r, path, NULL, true, true, NULL))
+      _exit(2);
+    drpc_recorder_node(r, 9, "nine");
+    unsigned char buf[300];
+    for (int i = 0; i <= N; i++) {
+      /* The last (extra) event waits until the others are in the spill. */
+      if (i == N)
+        drpc_recorder_set_queue_limit(r, 1);
+      for (size_t j = 0; j < sizeof buf; j++)
+        buf[j] = (unsigned char)(i + (int)j);
+      drpc_event ev = {.kind = i % 4 ? DRPC_EV_OUT_SEND : DRPC_EV_RPC_END,
+                       .node = 9,
+                       .peer = (int16_t)(i % 3 - 1),
+                       .time_ns = (uint64_t)(i % 11 ? i * 1000 : 7),
+                       .id = (uint64_t)(i / 3),
+                       .aux = (uint64_t)i,
+                       .bytes = i % 4 ? buf : NULL,
+                       .len = i % 4 ? (size_t)(i % 250) : 0,
+                       .name = i % 6 ? NULL : "six"};
+      drpc_recorder_record(r, &ev);
+    }
+    _exit(0); /* no close, no flush */
+  }
+  int status = -1;
+  waitpid(pid, &status, 0);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  long size = file_size(spill);
+  CHECK(size > 16);
+  if (size <= 16)
+    return;
+  /* The whole file gives every event it holds; each cut gives a prefix,
+   * one event less when the last byte is gone. */
+  long cuts[] = {size, size - 1, size - 2, size / 2, size / 3 + 1, 17, 16};
+  int64_t whole = -1;
+  for (size_t k = 0; k < sizeof cuts / sizeof cuts[0]; k++) {
+    char db[600], sp[620];
+    snprintf(db, sizeof db, "%s.cut%zu.db", path, k);
+    snprintf(sp, sizeof sp, "%s.spill", db);
+    copy_file(path, db, (size_t)-1);
+    char wal[600], dwal[620];
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    snprintf(dwal, sizeof dwal, "%s-wal", db);
+    if (access(wal, F_OK) == 0)
+      copy_file(wal, dwal, (size_t)-1);
+    copy_file(spill, sp, (size_t)cuts[k]);
+    drpc_error err = DRPC_ERROR_INIT;
+    CHECK_EQ_INT(drpc_recorder_recover(db, &err), 0);
+    CHECK(access(sp, F_OK) != 0);
+    drpc_trace *t;
+    int64_t next = 0;
+    cmp_state c = {.hash = DRPC_EVENT_HASH_INIT};
+    CHECK_EQ_INT(drpc_trace_open(&t, db, &err), 0);
+    if (t) {
+      CHECK_EQ_INT(drpc_trace_foreach(t, 9, seq_aux_cb, &next, &err), 0);
+      CHECK_EQ_INT(drpc_trace_foreach(t, 9, seq_hash_cb, &c, &err), 0);
+    }
+    drpc_trace_close(t);
+    CHECK(!c.bad);
+    CHECK_EQ_INT(count_rows(db, "SELECT count(*) FROM events"), next);
+    if (k == 0) {
+      whole = next;
+      CHECK(next == N || next == N + 1);
+    } else if (k == 1) {
+      CHECK_EQ_INT(next, whole - 1);
+    } else {
+      CHECK(next < whole);
+    }
+    if (cuts[k] <= 17)
+      CHECK_EQ_INT(next, 0);
+    drpc_error_clear(&err);
+  }
 }
 
 /* Prints how fast the threaded recorder takes events (not a check). */
@@ -1066,6 +1247,8 @@ int main(void) {
   RUN(test_spill_limit);
   RUN(test_payload_table_full);
   RUN(test_recover);
+  RUN(test_recover_cut);
+  RUN(test_spill_codec);
   RUN(test_merge);
   RUN(test_reject);
   RUN(test_throughput);

@@ -76,37 +76,81 @@ static const char SCHEMA_SQL[] =
 
 enum { ITEM_EVENT = 1, ITEM_RAW, ITEM_NODE };
 
-/* The spill file: a header, then records, each a spill_rec, for
- * ITEM_RAW a spill_raw, the payload bytes, the name with its NUL, padded
- * to a multiple of 8. Native byte order: a spill file is read back on the
- * machine that wrote it. */
-static const char SPILL_MAGIC[8] = {'D', 'R', 'P', 'C', 'S', 'P', 'L', '1'};
+/* The spill file: a header, then records in a compact form (no padding,
+ * no alignment). A record is a tag byte, then varints (LEB128; zigzag for
+ * the signed and the delta fields), then the payload bytes and the name
+ * with its NUL:
+ *
+ *   tag        bits 0-1 type (ITEM_*), TAG_HASH (ITEM_RAW: a hash
+ *              follows), TAG_RESET, TAG_NODE_SAME, TAG_KIND_SAME,
+ *              TAG_PEER_SAME; bit 7 is 0
+ *   [base]     TAG_RESET only: the ordinal of the event before this record
+ *   [node]     zigzag, unless TAG_NODE_SAME
+ *   events only (ITEM_EVENT, ITEM_RAW):
+ *     [kind]   unless TAG_KIND_SAME
+ *     [peer]   zigzag, unless TAG_PEER_SAME
+ *     t_ns     zigzag of the difference from the previous record's
+ *     id       zigzag of the difference from the previous record's
+ *     aux, plen
+ *   nlen       name bytes with the NUL, 0 = no name
+ *   ITEM_RAW:  seq (zigzag), and the 8-byte hash (native order) with
+ *              TAG_HASH
+ *   payload, name
+ *
+ * "Previous" is the previous record of the same queue chunk: the first
+ * record of every chunk has TAG_RESET, which starts from a zero state
+ * (node, kind, peer, t_ns, id all 0), so a chunk decodes by itself and an
+ * import (always from the start of the spill file, which is the start of a
+ * chunk) never needs what came before. Event records carry no ordinal: the
+ * ordinals of a chunk's events are consecutive from base + 1 (they are
+ * taken under the same lock as the chunk's space). Native byte order: a
+ * spill file is read back on the machine that wrote it. */
+static const char SPILL_MAGIC[8] = {'D', 'R', 'P', 'C', 'S', 'P', 'L', '2'};
 #define SPILL_HDR 16 /* magic, then 8 reserved bytes */
 
-typedef struct spill_rec {
-  uint64_t len;  /* the whole record, a multiple of 8 */
-  uint64_t plen; /* payload bytes */
-  uint32_t kind;
-  uint32_t nlen; /* name bytes with the NUL; 0 = no name */
-  int16_t node, peer;
-  uint8_t type;     /* ITEM_* */
-  uint8_t has_hash; /* ITEM_RAW: spill_raw.hash is set */
-  uint8_t pad[2];
-  uint64_t ordinal; /* events.id; 0 for ITEM_NODE */
-  uint64_t t_ns, id, aux;
-} spill_rec;
+#define TAG_TYPE 0x03
+#define TAG_HASH 0x04
+#define TAG_RESET 0x08
+#define TAG_NODE_SAME 0x10
+#define TAG_KIND_SAME 0x20
+#define TAG_PEER_SAME 0x40
+#define TAG_RESERVED 0x80
+/* Most bytes a record takes before its payload and name: the tag and
+ * eleven varints (at most 10 bytes each; node and peer at most 3, kind and
+ * nlen at most 5) and the hash. */
+#define REC_MAX_HEAD 96
 
-typedef struct spill_raw {
+/* What the previous record of a chunk left for the next one to be coded
+ * against, on both sides; ord is the last event ordinal (decoder). */
+typedef struct spill_state {
+  uint64_t ord, t_ns, id;
+  uint32_t kind;
+  int16_t node, peer;
+  bool reset; /* decoder: a TAG_RESET record was seen */
+} spill_state;
+
+/* One decoded record; payload and name point into the spill file. */
+typedef struct spill_item {
+  int type;
+  bool has_hash;
+  int16_t node, peer;
+  uint32_t kind, nlen;
+  uint64_t ordinal; /* events.id; 0 for ITEM_NODE */
+  uint64_t t_ns, id, aux, plen;
   int64_t seq;
   uint64_t hash;
-} spill_raw;
+  const unsigned char *payload;
+  const char *name; /* NULL when nlen is 0 */
+} spill_item;
 
 /* A queue chunk: records in spill format, appended under the callers'
- * lock. */
+ * lock; enc is the encoder's state (records are coded against the
+ * previous one of the chunk). */
 typedef struct chunk {
   struct chunk *next;
   size_t cap, used;
   uint64_t events; /* event records in it */
+  spill_state enc;
   _Alignas(8) unsigned char data[];
 } chunk;
 
@@ -761,55 +805,203 @@ static int import_payload(drpc_recorder *r, const void *bytes, size_t len,
   return 0;
 }
 
-/* Whether the record at p (avail bytes left in the file) is whole. */
-static bool rec_ok(const spill_rec *h, const unsigned char *p, uint64_t avail) {
-  if (h->len < sizeof *h || h->len > avail || h->len % 8 ||
-      h->type < ITEM_EVENT || h->type > ITEM_NODE)
-    return false;
-  uint64_t need = sizeof *h + (h->type == ITEM_RAW ? sizeof(spill_raw) : 0);
-  if (h->plen > h->len || need + h->plen + h->nlen > h->len)
-    return false;
-  need += h->plen + h->nlen;
-  return h->nlen == 0 || p[need - 1] == 0;
+/* ---- the spill record codec ----------------------------------------- */
+
+static inline uint64_t zigzag(int64_t v) {
+  return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
 }
 
-/* Imports one record of the mapped spill file. */
-static void import_record(drpc_recorder *r, const spill_rec *h,
-                          const unsigned char *p) {
-  const unsigned char *q = p + sizeof *h;
-  spill_raw raw = {0};
-  if (h->type == ITEM_RAW) {
-    memcpy(&raw, q, sizeof raw);
-    q += sizeof raw;
+static inline int64_t unzigzag(uint64_t u) {
+  return (int64_t)(u >> 1) ^ -(int64_t)(u & 1);
+}
+
+static inline unsigned char *put_var(unsigned char *p, uint64_t v) {
+  while (v >= 0x80) {
+    *p++ = (unsigned char)(v | 0x80);
+    v >>= 7;
   }
-  const char *name = h->nlen ? (const char *)q + h->plen : NULL;
-  if (h->type == ITEM_NODE) {
-    write_node(r, h->node, name);
+  *p++ = (unsigned char)v;
+  return p;
+}
+
+static bool get_var(const unsigned char **p, const unsigned char *end,
+                    uint64_t *v) {
+  uint64_t x = 0;
+  for (unsigned shift = 0; shift < 70 && *p < end; shift += 7) {
+    unsigned char b = *(*p)++;
+    x |= (uint64_t)(b & 0x7f) << shift;
+    if (!(b & 0x80)) {
+      *v = x;
+      return true;
+    }
+  }
+  return false;
+}
+
+/* Encodes a record at p (REC_MAX_HEAD + payload + name bytes free) against
+ * the chunk's state s; reset starts the chunk (base: the last ordinal
+ * handed out). Returns the end of the record. */
+static unsigned char *rec_encode(unsigned char *p, spill_state *s, bool reset,
+                                 uint64_t base, int type, const drpc_event *ev,
+                                 size_t len, size_t nlen, int64_t seq,
+                                 const uint64_t *hash) {
+  unsigned char *tag = p++;
+  unsigned t = (unsigned)type | (hash ? TAG_HASH : 0);
+  if (reset) {
+    *s = (spill_state){0};
+    t |= TAG_RESET;
+    p = put_var(p, base);
+  }
+  if (ev->node == s->node)
+    t |= TAG_NODE_SAME;
+  else
+    p = put_var(p, zigzag(s->node = ev->node));
+  if (type != ITEM_NODE) {
+    if ((uint32_t)ev->kind == s->kind)
+      t |= TAG_KIND_SAME;
+    else
+      p = put_var(p, s->kind = (uint32_t)ev->kind);
+    if (ev->peer == s->peer)
+      t |= TAG_PEER_SAME;
+    else
+      p = put_var(p, zigzag(s->peer = ev->peer));
+    p = put_var(p, zigzag((int64_t)(ev->time_ns - s->t_ns)));
+    p = put_var(p, zigzag((int64_t)(ev->id - s->id)));
+    s->t_ns = ev->time_ns;
+    s->id = ev->id;
+    p = put_var(p, ev->aux);
+    p = put_var(p, len);
+  }
+  p = put_var(p, nlen);
+  if (type == ITEM_RAW) {
+    p = put_var(p, zigzag(seq));
+    if (hash) {
+      memcpy(p, hash, sizeof *hash);
+      p += sizeof *hash;
+    }
+  }
+  *tag = (unsigned char)t;
+  if (len)
+    memcpy(p, ev->bytes, len);
+  p += len;
+  if (nlen)
+    memcpy(p, ev->name, nlen);
+  return p + nlen;
+}
+
+/* Decodes the record at p (avail bytes left in the file) against s.
+ * Returns its length, or 0 when it is not a whole, well-formed record (a
+ * record cut short at the end of the file, or junk); s is then left as
+ * it was. */
+static size_t rec_decode(const unsigned char *p, uint64_t avail, spill_state *s,
+                         spill_item *it) {
+  const unsigned char *q = p, *end = p + avail;
+  if (avail == 0)
+    return 0;
+  unsigned t = *q++;
+  spill_state n = *s;
+  *it = (spill_item){.type = (int)(t & TAG_TYPE), .has_hash = t & TAG_HASH};
+  if (it->type < ITEM_EVENT || it->type > ITEM_NODE || (t & TAG_RESERVED) ||
+      (it->has_hash && it->type != ITEM_RAW))
+    return 0;
+  uint64_t v;
+  if (t & TAG_RESET) {
+    if (!get_var(&q, end, &v))
+      return 0;
+    n = (spill_state){.ord = v, .reset = true};
+  } else if (!n.reset) {
+    return 0; /* a file starts with a chunk */
+  }
+  if (!(t & TAG_NODE_SAME)) {
+    if (!get_var(&q, end, &v) || unzigzag(v) < INT16_MIN ||
+        unzigzag(v) > INT16_MAX)
+      return 0;
+    n.node = (int16_t)unzigzag(v);
+  }
+  it->node = n.node;
+  if (it->type != ITEM_NODE) {
+    if (!(t & TAG_KIND_SAME)) {
+      if (!get_var(&q, end, &v) || v > UINT32_MAX)
+        return 0;
+      n.kind = (uint32_t)v;
+    }
+    if (!(t & TAG_PEER_SAME)) {
+      if (!get_var(&q, end, &v) || unzigzag(v) < INT16_MIN ||
+          unzigzag(v) > INT16_MAX)
+        return 0;
+      n.peer = (int16_t)unzigzag(v);
+    }
+    uint64_t dt, did;
+    if (!get_var(&q, end, &dt) || !get_var(&q, end, &did) ||
+        !get_var(&q, end, &it->aux) || !get_var(&q, end, &it->plen))
+      return 0;
+    n.t_ns += (uint64_t)unzigzag(dt);
+    n.id += (uint64_t)unzigzag(did);
+    it->kind = n.kind;
+    it->peer = n.peer;
+    it->t_ns = n.t_ns;
+    it->id = n.id;
+    it->ordinal = ++n.ord;
+  }
+  if (!get_var(&q, end, &v) || v > UINT32_MAX)
+    return 0;
+  it->nlen = (uint32_t)v;
+  if (it->type == ITEM_RAW) {
+    if (!get_var(&q, end, &v))
+      return 0;
+    it->seq = unzigzag(v);
+    if (it->has_hash) {
+      if ((size_t)(end - q) < sizeof it->hash)
+        return 0;
+      memcpy(&it->hash, q, sizeof it->hash);
+      q += sizeof it->hash;
+    }
+  }
+  uint64_t left = (uint64_t)(end - q);
+  if (it->plen > left || it->nlen > left - it->plen)
+    return 0;
+  it->payload = q;
+  q += it->plen;
+  if (it->nlen) {
+    if (q[it->nlen - 1] != 0)
+      return 0;
+    it->name = (const char *)q;
+    q += it->nlen;
+  }
+  *s = n;
+  return (size_t)(q - p);
+}
+
+/* Imports one decoded record of the mapped spill file. */
+static void import_record(drpc_recorder *r, const spill_item *it) {
+  if (it->type == ITEM_NODE) {
+    write_node(r, it->node, it->name);
     return;
   }
-  if (h->ordinal <= r->skip_upto)
+  if (it->ordinal <= r->skip_upto)
     return; /* recover: the database has it */
-  drpc_event ev = {.kind = (drpc_event_kind)h->kind,
-                   .node = h->node,
-                   .peer = h->peer,
-                   .time_ns = h->t_ns,
-                   .id = h->id,
-                   .aux = h->aux,
-                   .bytes = h->plen ? q : NULL,
-                   .len = (size_t)h->plen,
-                   .name = name};
+  drpc_event ev = {.kind = (drpc_event_kind)it->kind,
+                   .node = it->node,
+                   .peer = it->peer,
+                   .time_ns = it->t_ns,
+                   .id = it->id,
+                   .aux = it->aux,
+                   .bytes = it->plen ? it->payload : NULL,
+                   .len = (size_t)it->plen,
+                   .name = it->name};
   if (atomic_load(&r->failed) || ensure_node(r, ev.node)) {
     atomic_fetch_add(&r->wdropped, 1);
     return;
   }
-  int64_t seq = raw.seq, payload = 0, nid = 0;
-  bool has_hash = h->has_hash;
-  uint64_t hash = raw.hash;
-  next_seq(r, &ev, h->type == ITEM_RAW, &seq, &has_hash, &hash);
+  int64_t seq = it->seq, payload = 0, nid = 0;
+  bool has_hash = it->has_hash;
+  uint64_t hash = it->hash;
+  next_seq(r, &ev, it->type == ITEM_RAW, &seq, &has_hash, &hash);
   if ((ev.len > 0 &&
-       import_payload(r, q, ev.len, (uint64_t)(q - r->map), &payload)) ||
-      (name && string_intern(r, name, &nid)) ||
-      queue_event(r, &ev, seq, has_hash, hash, payload, nid, h->ordinal))
+       import_payload(r, it->payload, ev.len, (uint64_t)(it->payload - r->map),
+                      &payload)) ||
+      (ev.name && string_intern(r, ev.name, &nid)) ||
+      queue_event(r, &ev, seq, has_hash, hash, payload, nid, it->ordinal))
     return; /* failed: the import counts what it did not insert */
 }
 
@@ -869,15 +1061,14 @@ static void import_spill(drpc_recorder *r) {
     r->payload_idx_off = ok;
   }
   uint64_t off = SPILL_HDR;
+  spill_state ds = {0};
   while (ok && off < r->map_len) {
-    spill_rec h;
-    if (r->map_len - off < sizeof h)
+    spill_item it;
+    size_t n = rec_decode(r->map + off, r->map_len - off, &ds, &it);
+    if (!n)
       break;
-    memcpy(&h, r->map + off, sizeof h);
-    if (!rec_ok(&h, r->map + off, r->map_len - off))
-      break;
-    import_record(r, &h, r->map + off);
-    off += h.len;
+    import_record(r, &it);
+    off += n;
     ok = !atomic_load(&r->failed);
   }
   if (ok && flush_events(r))
@@ -1100,10 +1291,11 @@ static void enqueue(drpc_recorder *r, int type, const drpc_event *ev,
                     int64_t seq, const uint64_t *hash) {
   size_t len = ev->bytes ? ev->len : 0;
   size_t nlen = ev->name ? strlen(ev->name) + 1 : 0;
-  size_t head = sizeof(spill_rec) + (type == ITEM_RAW ? sizeof(spill_raw) : 0);
-  bool fits =
-      nlen <= UINT32_MAX && len <= SIZE_MAX - sizeof(chunk) - head - nlen - 8;
-  size_t cost = fits ? (head + len + nlen + 7) & ~(size_t)7 : 0;
+  bool fits = nlen <= UINT32_MAX &&
+              len <= SIZE_MAX - sizeof(chunk) - REC_MAX_HEAD - nlen;
+  /* Room is reserved for the longest encoding; the record takes what its
+   * encoding needs. */
+  size_t cost = fits ? REC_MAX_HEAD + len + nlen : 0;
   callers_lock(r);
   if (type != ITEM_NODE)
     r->st.events++;
@@ -1180,33 +1372,13 @@ static void enqueue(drpc_recorder *r, int type, const drpc_event *ev,
     return;
   }
   unsigned char *p = c->data + c->used;
-  spill_rec h = {.len = cost,
-                 .plen = len,
-                 .kind = (uint32_t)ev->kind,
-                 .nlen = (uint32_t)nlen,
-                 .node = ev->node,
-                 .peer = ev->peer,
-                 .type = (uint8_t)type,
-                 .has_hash = hash != NULL,
-                 .ordinal = type == ITEM_NODE ? 0 : ++r->next_ordinal,
-                 .t_ns = ev->time_ns,
-                 .id = ev->id,
-                 .aux = ev->aux};
-  memcpy(p, &h, sizeof h);
-  size_t at = sizeof h;
-  if (type == ITEM_RAW) {
-    spill_raw x = {.seq = seq, .hash = hash ? *hash : 0};
-    memcpy(p + at, &x, sizeof x);
-    at += sizeof x;
-  }
-  if (len)
-    memcpy(p + at, ev->bytes, len);
-  at += len;
-  if (nlen)
-    memcpy(p + at, ev->name, nlen);
-  at += nlen;
-  memset(p + at, 0, cost - at);
-  c->used += cost;
+  bool reset = c->used == 0;
+  uint64_t base = r->next_ordinal;
+  if (type != ITEM_NODE)
+    r->next_ordinal++;
+  unsigned char *e =
+      rec_encode(p, &c->enc, reset, base, type, ev, len, nlen, seq, hash);
+  c->used += (size_t)(e - p);
   if (type != ITEM_NODE) {
     c->events++;
     r->st.bytes += len;
@@ -1827,14 +1999,13 @@ static int scan_spill(drpc_recorder *r, uint64_t size) {
   }
   const unsigned char *p = m;
   uint64_t off = SPILL_HDR;
-  spill_rec h;
-  while (size - off >= sizeof h) {
-    memcpy(&h, p + off, sizeof h);
-    if (!rec_ok(&h, p + off, size - off))
-      break;
-    if (h.type != ITEM_NODE && h.ordinal > r->skip_upto)
+  spill_state ds = {0};
+  spill_item it;
+  size_t n;
+  while ((n = rec_decode(p + off, size - off, &ds, &it)) > 0) {
+    if (it.type != ITEM_NODE && it.ordinal > r->skip_upto)
       r->spill_events++;
-    off += h.len;
+    off += n;
   }
   r->spill_end = off;
   munmap(m, (size_t)size);

@@ -21,8 +21,9 @@ extern "C" {
 #define DRPC_TRACE_SCHEMA 1
 /* meta.format of every recording. */
 #define DRPC_TRACE_FORMAT "drpc-trace"
-/* Default bound on the threaded recorder's queue, in bytes (payload, name
- * and a fixed per-event overhead). */
+/* Default bound on the threaded recorder's queue, in bytes of records
+ * (payload, name and a compact header of a few bytes per event; a caller
+ * needs room for the longest header, 96 bytes, to go in). */
 #define DRPC_RECORDER_QUEUE_DEFAULT ((size_t)64 << 20)
 /* Events written per transaction before a commit (unthreaded). */
 #define DRPC_RECORDER_BATCH 4096
