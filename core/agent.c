@@ -2216,16 +2216,21 @@ bool drpc_agent_peer_same(drpc_agent *a, const drpc_worker_info *wi,
   return same;
 }
 
-bool drpc_agent_peer_addr(drpc_agent *a, int16_t id, char *addr, size_t an,
-                          char *dev, size_t dn) {
+bool drpc_agent_peer_addr(drpc_agent *a, int16_t id, char **addr, char **dev) {
+  *addr = *dev = NULL;
   members_lock(a);
   peer *p = peer_by_id(a, id);
   if (p) {
-    snprintf(addr, an, "%s", p->addr);
-    snprintf(dev, dn, "%s", p->devinfo ? p->devinfo : "");
+    *addr = strdup(p->addr);
+    *dev = strdup(p->devinfo ? p->devinfo : "");
   }
   members_unlock(a);
-  return p != NULL;
+  if (*addr && *dev)
+    return true;
+  free(*addr);
+  free(*dev);
+  *addr = *dev = NULL;
+  return false;
 }
 
 int drpc_agent_wait_idle(drpc_agent *a, uint64_t deadline, drpc_error *err) {

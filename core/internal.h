@@ -346,9 +346,9 @@ void drpc_agent_peer_del(drpc_agent *a, int16_t id, uint64_t epoch,
 /* True when member wi is listed with this name and address. */
 bool drpc_agent_peer_same(drpc_agent *a, const drpc_worker_info *wi,
                           const char *addr);
-/* Copies member id's address and device information ("" when none). */
-bool drpc_agent_peer_addr(drpc_agent *a, int16_t id, char *addr, size_t an,
-                          char *dev, size_t dn);
+/* Member id's address and device information ("" when none), malloc'd;
+ * false (both NULL) when it is not a member or memory runs out. */
+bool drpc_agent_peer_addr(drpc_agent *a, int16_t id, char **addr, char **dev);
 bool drpc_agent_member_epoch_advance(drpc_agent *a, int16_t id, uint64_t epoch);
 /* The epoch of the last change of member id applied (0: none). */
 uint64_t drpc_agent_member_last_epoch(drpc_agent *a, int16_t id);

@@ -574,15 +574,18 @@ static drpc_future *tell_reliably(drpc_agent *a, int16_t dst, uint8_t type,
 }
 
 static drpc_value *join_body(drpc_agent *a, int16_t id, uint64_t epoch) {
-  char addr[512], dev[2048];
-  if (!drpc_agent_peer_addr(a, id, addr, sizeof addr, dev, sizeof dev))
-    return NULL;
+  char *addr = NULL, *dev = NULL;
   drpc_worker_info wi;
-  if (drpc_agent_resolve_id(a, id, &wi, NULL))
-    return NULL;
-  return drpc_value_list_of(5, drpc_value_int(id), drpc_value_str(wi.name),
-                            drpc_value_str(addr), drpc_value_str(dev),
-                            drpc_value_int((int64_t)epoch));
+  drpc_value *v = NULL;
+  /* Device information has no fixed bound (maps toward many peers). */
+  if (drpc_agent_peer_addr(a, id, &addr, &dev) &&
+      drpc_agent_resolve_id(a, id, &wi, NULL) == 0)
+    v = drpc_value_list_of(5, drpc_value_int(id), drpc_value_str(wi.name),
+                           drpc_value_str(addr), drpc_value_str(dev),
+                           drpc_value_int((int64_t)epoch));
+  free(addr);
+  free(dev);
+  return v;
 }
 
 /* Sends type to every member but self (and but skip, when >= 0) and waits
