@@ -277,6 +277,11 @@ static void walk_order(order *o, const drpc_value *v) {
   if (!o->ok || !v)
     return;
   if (v->kind == DRPC_VAL_TENSOR) {
+    bool listed = false;
+    for (uint32_t i = 0; i < o->n && !listed; i++)
+      listed = o->ts[i] == v->u.t;
+    if (!listed)
+      return; /* not in the data section (a tensor shared by handle) */
     for (uint32_t i = 0; i < o->next; i++)
       if (o->ts[i] == v->u.t)
         return;
