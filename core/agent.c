@@ -569,7 +569,34 @@ static void fail_calls_to(drpc_agent *a, int dst, int code, const char *msg) {
 
 /* ---- connections ------------------------------------------------------ */
 
+static void close_conn(drpc_agent *a, uint64_t conn, const char *why);
+
+/* A frame's staging copies (device -> host) are waited for on the loop,
+ * here or by the backend's writer, never by the thread that made the
+ * call. A failed copy (a broken device) fails the connection, so that the
+ * calls on it fail too rather than wait for an answer to a frame never
+ * sent. */
+static bool frame_ready(drpc_agent *a, uint64_t conn, drpc_outframe *f) {
+  drpc_error err = DRPC_ERROR_INIT;
+  /* A backend that writes frames as their chunks are done (net/) takes
+   * them as they are, unless the recorder reads the bytes now. */
+  bool now = conn == SELF_CONN || !a->env.ops->sends_staged || a->rec_full;
+  if (!f->pending || !now || drpc_outframe_wait(f, &err) == 0)
+    return true;
+  char why[300];
+  snprintf(why, sizeof why, "a device copy for a frame failed: %s",
+           drpc_error_message(&err));
+  logf_(a, DRPC_LOG_ERROR, "%s", why);
+  drpc_error_clear(&err);
+  drpc_outframe_free(f);
+  if (conn != SELF_CONN)
+    close_conn(a, conn, why);
+  return false;
+}
+
 static void send_frame(drpc_agent *a, uint64_t conn, drpc_outframe *f) {
+  if (!frame_ready(a, conn, f))
+    return;
   atomic_fetch_add_explicit(&a->frames_out, 1, memory_order_relaxed);
   if (a->env.ops->record) {
     conn_entry *ce = drpc_map_get(&a->conns, conn);
@@ -842,6 +869,9 @@ struct drpc_call {
    * GIL-wait metric (0: off). */
   drpc_prof_req *prof;
   uint64_t arrive_ns;
+  /* Where the request's device tensors are ready (NULL: none): the
+   * function runs on streams that wait for it. */
+  drpc_devready *ready;
 };
 
 drpc_agent *drpc_call_agent(drpc_call *call) {
@@ -872,6 +902,8 @@ static int16_t conn_peer(drpc_agent *a, uint64_t conn);
 
 /* Delivers a frame addressed to this agent itself (calls to self). */
 static void deliver_local(drpc_agent *a, drpc_outframe *f) {
+  if (!frame_ready(a, SELF_CONN, f))
+    return;
   size_t len = 0;
   uint8_t *buf = drpc_outframe_flatten(f, &len);
   drpc_outframe_free(f);
@@ -985,6 +1017,7 @@ static void remote_done_apply(drpc_cmd *cmd) {
 
 static void call_free(drpc_call *call) {
   drpc_prof_req_free(call->prof); /* PROFILER */
+  drpc_devready_free(call->ready);
   drpc_rref_decref(call->remote_owner);
   free(call->shallow_items);
   drpc_error_clear(&call->fail);
@@ -1102,9 +1135,28 @@ static void call_run_body(drpc_job *job);
  * inside). */
 static void call_run(drpc_job *job) {
   drpc_call *call = (drpc_call *)job;
+  /* The function (and the encoding of its result) runs on pool streams that
+   * wait for the request's tensors; an RRef owner's value is read later
+   * from any thread, so the default streams wait for its work too. */
+  drpc_devready *ready = call->ready;
+  call->ready = NULL;
+  bool remote = call->remote_owner != NULL;
+  drpc_stream *streams[DRPC_DEVICE_MAX];
+  drpc_error derr = DRPC_ERROR_INIT;
+  if (ready && drpc_devready_enter(ready, streams, &derr) != 0) {
+    if (!call->fail.code)
+      drpc_error_move(&call->fail, &derr);
+    drpc_devready_free(ready);
+    ready = NULL;
+  }
+  drpc_error_clear(&derr);
   void *saved = drpc_prof_run_enter(call->agent, call->prof, call->arrive_ns);
   call_run_body(job);
   drpc_prof_run_leave(saved);
+  if (ready) {
+    drpc_devready_leave(ready, streams, remote);
+    drpc_devready_free(ready);
+  }
 }
 
 static void call_run_body(drpc_job *job) {
@@ -1290,7 +1342,7 @@ void drpc_agent_reply(drpc_agent *a, uint64_t conn, uint8_t type, uint64_t id,
 }
 
 static void handle_call(drpc_agent *a, uint64_t conn, conn_entry *ce,
-                        drpc_msg *m) {
+                        drpc_msg *m, drpc_devready **ready) {
   const drpc_value *b = m->body;
   bool remote = m->type == DRPC_MSG_REMOTE_CALL;
   /* PROFILER: a flagged CALL carries the profiling id as a fifth item. */
@@ -1352,6 +1404,8 @@ static void handle_call(drpc_agent *a, uint64_t conn, conn_entry *ce,
   call->kind = (int)kind;
   call->msg = *m;
   memset(m, 0, sizeof *m); /* the call owns the body now */
+  call->ready = *ready;
+  *ready = NULL;
   const drpc_value *cb = call->msg.body;
   call->name = cb->u.c.items[1]->u.s.data;
   call->args = cb->u.c.items[2];
@@ -1394,7 +1448,8 @@ static void handle_call(drpc_agent *a, uint64_t conn, conn_entry *ce,
     call_ready(&call->waiter);
 }
 
-static void handle_response(drpc_agent *a, conn_entry *ce, drpc_msg *m) {
+static void handle_response(drpc_agent *a, conn_entry *ce, drpc_msg *m,
+                            drpc_devready **ready) {
   pcall *c = drpc_map_get(&a->calls, m->id);
   if (c && c->dst != ce->peer) {
     /* Only the worker a call went to may answer it; anything else would
@@ -1430,7 +1485,8 @@ static void handle_response(drpc_agent *a, conn_entry *ce, drpc_msg *m) {
     /* RESPONSE, REMOTE_RET and RREF_ACK carry the value. */
     drpc_value *v = m->body;
     m->body = NULL;
-    drpc_future_set_value(c->fut, v);
+    drpc_future_set_value_ready(c->fut, v, *ready);
+    *ready = NULL;
   } else {
     const drpc_value *b = m->body;
     drpc_error e = {DRPC_EREMOTE, NULL};
@@ -1490,10 +1546,10 @@ static void handle_hello(drpc_agent *a, uint64_t conn, conn_entry *ce,
  * that cannot be placed is answered with the error; a response becomes
  * an ERROR so its call fails. False when the message is consumed. */
 static bool place_tensors(drpc_agent *a, uint64_t conn, conn_entry *ce,
-                          drpc_msg *m) {
+                          drpc_msg *m, drpc_devready **ready) {
   drpc_error err = DRPC_ERROR_INIT;
   int16_t from = conn == SELF_CONN ? a->self.id : ce->peer;
-  if (drpc_dev_place(a, conn, from, m, &err) == 0)
+  if (drpc_dev_place(a, conn, from, m, ready, &err) == 0)
     return true;
   bool keep = false;
   if (drpc_msg_type_is_request(m->type)) {
@@ -1514,6 +1570,9 @@ static bool place_tensors(drpc_agent *a, uint64_t conn, conn_entry *ce,
   return keep;
 }
 
+static void handle_message_ready(drpc_agent *a, uint64_t conn, conn_entry *ce,
+                                 drpc_msg *m, drpc_devready **ready);
+
 static void handle_message(drpc_agent *a, uint64_t conn, drpc_msg *m) {
   conn_entry self_ce = {SELF_CONN, a->self.id, false, true, false};
   conn_entry *ce = conn == SELF_CONN ? &self_ce : drpc_map_get(&a->conns, conn);
@@ -1528,8 +1587,22 @@ static void handle_message(drpc_agent *a, uint64_t conn, drpc_msg *m) {
     close_conn(a, conn, why);
     return;
   }
-  if ((m->devices || m->nshared) && !place_tensors(a, conn, ce, m))
+  /* Calls and responses take device data still in flight (their functions
+   * and futures wait on the device); anything else has it waited for. */
+  drpc_devready *ready = NULL;
+  bool in_flight =
+      m->type == DRPC_MSG_CALL || m->type == DRPC_MSG_REMOTE_CALL ||
+      m->type == DRPC_MSG_RESPONSE || m->type == DRPC_MSG_REMOTE_RET ||
+      m->type == DRPC_MSG_RREF_ACK;
+  if ((m->devices || m->nshared) &&
+      !place_tensors(a, conn, ce, m, in_flight ? &ready : NULL))
     return;
+  handle_message_ready(a, conn, ce, m, &ready);
+  drpc_devready_free(ready); /* not taken: the message was dropped */
+}
+
+static void handle_message_ready(drpc_agent *a, uint64_t conn, conn_entry *ce,
+                                 drpc_msg *m, drpc_devready **ready) {
   switch (m->type) {
   case DRPC_MSG_HELLO:
     if (ce->outgoing || conn == SELF_CONN || ce->peer >= 0) {
@@ -1544,7 +1617,7 @@ static void handle_message(drpc_agent *a, uint64_t conn, drpc_msg *m) {
       close_conn(a, conn, "CALL on an outgoing connection");
       return;
     }
-    handle_call(a, conn, ce, m);
+    handle_call(a, conn, ce, m, ready);
     return;
   case DRPC_MSG_RREF_FETCH:
   case DRPC_MSG_RREF_USER_DELETE:
@@ -1564,7 +1637,7 @@ static void handle_message(drpc_agent *a, uint64_t conn, drpc_msg *m) {
       close_conn(a, conn, "response on an incoming connection");
       return;
     }
-    handle_response(a, ce, m);
+    handle_response(a, ce, m, ready);
     return;
   case DRPC_MSG_JOIN:
   case DRPC_MSG_LEAVE:

@@ -89,7 +89,7 @@ struct drpc_devstate {
   opened_event *opened; /* DEV_EVENT_CACHE */
   int nopened;
   uint64_t use_clock;
-  _Atomic uint64_t shared_sent, staged_sent, shared_received;
+  _Atomic uint64_t shared_sent, staged_sent, shared_received, staged_chunks;
 };
 
 /* ---- small helpers ----------------------------------------------------- */
@@ -654,20 +654,91 @@ int drpc_agent_device_map(drpc_agent *a, const char *peer, drpc_device *from,
 
 /* ---- sending ------------------------------------------------------------ */
 
-/* Copies t (on a CUDA device) into host memory after the work queued so
- * far on the calling thread's current stream: a pool stream waits for it
- * (no wait on the caller's stream itself) and the copy is awaited. */
-static drpc_tensor *stage(drpc_tensor *t, drpc_error *err) {
+/* Staging copies (device -> host) go in chunks of this size, each with
+ * its event, so that a writer sends one chunk while the next is copied. */
+#define DEV_STAGE_CHUNK ((size_t)4 << 20)
+/* Chunks one frame may stage (beyond them, chunks grow). */
+#define DEV_STAGE_MAX_CHUNKS 4096
+
+/* One staged chunk: bytes [lo, hi) of host tensor `host`, ready at ev. */
+typedef struct stage_chunk {
+  const drpc_tensor *host;
+  uint64_t lo, hi;
+  drpc_devevent *ev;
+} stage_chunk;
+
+typedef struct plan_ctx {
+  drpc_agent *agent;
+  int16_t dst;
+  bool response;
+  drpc_stream *on[DRPC_DEVICE_MAX]; /* staging copies, per device */
+  stage_chunk *chunks;
+  uint32_t nchunks, cap;
+} plan_ctx;
+
+static int chunk_push(plan_ctx *pc, const drpc_tensor *host, uint64_t lo,
+                      uint64_t hi, drpc_devevent *ev, drpc_error *err) {
+  if (pc->nchunks == pc->cap) {
+    uint32_t cap = pc->cap ? pc->cap * 2 : 8;
+    stage_chunk *p = realloc(pc->chunks, cap * sizeof *p);
+    if (!p)
+      return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+    pc->chunks = p;
+    pc->cap = cap;
+  }
+  pc->chunks[pc->nchunks++] = (stage_chunk){host, lo, hi, ev};
+  return 0;
+}
+
+/* Copies t (contiguous, on a CUDA device) into pinned host memory after
+ * the work queued so far on the calling thread's current stream: the
+ * message's pool stream of that device (on[idx]) waits for it, the copy
+ * goes in chunks with an event each, and nobody waits on the host here:
+ * the frame carries the chunks (pending) and its writer waits for each
+ * chunk before it writes it. */
+static drpc_tensor *stage(plan_ctx *pc, drpc_tensor *t, drpc_error *err) {
   int idx = t->storage->device.index;
   drpc_stream *cur = drpc_stream_current(idx);
-  drpc_stream *side = drpc_stream_from_pool(idx);
-  if (!cur || !side) {
+  if (!pc->on[idx])
+    pc->on[idx] = drpc_stream_from_pool(idx);
+  drpc_stream *s = pc->on[idx];
+  if (!cur || !s) {
     drpc_error_set(err, DRPC_EINVAL, "no stream on cuda:%d", idx);
     return NULL;
   }
-  if (drpc_stream_wait_stream(side, cur, err))
+  if (drpc_stream_wait_stream(s, cur, err))
     return NULL;
-  return drpc_tensor_to(t, DRPC_CPU, side, err);
+  drpc_tensor *h = drpc_tensor_empty_pinned(t->dtype, t->ndim, t->shape, err);
+  if (!h)
+    return NULL;
+  void *ctx = NULL;
+  const drpc_device_backend *b = drpc_device_backend_get(&ctx);
+  size_t n = drpc_tensor_nbytes(t), step = DEV_STAGE_CHUNK;
+  while (n / step >= DEV_STAGE_MAX_CHUNKS)
+    step *= 2;
+  const uint8_t *src = drpc_tensor_data(t);
+  uint8_t *dst = drpc_tensor_data(h);
+  int rc = 0;
+  for (size_t off = 0; off < n && !rc; off += step) {
+    size_t len = n - off < step ? n - off : step;
+    drpc_devevent *ev = drpc_devevent_new(idx, err);
+    rc = ev ? b->copy(ctx, dst + off, DRPC_CPU, src + off, t->storage->device,
+                      len, s, err)
+            : (err && err->code ? err->code : DRPC_ENOMEM);
+    if (!rc)
+      rc = drpc_devevent_record(ev, s, err);
+    if (!rc)
+      rc = chunk_push(pc, h, off, off + len, ev, err);
+    if (rc)
+      drpc_devevent_free(ev);
+  }
+  if (rc) {
+    /* Queued chunks still write h: let them finish before it goes. */
+    (void)drpc_stream_sync(s, NULL);
+    drpc_tensor_decref(h);
+    return NULL;
+  }
+  return h;
 }
 
 static int lend_slot_event(drpc_devstate *d, int device, drpc_error *err) {
@@ -774,12 +845,6 @@ static int share(drpc_devstate *d, int16_t peer, drpc_tensor *t,
   return rc;
 }
 
-typedef struct plan_ctx {
-  drpc_agent *agent;
-  int16_t dst;
-  bool response;
-} plan_ctx;
-
 static int plan(void *vctx, drpc_tensor *t, drpc_wire_tensor_plan *pl,
                 drpc_error *err) {
   plan_ctx *pc = vctx;
@@ -847,24 +912,75 @@ static int plan(void *vctx, drpc_tensor *t, drpc_wire_tensor_plan *pl,
                         "channel cuda_ipc cannot reach %d from this worker",
                         pc->dst);
   } else if (rc == 1) {
-    pl->send = stage(c, err);
+    uint32_t chunks_before = pc->nchunks;
+    pl->send = stage(pc, c, err);
     rc = pl->send ? 0 : (err && err->code ? err->code : DRPC_ENOMEM);
-    if (!rc && d)
+    if (!rc && d) {
       atomic_fetch_add(&d->staged_sent, 1);
+      atomic_fetch_add(&d->staged_chunks, pc->nchunks - chunks_before);
+    }
   }
   if (own)
     drpc_tensor_decref(c);
   return rc;
 }
 
+/* Hands the staged chunks to the frame, with their places in it: the
+ * data section lays tensors out in order, each aligned. */
+static int attach_chunks(plan_ctx *pc, drpc_outframe *f, drpc_error *err) {
+  drpc_devchunks *dc = drpc_devchunks_new();
+  if (!dc)
+    return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  uint64_t pos = f->head_len;
+  int rc = 0;
+  for (uint32_t i = 0; i < f->ntensors && !rc; i++) {
+    uint64_t nb = drpc_tensor_nbytes(f->tensors[i]);
+    if (nb == 0)
+      continue;
+    uint64_t start =
+        (pos + DRPC_TENSOR_ALIGN - 1) & ~(uint64_t)(DRPC_TENSOR_ALIGN - 1);
+    for (uint32_t k = 0; k < pc->nchunks && !rc; k++) {
+      stage_chunk *c = &pc->chunks[k];
+      if (c->host != f->tensors[i] || !c->ev)
+        continue;
+      rc = drpc_devchunks_add(dc, start + c->lo, start + c->hi, c->ev, err);
+      c->ev = NULL; /* the list owns it now */
+    }
+    pos = start + nb;
+  }
+  if (!rc && pos != f->total_len)
+    rc = drpc_error_set(err, DRPC_EPROTO,
+                        "staged tensors are not where the frame has them");
+  if (rc) {
+    drpc_devchunks_free(dc);
+    return rc;
+  }
+  f->pending = dc;
+  return 0;
+}
+
 int drpc_dev_encode(drpc_agent *a, uint8_t type, uint64_t id,
                     const drpc_value *body, int16_t dst,
                     drpc_wire_rref_fn rref_fn, void *rref_ctx,
                     drpc_outframe **out, drpc_error *err) {
-  plan_ctx pc = {a, dst, drpc_msg_type_is_response(type)};
+  plan_ctx pc = {a, dst, drpc_msg_type_is_response(type), {0}, NULL, 0, 0};
   drpc_wire_hooks h = {rref_fn, rref_ctx, plan, &pc};
-  return drpc_wire_encode_hooks(type, 0, id, body, drpc_agent_wire_limits(a),
-                                &h, out, err);
+  int rc = drpc_wire_encode_hooks(type, 0, id, body, drpc_agent_wire_limits(a),
+                                  &h, out, err);
+  if (!rc && pc.nchunks)
+    rc = attach_chunks(&pc, *out, err);
+  /* Whatever was not handed to the frame is waited for here. */
+  for (uint32_t i = 0; i < pc.nchunks; i++)
+    if (pc.chunks[i].ev) {
+      (void)drpc_devevent_sync(pc.chunks[i].ev, NULL);
+      drpc_devevent_free(pc.chunks[i].ev);
+    }
+  free(pc.chunks);
+  if (rc && *out) {
+    drpc_outframe_free(*out);
+    *out = NULL;
+  }
+  return rc;
 }
 
 /* ---- receiving ---------------------------------------------------------- */
@@ -922,11 +1038,12 @@ static drpc_devevent *open_event(drpc_devstate *d, const uint8_t *h,
   return ev;
 }
 
-/* Reaches one shared tensor: waits (on a pool stream) for the sender's
- * event, copies device to device into fresh memory, and waits for that
- * copy so the sender's memory can be released at once. */
+/* Reaches one shared tensor: waits (on the message's pool stream of the
+ * target device, on[idx]) for the sender's event, copies device to device
+ * into fresh memory, and waits for that copy so the sender's memory can be
+ * released at once. */
 static int place_shared(drpc_devstate *d, drpc_wire_shared *sh,
-                        uint64_t *lend_id, drpc_error *err) {
+                        uint64_t *lend_id, drpc_stream **on, drpc_error *err) {
   const uint8_t *h = sh->handle;
   size_t n = sh->handle_len, k = 0;
   if (n < 4 + 1 + 24 + 2 || (uint32_t)get_u64(h) != IPC_MAGIC)
@@ -977,7 +1094,9 @@ static int place_shared(drpc_devstate *d, drpc_wire_shared *sh,
   if (!ev)
     return err && err->code ? err->code : DRPC_EIO;
   int idx = sh->device.index;
-  drpc_stream *s = drpc_stream_from_pool(idx);
+  if (!on[idx])
+    on[idx] = drpc_stream_from_pool(idx);
+  drpc_stream *s = on[idx];
   int rc = drpc_stream_wait_event(s, ev, err);
   drpc_storage *st =
       rc ? NULL : drpc_device_storage_new(sh->device, (size_t)nbytes, s, err);
@@ -999,9 +1118,12 @@ static int place_shared(drpc_devstate *d, drpc_wire_shared *sh,
 }
 
 int drpc_dev_place(drpc_agent *a, uint64_t conn, int16_t from, drpc_msg *m,
-                   drpc_error *err) {
+                   drpc_devready **ready, drpc_error *err) {
   drpc_devstate *d = drpc_agent_devstate(a);
   int rc = 0;
+  /* Staged tensors are copied in on one pool stream per device, with no
+   * host wait: whoever uses them waits on the device (ready). */
+  drpc_stream *on[DRPC_DEVICE_MAX] = {0};
   for (uint32_t i = 0; m->devices && i < m->ntensors && !rc; i++) {
     drpc_device dev = m->devices[i];
     if (dev.type == DRPC_DEVICE_CPU)
@@ -1016,11 +1138,12 @@ int drpc_dev_place(drpc_agent *a, uint64_t conn, int16_t from, drpc_msg *m,
                           drpc_device_count());
       break;
     }
-    drpc_stream *s = drpc_stream_from_pool(dev.index);
-    drpc_tensor *g = drpc_tensor_to(t, dev, s, err);
-    /* The host bytes go with the old storage: wait for the copy first. */
-    if (!g || drpc_stream_sync(s, err)) {
-      drpc_tensor_decref(g);
+    if (!on[dev.index])
+      on[dev.index] = drpc_stream_from_pool(dev.index);
+    /* The host source may go once the copy is queued (pageable memory, as
+     * cudaMemcpyAsync treats it). */
+    drpc_tensor *g = drpc_tensor_to(t, dev, on[dev.index], err);
+    if (!g) {
       rc = err && err->code ? err->code : DRPC_ENOMEM;
       break;
     }
@@ -1036,7 +1159,7 @@ int drpc_dev_place(drpc_agent *a, uint64_t conn, int16_t from, drpc_msg *m,
                           "shared tensors need the agent's device state");
       break;
     }
-    rc = place_shared(d, &m->shared[i], &lid, err);
+    rc = place_shared(d, &m->shared[i], &lid, on, err);
     if (!rc) {
       if (!released)
         released = drpc_value_list();
@@ -1048,6 +1171,21 @@ int drpc_dev_place(drpc_agent *a, uint64_t conn, int16_t from, drpc_msg *m,
     drpc_agent_send_oneway(a, conn, DRPC_MSG_RELEASE, released);
     drpc_value_free(released);
   }
+  drpc_devready *r = NULL;
+  for (int i = 0; i < DRPC_DEVICE_MAX && !rc; i++) {
+    if (!on[i])
+      continue;
+    if (ready && !r)
+      r = drpc_devready_new();
+    /* Without a place to say where the data is ready: wait for it here. */
+    if (!r || drpc_devready_add(r, on[i], NULL) != 0)
+      rc = drpc_stream_sync(on[i], err);
+  }
+  if (ready && !rc && drpc_devready_count(r) > 0) {
+    *ready = r;
+    r = NULL;
+  }
+  drpc_devready_free(r);
   (void)from;
   return rc;
 }
@@ -1163,12 +1301,14 @@ int drpc_dev_metrics(drpc_agent *a, drpc_value *dict) {
   env->ops->sync_lock(env->ctx, &d->lock);
   int lent = d->nlends;
   env->ops->sync_unlock(env->ctx, &d->lock);
-  const char *keys[4] = {"cuda.tensors_shared", "cuda.tensors_staged",
-                         "cuda.tensors_received_shared", "cuda.lent"};
-  uint64_t vals[4] = {atomic_load(&d->shared_sent),
+  const char *keys[5] = {"cuda.tensors_shared", "cuda.tensors_staged",
+                         "cuda.tensors_received_shared", "cuda.lent",
+                         "cuda.staging_chunks"};
+  uint64_t vals[5] = {atomic_load(&d->shared_sent),
                       atomic_load(&d->staged_sent),
-                      atomic_load(&d->shared_received), (uint64_t)lent};
-  for (int i = 0; i < 4; i++) {
+                      atomic_load(&d->shared_received), (uint64_t)lent,
+                      atomic_load(&d->staged_chunks)};
+  for (int i = 0; i < 5; i++) {
     char buf[32];
     snprintf(buf, sizeof buf, "%" PRIu64, vals[i]);
     if (drpc_dict_set(dict, keys[i], drpc_value_str(buf)))

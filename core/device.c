@@ -110,6 +110,15 @@ void drpc_stream_set_current(int index, drpc_stream *s) {
   t_current[index] = s;
 }
 
+void drpc_stream_swap_currents(drpc_stream **state) {
+  check_generation();
+  for (int i = 0; i < DRPC_DEVICE_MAX; i++) {
+    drpc_stream *s = t_current[i];
+    t_current[i] = state[i];
+    state[i] = s;
+  }
+}
+
 int drpc_stream_sync(drpc_stream *s, drpc_error *err) {
   if (!g_backend || !s)
     return drpc_error_set(err, DRPC_EINVAL, "no such stream");
@@ -166,6 +175,130 @@ int drpc_stream_wait_stream(drpc_stream *waiter, drpc_stream *on,
     rc = drpc_stream_wait_event(waiter, e, err);
   drpc_devevent_free(e);
   return rc;
+}
+
+/* ---- readiness of received device data ---------------------------------- */
+
+struct drpc_devready {
+  unsigned generation; /* the backend the events belong to */
+  int n;
+  int8_t dev[DRPC_DEVICE_MAX];
+  drpc_devevent *ev[DRPC_DEVICE_MAX];
+};
+
+drpc_devready *drpc_devready_new(void) {
+  drpc_devready *r = calloc(1, sizeof *r);
+  if (r)
+    r->generation = atomic_load(&g_generation);
+  return r;
+}
+
+void drpc_devready_free(drpc_devready *r) {
+  if (!r)
+    return;
+  /* A replaced backend freed its events when it shut down. */
+  if (r->generation == atomic_load(&g_generation))
+    for (int i = 0; i < r->n; i++)
+      drpc_devevent_free(r->ev[i]);
+  free(r);
+}
+
+int drpc_devready_count(const drpc_devready *r) {
+  return r ? r->n : 0;
+}
+
+static bool ready_live(const drpc_devready *r, drpc_error *err) {
+  if (r->generation == atomic_load(&g_generation))
+    return true;
+  drpc_error_set(err, DRPC_ESTATE,
+                 "the CUDA backend was replaced while device data was in "
+                 "flight");
+  return false;
+}
+
+int drpc_devready_add(drpc_devready *r, drpc_stream *s, drpc_error *err) {
+  if (!r || !s)
+    return drpc_error_set(err, DRPC_EINVAL, "no such stream");
+  if (!ready_live(r, err))
+    return DRPC_ESTATE;
+  int dev = drpc_stream_device(s), i = 0;
+  while (i < r->n && r->dev[i] != dev)
+    i++;
+  if (i == r->n) {
+    if (r->n == DRPC_DEVICE_MAX)
+      return drpc_error_set(err, DRPC_EINVAL, "no CUDA device %d", dev);
+    drpc_devevent *e = drpc_devevent_new(dev, err);
+    if (!e)
+      return err && err->code ? err->code : DRPC_ENOMEM;
+    r->dev[i] = (int8_t)dev;
+    r->ev[i] = e;
+    r->n++;
+  }
+  return drpc_devevent_record(r->ev[i], s, err);
+}
+
+int drpc_devready_wait_current(const drpc_devready *r, drpc_error *err) {
+  if (!r || !r->n)
+    return 0;
+  if (!ready_live(r, err))
+    return DRPC_ESTATE;
+  for (int i = 0; i < r->n; i++) {
+    int rc =
+        drpc_stream_wait_event(drpc_stream_current(r->dev[i]), r->ev[i], err);
+    if (rc)
+      return rc;
+  }
+  return 0;
+}
+
+int drpc_devready_sync(const drpc_devready *r, drpc_error *err) {
+  if (!r || !r->n)
+    return 0;
+  if (!ready_live(r, err))
+    return DRPC_ESTATE;
+  for (int i = 0; i < r->n; i++) {
+    int rc = drpc_devevent_sync(r->ev[i], err);
+    if (rc)
+      return rc;
+  }
+  return 0;
+}
+
+int drpc_devready_enter(const drpc_devready *r, drpc_stream **saved,
+                        drpc_error *err) {
+  if (!r || !r->n)
+    return 0;
+  if (!ready_live(r, err))
+    return DRPC_ESTATE;
+  check_generation();
+  for (int i = 0; i < r->n; i++)
+    saved[r->dev[i]] = t_current[r->dev[i]];
+  for (int i = 0; i < r->n; i++) {
+    drpc_stream *s = drpc_stream_from_pool(r->dev[i]);
+    int rc =
+        s ? drpc_stream_wait_event(s, r->ev[i], err)
+          : drpc_error_set(err, DRPC_EINVAL, "no CUDA device %d", r->dev[i]);
+    if (rc) {
+      for (int j = 0; j < i; j++)
+        t_current[r->dev[j]] = saved[r->dev[j]];
+      return rc;
+    }
+    t_current[r->dev[i]] = s;
+  }
+  return 0;
+}
+
+void drpc_devready_leave(const drpc_devready *r, drpc_stream *const *saved,
+                         bool to_default) {
+  if (!r || !r->n || !ready_live(r, NULL))
+    return;
+  for (int i = 0; i < r->n; i++) {
+    int d = r->dev[i];
+    if (to_default)
+      (void)drpc_stream_wait_stream(drpc_stream_default(d),
+                                    drpc_stream_current(d), NULL);
+    t_current[d] = saved[d];
+  }
 }
 
 /* ---- storages ---------------------------------------------------------- */
@@ -346,4 +479,142 @@ drpc_tensor *drpc_tensor_to(const drpc_tensor *t, drpc_device dev,
     return NULL;
   }
   return out;
+}
+
+/* Pinned host memory goes back to the backend that gave it, unless that
+ * backend was replaced meanwhile (its memory went with it). */
+typedef struct host_mem {
+  const drpc_device_backend *backend;
+  void *ctx;
+  unsigned generation;
+} host_mem;
+
+static void host_mem_free(void *vctx, void *data) {
+  host_mem *m = vctx;
+  if (m->generation == atomic_load(&g_generation))
+    m->backend->host_free(m->ctx, data);
+  free(m);
+}
+
+drpc_tensor *drpc_tensor_empty_pinned(drpc_dtype dt, int ndim,
+                                      const int64_t *shape, drpc_error *err) {
+  int64_t numel = 1;
+  for (int i = 0; i < ndim; i++) {
+    if (shape[i] < 0 || (shape[i] && numel > INT64_MAX / shape[i])) {
+      drpc_error_set(err, DRPC_EINVAL, "bad tensor shape");
+      return NULL;
+    }
+    numel *= shape[i];
+  }
+  size_t es = drpc_dtype_size(dt);
+  if (es == 0 || (uint64_t)numel > SIZE_MAX / es) {
+    drpc_error_set(err, DRPC_EINVAL, "bad tensor shape");
+    return NULL;
+  }
+  size_t n = (size_t)numel * es;
+  host_mem *m = NULL;
+  drpc_storage *st = NULL;
+  if (n > 0 && g_backend && g_backend->host_alloc && g_backend->host_free &&
+      (m = malloc(sizeof *m)) != NULL) {
+    void *p = g_backend->host_alloc(g_ctx, n, NULL);
+    if (p) {
+      *m = (host_mem){g_backend, g_ctx, atomic_load(&g_generation)};
+      st = drpc_storage_wrap(p, n, DRPC_CPU, host_mem_free, m);
+      if (!st)
+        host_mem_free(m, p);
+      m = NULL;
+    }
+  }
+  free(m);
+  if (!st)
+    st = drpc_storage_new(n, false);
+  drpc_tensor *t = st ? drpc_tensor_from_storage(st, dt, ndim, shape, 0) : NULL;
+  drpc_storage_decref(st);
+  if (!t)
+    drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  return t;
+}
+
+/* ---- bytes staged from a device, chunk by chunk ---------------------------
+ */
+
+struct drpc_devchunks {
+  unsigned generation;
+  uint32_t n, cap, done; /* chunks; the first `done` were waited for */
+  uint64_t *start, *end;
+  drpc_devevent **ev;
+};
+
+drpc_devchunks *drpc_devchunks_new(void) {
+  drpc_devchunks *c = calloc(1, sizeof *c);
+  if (c)
+    c->generation = atomic_load(&g_generation);
+  return c;
+}
+
+int drpc_devchunks_count(const drpc_devchunks *c) {
+  return c ? (int)c->n : 0;
+}
+
+int drpc_devchunks_add(drpc_devchunks *c, uint64_t start, uint64_t end,
+                       drpc_devevent *ev, drpc_error *err) {
+  if (c->n == c->cap) {
+    uint32_t cap = c->cap ? c->cap * 2 : 8;
+    uint64_t *s2 = realloc(c->start, cap * sizeof *s2);
+    if (s2)
+      c->start = s2;
+    uint64_t *e2 = s2 ? realloc(c->end, cap * sizeof *e2) : NULL;
+    if (e2)
+      c->end = e2;
+    drpc_devevent **v2 = e2 ? realloc(c->ev, cap * sizeof *v2) : NULL;
+    if (!v2) {
+      /* Not kept: the caller's copy is waited for here instead. */
+      int rc = drpc_devevent_sync(ev, err);
+      drpc_devevent_free(ev);
+      return rc;
+    }
+    c->ev = v2;
+    c->cap = cap;
+  }
+  c->start[c->n] = start;
+  c->end[c->n] = end;
+  c->ev[c->n] = ev;
+  c->n++;
+  return 0;
+}
+
+uint64_t drpc_devchunks_wait(drpc_devchunks *c, uint64_t pos, int *rc,
+                             drpc_error *err) {
+  *rc = 0;
+  if (!c)
+    return UINT64_MAX;
+  if (c->generation != atomic_load(&g_generation)) {
+    *rc = drpc_error_set(err, DRPC_ESTATE,
+                         "the CUDA backend was replaced while a frame was "
+                         "being staged");
+    return pos;
+  }
+  while (c->done < c->n && c->start[c->done] <= pos) {
+    int r = drpc_devevent_sync(c->ev[c->done], err);
+    if (r) {
+      *rc = r;
+      return pos;
+    }
+    c->done++;
+  }
+  return c->done < c->n ? c->start[c->done] : UINT64_MAX;
+}
+
+void drpc_devchunks_free(drpc_devchunks *c) {
+  if (!c)
+    return;
+  int rc = 0;
+  (void)drpc_devchunks_wait(c, UINT64_MAX - 1, &rc, NULL);
+  if (c->generation == atomic_load(&g_generation))
+    for (uint32_t i = 0; i < c->n; i++)
+      drpc_devevent_free(c->ev[i]);
+  free(c->start);
+  free(c->end);
+  free(c->ev);
+  free(c);
 }

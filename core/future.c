@@ -1,6 +1,7 @@
 /* Futures: one completion (value or error), waits through the env's sync
  * primitives, done-callbacks and then-chaining. */
 #include "drpc/future.h"
+#include "drpc/device.h"
 
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -26,6 +27,8 @@ struct drpc_future {
   cb_entry inline_cbs[INLINE_CBS];
   cb_entry *cbs; /* overflow array */
   size_t ncbs, cap_cbs;
+  /* Where the value's device tensors are ready (NULL: no device work). */
+  drpc_devready *ready;
 };
 
 drpc_future *drpc_future_new(const drpc_env *env) {
@@ -54,6 +57,7 @@ void drpc_future_decref(drpc_future *f) {
   f->env.ops->sync_destroy(f->env.ctx, &f->sync);
   drpc_value_free(f->value);
   drpc_error_clear(&f->err);
+  drpc_devready_free(f->ready);
   free(f->cbs);
   free(f);
 }
@@ -67,6 +71,17 @@ static void unlock(drpc_future *f) {
 
 static cb_entry *cb_at(drpc_future *f, size_t i) {
   return i < INLINE_CBS ? &f->inline_cbs[i] : &f->cbs[i - INLINE_CBS];
+}
+
+/* Runs one callback. When the value has device work in flight, the
+ * callback runs on pool streams that wait for it (its current streams for
+ * those devices), as a then-callback of a PyTorch CUDA future does. */
+static void run_cb(drpc_future *f, cb_entry e) {
+  drpc_stream *saved[DRPC_DEVICE_MAX];
+  bool on = f->ready && drpc_devready_enter(f->ready, saved, NULL) == 0;
+  e.cb(f, e.arg);
+  if (on)
+    drpc_devready_leave(f->ready, saved, false);
 }
 
 /* Marks done under the lock, then runs the callbacks outside it, in the
@@ -89,14 +104,12 @@ static void complete(drpc_future *f) {
   if (n > 0 && !list) {
     /* No memory for a snapshot: the entries stay valid because nothing
      * can add to a completed future's list; run them in place. */
-    for (size_t i = 0; i < n; i++) {
-      cb_entry e = *cb_at(f, i);
-      e.cb(f, e.arg);
-    }
+    for (size_t i = 0; i < n; i++)
+      run_cb(f, *cb_at(f, i));
     return;
   }
   for (size_t i = 0; i < n; i++)
-    list[i].cb(f, list[i].arg);
+    run_cb(f, list[i]);
   if (list != small)
     free(list);
 }
@@ -108,6 +121,26 @@ int drpc_future_set_value(drpc_future *f, drpc_value *value) {
     drpc_value_free(value);
     return DRPC_ESTATE;
   }
+  f->value = value;
+  f->done = true;
+  drpc_future_incref(f);
+  complete(f);
+  drpc_future_decref(f);
+  return 0;
+}
+
+int drpc_future_set_value_ready(drpc_future *f, drpc_value *value,
+                                drpc_devready *ready) {
+  if (!ready)
+    return drpc_future_set_value(f, value);
+  lock(f);
+  if (f->done) {
+    unlock(f);
+    drpc_value_free(value);
+    drpc_devready_free(ready);
+    return DRPC_ESTATE;
+  }
+  f->ready = ready;
   f->value = value;
   f->done = true;
   drpc_future_incref(f);
@@ -163,10 +196,18 @@ static uint64_t deadline_after(const drpc_env *env, double timeout_s) {
   return now + (uint64_t)ns;
 }
 
+/* A done future's device work: the caller's current streams wait for it
+ * (no host wait). ready is set before done and never changes after. */
+static void wait_ready(drpc_future *f) {
+  if (f->ready)
+    (void)drpc_devready_wait_current(f->ready, NULL);
+}
+
 int drpc_future_wait(drpc_future *f, double timeout_s) {
   lock(f);
   if (f->done) {
     unlock(f);
+    wait_ready(f);
     return 0;
   }
   if (f->env.ops->is_owner && f->env.ops->is_owner(f->env.ctx)) {
@@ -185,6 +226,8 @@ int drpc_future_wait(drpc_future *f, double timeout_s) {
   f->waiters--;
   bool d = f->done;
   unlock(f);
+  if (d)
+    wait_ready(f);
   return d ? 0 : DRPC_ETIMEOUT;
 }
 
@@ -192,6 +235,8 @@ const drpc_value *drpc_future_value(drpc_future *f) {
   lock(f);
   const drpc_value *v = f->done && f->err.code == 0 ? f->value : NULL;
   unlock(f);
+  if (v)
+    wait_ready(f);
   return v;
 }
 
@@ -203,6 +248,8 @@ drpc_value *drpc_future_take_value(drpc_future *f) {
     f->value = NULL;
   }
   unlock(f);
+  if (v)
+    wait_ready(f);
   return v;
 }
 
@@ -240,7 +287,7 @@ int drpc_future_add_done_callback(drpc_future *f, drpc_future_cb cb,
   lock(f);
   if (f->done) {
     unlock(f);
-    cb(f, arg);
+    run_cb(f, (cb_entry){cb, arg});
     return 0;
   }
   if (f->ncbs >= INLINE_CBS) {

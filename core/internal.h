@@ -3,6 +3,7 @@
 #define DRPC_CORE_INTERNAL_H
 
 #include "drpc/agent.h"
+#include "drpc/device.h"
 #include "drpc/rref.h"
 #include "drpc/wire.h"
 
@@ -292,9 +293,11 @@ int drpc_dev_encode(drpc_agent *a, uint8_t type, uint64_t id,
                     drpc_wire_rref_fn rref_fn, void *rref_ctx,
                     drpc_outframe **out, drpc_error *err);
 /* Loop: puts a received message's tensors on the devices it names (and
- * sends RELEASE for shared ones on conn). */
+ * sends RELEASE for shared ones on conn). Copies still in flight are
+ * described by *ready (set only when there are some; the caller owns it);
+ * with ready NULL they are waited for. */
 int drpc_dev_place(drpc_agent *a, uint64_t conn, int16_t from, drpc_msg *m,
-                   drpc_error *err);
+                   drpc_devready **ready, drpc_error *err);
 void drpc_dev_on_release(drpc_agent *a, int16_t from, const drpc_value *body);
 void drpc_dev_peer_gone(drpc_agent *a, int16_t peer);
 int drpc_dev_metrics(drpc_agent *a, drpc_value *dict);

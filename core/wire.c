@@ -1,5 +1,6 @@
 /* The wire codec: frame headers, value encoding and out-of-band tensor data. */
 #include "drpc/wire.h"
+#include "drpc/device.h"
 
 #include <assert.h>
 #include <limits.h>
@@ -1721,36 +1722,60 @@ void drpc_outframe_set_id(drpc_outframe *f, uint64_t id) {
 
 /* Appends the part of [base, base+len) at or after `from`, given that the
  * piece starts at frame offset *pos. */
+/* The part of piece [*pos, *pos + len) inside [from, to). */
 static void add_piece(const void *base, uint64_t len, uint64_t from,
-                      uint64_t *pos, struct iovec *iov, size_t max,
+                      uint64_t to, uint64_t *pos, struct iovec *iov, size_t max,
                       size_t *count) {
   uint64_t start = *pos;
   *pos += len;
-  if (len == 0 || *pos <= from)
+  if (len == 0 || *pos <= from || start >= to)
     return;
   uint64_t skip = from > start ? from - start : 0;
+  uint64_t end = *pos < to ? *pos : to;
   if (*count < max) {
     iov[*count].iov_base = (void *)((const uint8_t *)base + skip);
-    iov[*count].iov_len = (size_t)(len - skip);
+    iov[*count].iov_len = (size_t)(end - start - skip);
   }
   (*count)++;
 }
 
-size_t drpc_outframe_iov(const drpc_outframe *f, uint64_t from,
-                         struct iovec *iov, size_t max, const void *pad_zero) {
+size_t drpc_outframe_iov_upto(const drpc_outframe *f, uint64_t from,
+                              uint64_t to, struct iovec *iov, size_t max,
+                              const void *pad_zero) {
   size_t count = 0;
   uint64_t pos = 0;
-  add_piece(f->head, f->head_len, from, &pos, iov, max, &count);
-  for (uint32_t i = 0; i < f->ntensors; i++) {
+  add_piece(f->head, f->head_len, from, to, &pos, iov, max, &count);
+  for (uint32_t i = 0; i < f->ntensors && pos < to; i++) {
     uint64_t nb = checked_bytes(f->tensors[i]);
     if (nb == 0)
       continue;
-    add_piece(pad_zero, aligned(pos) - pos, from, &pos, iov, max, &count);
-    add_piece(drpc_tensor_data(f->tensors[i]), nb, from, &pos, iov, max,
+    add_piece(pad_zero, aligned(pos) - pos, from, to, &pos, iov, max, &count);
+    add_piece(drpc_tensor_data(f->tensors[i]), nb, from, to, &pos, iov, max,
               &count);
   }
-  assert(pos == f->total_len);
+  assert(to < f->total_len || pos == f->total_len);
   return count;
+}
+
+size_t drpc_outframe_iov(const drpc_outframe *f, uint64_t from,
+                         struct iovec *iov, size_t max, const void *pad_zero) {
+  return drpc_outframe_iov_upto(f, from, UINT64_MAX, iov, max, pad_zero);
+}
+
+uint64_t drpc_outframe_ready_end(drpc_outframe *f, uint64_t from, int *rc,
+                                 drpc_error *err) {
+  *rc = 0;
+  if (!f->pending)
+    return f->total_len;
+  uint64_t end = drpc_devchunks_wait(f->pending, from, rc, err);
+  if (*rc)
+    return from;
+  if (end >= f->total_len) {
+    drpc_devchunks_free(f->pending); /* all there */
+    f->pending = NULL;
+    return f->total_len;
+  }
+  return end;
 }
 
 uint8_t *drpc_outframe_flatten(const drpc_outframe *f, size_t *len) {
@@ -1776,9 +1801,18 @@ uint8_t *drpc_outframe_flatten(const drpc_outframe *f, size_t *len) {
   return buf;
 }
 
+int drpc_outframe_wait(drpc_outframe *f, drpc_error *err) {
+  if (!f || !f->pending)
+    return 0;
+  int rc = 0;
+  (void)drpc_outframe_ready_end(f, f->total_len, &rc, err);
+  return rc;
+}
+
 void drpc_outframe_free(drpc_outframe *f) {
   if (!f)
     return;
+  drpc_devchunks_free(f->pending); /* waits: the copies write f's tensors */
   for (uint32_t i = 0; i < f->ntensors; i++)
     drpc_tensor_decref(f->tensors[i]);
   free(f->tensors);

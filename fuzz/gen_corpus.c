@@ -1014,7 +1014,7 @@ static void gen_agent(void) {
 
 /* The scenarios' least worker counts, in SP_SCENARIOS order (fuzz_sim
  * reads workers as a range from there). */
-static const int SIM_MIN_WORKERS[SP_NSCENARIOS] = {1, 1, 1, 2, 2, 1};
+static const int SIM_MIN_WORKERS[SP_NSCENARIOS] = {1, 1, 1, 2, 2, 1, 2};
 
 typedef struct sim_fault_seed {
   uint8_t kind; /* index into SP_FAULT_KINDS */

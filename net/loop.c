@@ -372,7 +372,8 @@ static bool env_recording(void *ctx) {
   .sync_unlock = drpc_posix_env_sync_unlock,                                   \
   .sync_wait = drpc_posix_env_sync_wait,                                       \
   .sync_broadcast = drpc_posix_env_sync_broadcast, .random = env_random,       \
-  .log = env_log, .pool_stats = env_pool_stats, .listen_addr = env_listen_addr
+  .log = env_log, .pool_stats = env_pool_stats,                                \
+  .listen_addr = env_listen_addr, .sends_staged = true
 
 /* With a recorder: the same, plus the record sink. */
 static const drpc_env_ops net_ops_recording = {
@@ -401,6 +402,7 @@ static const drpc_env_ops net_ops = {
     .log = env_log,
     .pool_stats = env_pool_stats,
     .listen_addr = env_listen_addr,
+    .sends_staged = true,
 };
 
 /* ---- connections: teardown, writing ----------------------------------- */
@@ -468,14 +470,30 @@ static bool conn_flush(drpc_net *n, nconn *c) {
     size_t cnt = 0;
     uint64_t off = c->oq_off;
     for (drpc_outframe *f = c->oq_head; f && cnt < MAX_IOV; f = f->next) {
-      size_t need =
-          drpc_outframe_iov(f, off, iov + cnt, MAX_IOV - cnt, n->pad_zero);
+      /* A frame with device tensors still being staged is written as far
+       * as its copies are done: this waits for the next chunk while the
+       * device copies the ones after it. */
+      int rc = 0;
+      drpc_error err = DRPC_ERROR_INIT;
+      uint64_t lim = drpc_outframe_ready_end(f, off, &rc, &err);
+      if (rc) {
+        char why[300];
+        snprintf(why, sizeof why, "a device copy for a frame failed: %s",
+                 drpc_error_message(&err));
+        drpc_error_clear(&err);
+        conn_destroy(n, c, DRPC_EIO, why);
+        return false;
+      }
+      size_t need = drpc_outframe_iov_upto(f, off, lim, iov + cnt,
+                                           MAX_IOV - cnt, n->pad_zero);
       if (need > MAX_IOV - cnt) {
         cnt = MAX_IOV;
         break;
       }
       cnt += need;
       off = 0;
+      if (lim < f->total_len)
+        break;
     }
     ssize_t w = writev(c->fd, iov, (int)cnt);
     if (w < 0) {

@@ -78,6 +78,34 @@ static drpc_value *fn_ones_on(drpc_call *call, const drpc_value *args,
   return r;
 }
 
+/* Stream semantics seen from inside a function: [runs on a pool stream
+ * (not the default one), element 0 read through the default stream without
+ * waiting, element 0 read through the current stream]. */
+static drpc_value *fn_stream_probe(drpc_call *call, const drpc_value *args,
+                                   const drpc_value *kwargs, drpc_error *err) {
+  (void)call;
+  (void)kwargs;
+  const drpc_tensor *t = arg_tensor(args);
+  if (!t || drpc_tensor_device(t).type != DRPC_DEVICE_CUDA) {
+    drpc_error_set(err, DRPC_EINVAL, "stream_probe takes a CUDA tensor");
+    return NULL;
+  }
+  int d = drpc_tensor_device(t).index;
+  bool pool = drpc_stream_current(d) != drpc_stream_default(d);
+  drpc_tensor *early = drpc_tensor_to(t, (drpc_device){DRPC_DEVICE_CPU, -1},
+                                      drpc_stream_default(d), err);
+  drpc_tensor *late =
+      drpc_tensor_to(t, (drpc_device){DRPC_DEVICE_CPU, -1}, NULL, err);
+  drpc_value *r = NULL;
+  if (early && late)
+    r = drpc_value_list_of(3, drpc_value_int(pool),
+                           drpc_value_float(drpc_tensor_get_f64(early, 0)),
+                           drpc_value_float(drpc_tensor_get_f64(late, 0)));
+  drpc_tensor_decref(early);
+  drpc_tensor_decref(late);
+  return r;
+}
+
 /* ---- a small cluster -------------------------------------------------- */
 
 /* Starts world workers, worker i with opts[i] (NULL: defaults). Every
@@ -725,6 +753,172 @@ static void test_remote_to_here(void) {
   down();
 }
 
+/* PyTorch's CUDA stream rules on the receiving side, with nothing waiting
+ * on the host. channel "cuda_staged": the data is copied in on a pool
+ * stream and nobody waits for it on the host, so a read that skips the
+ * rules sees the device's fresh-memory fill instead of the values (simcuda
+ * runs work only when something waits; on real CUDA the early read is a
+ * race, so it is checked on simcuda only). "cuda_ipc": the same rules hold
+ * (its copy is waited for before the sender's memory is released). */
+/* A tensor value that takes over the caller's reference. */
+static drpc_value *vt(drpc_tensor *t) {
+  drpc_value *v = drpc_value_tensor(t);
+  drpc_tensor_decref(t);
+  return v;
+}
+
+typedef struct then_probe {
+  int calls;
+  bool on_pool;
+  double first;
+} then_probe;
+
+static int then_read(drpc_future *f, void *arg, drpc_value **out,
+                     drpc_error *err) {
+  then_probe *p = arg;
+  p->calls++;
+  const drpc_value *v = drpc_future_value(f);
+  if (!v || v->kind != DRPC_VAL_TENSOR)
+    return drpc_error_set(err, DRPC_EINVAL, "no tensor");
+  int d = drpc_tensor_device(v->u.t).index;
+  p->on_pool = drpc_stream_current(d) != drpc_stream_default(d);
+  drpc_tensor *c = drpc_tensor_to(v->u.t, CPU, NULL, err);
+  p->first = c ? drpc_tensor_get_f64(c, 0) : -1;
+  drpc_tensor_decref(c);
+  *out = NULL;
+  return c ? 0 : DRPC_EINVAL;
+}
+
+static void stream_rules(const char *channel, bool sim) {
+  bool staged = strcmp(channel, "cuda_staged") == 0;
+  drpc_options o0, o1;
+  drpc_options_default(&o0);
+  drpc_options_default(&o1);
+  map(&o0, "w1", 1, G0, G1);
+  o0.channels[0] = channel;
+  o1.channels[0] = channel;
+  drpc_options *opts[2] = {&o0, &o1};
+  drpc_error err = DRPC_ERROR_INIT;
+  CHECK_EQ_INT(up_maps(2, opts, &err), 0);
+
+  /* The callee: the function runs on a pool stream that waits for the
+   * data; the same bytes read through the default stream, which nothing
+   * ordered after the copy, are not there yet. */
+  drpc_value *r = call1(0, "w1", DRPC_FUNCTION, "stream_probe", vt(ramp(G0, 5)),
+                        NULL, &err);
+  CHECK(r && r->kind == DRPC_VAL_LIST && drpc_value_len(r) == 3);
+  if (r && r->kind == DRPC_VAL_LIST && drpc_value_len(r) == 3) {
+    CHECK_EQ_INT(drpc_list_at(r, 0)->u.i, 1);
+    CHECK(drpc_list_at(r, 2)->u.f == 5.0);
+    if (sim && staged)
+      CHECK(drpc_list_at(r, 1)->u.f != 5.0);
+  }
+  drpc_value_free(r);
+
+  /* The sender: rpc_async queues the argument's staging copy after the
+   * work on the caller's current stream and returns without waiting for
+   * either on the host (the loop waits before it writes the frame). */
+  drpc_stream *side = drpc_stream_from_pool(0);
+  drpc_stream_set_current(0, side);
+  drpc_tensor *t0 = ramp(G0, 1);
+  drpc_value *pair =
+      drpc_value_list_of(2, drpc_value_tensor(t0), drpc_value_tensor(t0));
+  drpc_value *sum = drpc_op_run("aten::add", pair, NULL, &err);
+  drpc_value_free(pair);
+  drpc_tensor_decref(t0);
+  CHECK(sum && sum->kind == DRPC_VAL_TENSOR);
+  drpc_value *sargs = drpc_value_list_of(1, sum);
+  drpc_future *sf = NULL;
+  CHECK_EQ_INT(drpc_rpc_async(ag(0), "w1", DRPC_FUNCTION, "ident", sargs, NULL,
+                              0, &sf, &err),
+               0);
+  drpc_stream_set_current(0, NULL);
+  if (sim && staged && sum && sum->kind == DRPC_VAL_TENSOR) {
+    drpc_tensor *early =
+        drpc_tensor_to(sum->u.t, CPU, drpc_stream_from_pool(0), &err);
+    CHECK(early && drpc_tensor_get_f64(early, 0) != 2.0);
+    drpc_tensor_decref(early);
+  }
+  drpc_value_free(sargs);
+  tnet_run(&N, 1000000);
+  CHECK(sf && drpc_future_done(sf));
+  const drpc_value *sv = NULL;
+  CHECK_EQ_INT(drpc_future_get(sf, 1, &sv, &err), 0);
+  CHECK(sv && sv->kind == DRPC_VAL_TENSOR);
+  if (sv && sv->kind == DRPC_VAL_TENSOR)
+    CHECK(at(sv->u.t, 0) == 2.0 && at(sv->u.t, 3) == 8.0);
+  drpc_future_decref(sf);
+
+  /* The caller: the response's copy is in flight when the future
+   * completes; a stream that did not wait does not see it, the caller's
+   * current stream does once drpc_future_wait returns. */
+  drpc_stream *mine = drpc_stream_from_pool(0);
+  drpc_stream *other = drpc_stream_from_pool(0);
+  drpc_value *args = drpc_value_list_of(1, vt(ramp(G0, 7)));
+  drpc_future *f = NULL;
+  CHECK_EQ_INT(drpc_rpc_async(ag(0), "w1", DRPC_FUNCTION, "ident", args, NULL,
+                              0, &f, &err),
+               0);
+  drpc_value_free(args);
+  tnet_run(&N, 1000000);
+  CHECK(f && drpc_future_done(f));
+  then_probe tp = {0};
+  if (f && drpc_future_done(f) && drpc_future_error(f, &err) == 0) {
+    const drpc_value *v = drpc_future_value(f);
+    CHECK(v && v->kind == DRPC_VAL_TENSOR);
+    if (v && v->kind == DRPC_VAL_TENSOR) {
+      CHECK(drpc_device_equal(drpc_tensor_device(v->u.t), G0));
+      drpc_tensor *early = drpc_tensor_to(v->u.t, CPU, other, &err);
+      if (sim && staged)
+        CHECK(early && drpc_tensor_get_f64(early, 0) != 7.0);
+      drpc_tensor_decref(early);
+      drpc_stream_set_current(0, mine);
+      CHECK_EQ_INT(drpc_future_wait(f, 1), 0);
+      CHECK(at(v->u.t, 0) == 7.0 && at(v->u.t, 3) == 10.0);
+      drpc_stream_set_current(0, NULL);
+    }
+    /* A then-callback runs on pool streams that wait for the value. */
+    drpc_future *child = drpc_future_then(f, then_read, &tp);
+    CHECK(child && drpc_future_done(child));
+    CHECK_EQ_INT(drpc_future_error(child, &err), 0);
+    drpc_future_decref(child);
+  }
+  CHECK_EQ_INT(tp.calls, 1);
+  CHECK(tp.on_pool);
+  CHECK(tp.first == 7.0);
+  drpc_future_decref(f);
+
+  /* remote(): the owner's value is made on the function's streams and
+   * later read by the fetch on another; to_here brings it back. */
+  drpc_rref *rr = NULL;
+  drpc_value *ta = drpc_value_list_of(2, vt(ramp(G0, 3)), vt(ramp(G0, 3)));
+  CHECK_EQ_INT(drpc_remote(ag(0), "w1", DRPC_BUILTIN, "aten::add", ta, NULL, 0,
+                           &rr, &err),
+               0);
+  drpc_value_free(ta);
+  tnet_run(&N, 1000000);
+  drpc_value *v = NULL;
+  if (rr)
+    CHECK_EQ_INT(drpc_rref_to_here(rr, 30, &v, &err), 0);
+  CHECK(v && v->kind == DRPC_VAL_TENSOR);
+  if (v && v->kind == DRPC_VAL_TENSOR) {
+    CHECK(drpc_device_equal(drpc_tensor_device(v->u.t), G0));
+    CHECK(at(v->u.t, 0) == 6.0 && at(v->u.t, 3) == 12.0);
+  }
+  drpc_value_free(v);
+  drpc_rref_decref(rr);
+  drpc_error_clear(&err);
+  down();
+}
+
+static bool g_sim;
+static void test_stream_rules_staged(void) {
+  stream_rules("cuda_staged", g_sim);
+}
+static void test_stream_rules_ipc(void) {
+  stream_rules("cuda_ipc", g_sim);
+}
+
 static void suite(const char *backend) {
   printf("  backend %s\n", drpc_gpu_describe());
   (void)backend;
@@ -740,6 +934,8 @@ static void suite(const char *backend) {
   RUN(test_bad_target_device);
   RUN(test_dynamic_group_maps);
   RUN(test_remote_to_here);
+  RUN(test_stream_rules_staged);
+  RUN(test_stream_rules_ipc);
 }
 
 int main(void) {
@@ -747,9 +943,12 @@ int main(void) {
   drpc_register_function(R, "devof", fn_devof, NULL);
   drpc_register_function(R, "ident", fn_ident, NULL);
   drpc_register_function(R, "ones_on", fn_ones_on, NULL);
+  drpc_register_function(R, "stream_probe", fn_stream_probe, NULL);
   drpc_error err = DRPC_ERROR_INIT;
   if (drpc_gpu_setup("sim:2", &err) == 0) {
+    g_sim = true;
     suite("sim");
+    g_sim = false;
     drpc_gpu_teardown();
   }
   if (drpc_gpu_setup("cuda", &err) == 0 && drpc_device_count() >= 2) {

@@ -197,6 +197,12 @@ drpc_stream *drpc_stream_from_pool(int index);
 drpc_stream *drpc_stream_current(int index);
 /* Sets it (NULL: back to the default stream). */
 void drpc_stream_set_current(int index, drpc_stream *s);
+/* Exchanges the calling thread's current streams (every device) with
+ * state[DRPC_DEVICE_MAX] (NULL entries: the default streams). A scheduler
+ * that runs several user contexts on one thread (the simulator's fibers)
+ * keeps one state per context and swaps it in and out around each run, so
+ * that current streams belong to the context as they do to a thread. */
+void drpc_stream_swap_currents(drpc_stream **state);
 int drpc_stream_sync(drpc_stream *s, drpc_error *err);
 
 /* The device index a stream belongs to. */
@@ -211,6 +217,63 @@ int drpc_devevent_sync(drpc_devevent *e, drpc_error *err);
  * between); no host wait. */
 int drpc_stream_wait_stream(drpc_stream *waiter, drpc_stream *on,
                             drpc_error *err);
+
+/* ---- readiness of received device data ---------------------------------- */
+
+/* Where received tensors become ready: per CUDA device, an event recorded
+ * after the copies that brought them there (as PyTorch's CUDA futures keep).
+ * Nothing waits on the host: consumers make their own streams wait.
+ * Threads may share one for reading once it is built. */
+typedef struct drpc_devready drpc_devready;
+drpc_devready *drpc_devready_new(void);
+/* Frees r and its events (a no-op for NULL; events of a backend replaced
+ * since are the backend's to free). */
+void drpc_devready_free(drpc_devready *r);
+/* Marks the work queued on s so far as part of r (one stream per device:
+ * a later stream of the same device replaces the point). */
+int drpc_devready_add(drpc_devready *r, drpc_stream *s, drpc_error *err);
+/* How many devices r covers (0 for NULL). */
+int drpc_devready_count(const drpc_devready *r);
+/* Makes the calling thread's current streams of r's devices wait for r. */
+int drpc_devready_wait_current(const drpc_devready *r, drpc_error *err);
+/* Runs code "on" r: for each of r's devices, the calling thread's current
+ * stream becomes a pool stream that waits for r; the old current streams go
+ * to saved (DRPC_DEVICE_MAX entries). drpc_devready_leave puts them back;
+ * with to_default, each device's default stream first waits for the work
+ * queued meanwhile (for results that outlive the call, such as an RRef
+ * owner's value, read later from any thread). */
+/* ---- bytes staged from a device, chunk by chunk ---------------------------
+ */
+
+/* Byte ranges of something (an outgoing frame) that device copies are still
+ * filling, each with the event that says it is done. A writer waits for
+ * the chunk it is about to write while the device copies the next ones. */
+typedef struct drpc_devchunks drpc_devchunks;
+drpc_devchunks *drpc_devchunks_new(void);
+/* Adds bytes [start, end), ready once ev (recorded; owned by c from now on,
+ * also on failure) completes. Ranges are added in ascending order. */
+int drpc_devchunks_add(drpc_devchunks *c, uint64_t start, uint64_t end,
+                       drpc_devevent *ev, drpc_error *err);
+int drpc_devchunks_count(const drpc_devchunks *c);
+/* Waits on the host for the chunk holding byte pos (and every chunk before
+ * it) and returns the first byte at or after pos that may still be
+ * unwritten by the device (UINT64_MAX: none). On a failed wait returns pos
+ * and sets *rc (and err). */
+uint64_t drpc_devchunks_wait(drpc_devchunks *c, uint64_t pos, int *rc,
+                             drpc_error *err);
+/* Waits for every chunk, then frees c (NULL: no-op). */
+void drpc_devchunks_free(drpc_devchunks *c);
+/* Pinned host memory for a tensor (plain memory when the backend has
+ * none), uninitialised. */
+drpc_tensor *drpc_tensor_empty_pinned(drpc_dtype dt, int ndim,
+                                      const int64_t *shape, drpc_error *err);
+
+/* Waits on the host until r's work is done. */
+int drpc_devready_sync(const drpc_devready *r, drpc_error *err);
+int drpc_devready_enter(const drpc_devready *r, drpc_stream **saved,
+                        drpc_error *err);
+void drpc_devready_leave(const drpc_devready *r, drpc_stream *const *saved,
+                         bool to_default);
 
 /* ---- storages and tensors on devices ---------------------------------- */
 

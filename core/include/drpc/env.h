@@ -160,6 +160,11 @@ typedef struct drpc_env_ops {
   /* The address peers should connect to (e.g. "tcp://127.0.0.1:4242"),
    * written into buf. */
   int (*listen_addr)(void *ctx, char *buf, size_t n);
+  /* True when send takes frames whose device copies may still be running
+   * (outframe->pending) and reads each byte only once its chunk is done
+   * (drpc_outframe_ready_end), overlapping the copies with the writes.
+   * False: the core waits for the copies before it calls send. */
+  bool sends_staged;
 } drpc_env_ops;
 
 typedef struct drpc_env {

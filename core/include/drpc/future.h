@@ -26,6 +26,15 @@ void drpc_future_decref(drpc_future *f);
 /* Completes with a value (ownership moves to the future; NULL means nil).
  * Returns DRPC_ESTATE (and frees value) when already complete. */
 int drpc_future_set_value(drpc_future *f, drpc_value *value);
+/* The same for a value whose CUDA tensors are still being copied into place:
+ * ready (owned by the future from now on; NULL: none) says where they are
+ * done. Waits (drpc_future_wait, _get, _value, _take_value) then make the
+ * calling thread's current streams of those devices wait for it, and
+ * callbacks run on pool streams that wait for it, so nobody waits on the
+ * host and nobody reads the tensors early. */
+typedef struct drpc_devready drpc_devready;
+int drpc_future_set_value_ready(drpc_future *f, drpc_value *value,
+                                drpc_devready *ready);
 /* Completes with an error (code and message copied). DRPC_ESTATE when
  * already complete. */
 int drpc_future_set_error(drpc_future *f, const drpc_error *err);

@@ -178,6 +178,10 @@ typedef struct drpc_outframe {
   uint32_t ntensors;
   uint64_t total_len;
   struct drpc_outframe *next; /* for the backend's send queues */
+  /* Device copies still filling tensor bytes, chunk by chunk (NULL:
+   * none): bytes are read only once their chunk is done (see
+   * drpc_outframe_wait and drpc_outframe_ready_end). */
+  struct drpc_devchunks *pending;
 } drpc_outframe;
 
 /* Encodes a message of type/flags/id with the given body (borrowed; NULL
@@ -247,9 +251,24 @@ void drpc_outframe_set_id(drpc_outframe *f, uint64_t id);
  * DRPC_TENSOR_ALIGN zero bytes. */
 size_t drpc_outframe_iov(const drpc_outframe *f, uint64_t from,
                          struct iovec *iov, size_t max, const void *pad_zero);
+/* The same for bytes [from, to) only. */
+size_t drpc_outframe_iov_upto(const drpc_outframe *f, uint64_t from,
+                              uint64_t to, struct iovec *iov, size_t max,
+                              const void *pad_zero);
+/* For a writer that sends a frame as its device copies finish: waits for
+ * the chunk holding byte `from` (and those before it) and returns how far
+ * the frame may be read now (total_len when everything is there). On a
+ * failed copy returns `from` with *rc set (and err). */
+uint64_t drpc_outframe_ready_end(drpc_outframe *f, uint64_t from, int *rc,
+                                 drpc_error *err);
 /* Copies the whole frame into one new buffer (caller frees with free()). */
 uint8_t *drpc_outframe_flatten(const drpc_outframe *f, size_t *len);
+/* Frees f; pending device copies are waited for first (they write f's
+ * tensors). */
 void drpc_outframe_free(drpc_outframe *f);
+/* Waits on the host for all of f's pending device copies, if any; then
+ * f's bytes may be read. Non-zero (err set) when a copy failed. */
+int drpc_outframe_wait(drpc_outframe *f, drpc_error *err);
 
 #ifdef __cplusplus
 }
