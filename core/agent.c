@@ -2591,7 +2591,7 @@ static void agent_release(drpc_agent *a) {
 /* The configuration a replay needs to rebuild this core: [name, id, world
  * size, [[id, name, address]...], rpc timeout ms, max frame bytes,
  * ignore_rref_leak, shutdown timeout s, worker threads, join epoch (dynamic
- * groups; 0 otherwise)]. */
+ * groups; 0 otherwise), incarnation]. */
 drpc_value *drpc_agent_config_value(drpc_agent *a) {
   drpc_value *peers = drpc_value_list();
   for (size_t i = 0; peers && i < a->npeers; i++) {
@@ -2606,14 +2606,15 @@ drpc_value *drpc_agent_config_value(drpc_agent *a) {
     }
   }
   return drpc_value_list_of(
-      10, drpc_value_str(a->self.name), drpc_value_int(a->self.id),
+      11, drpc_value_str(a->self.name), drpc_value_int(a->self.id),
       drpc_value_int(a->world_size), peers,
       drpc_value_int((int64_t)atomic_load(&a->timeout_ms)),
       drpc_value_int((int64_t)a->opts.max_frame_bytes),
       drpc_value_bool(a->opts.ignore_rref_leak),
       drpc_value_float(a->opts.shutdown_timeout_s),
       drpc_value_int(a->opts.num_worker_threads),
-      drpc_value_int((int64_t)drpc_members_join_epoch(a)));
+      drpc_value_int((int64_t)drpc_members_join_epoch(a)),
+      drpc_value_int((int64_t)a->opts.incarnation));
 }
 
 static void record_start(drpc_agent *a) {
@@ -2686,7 +2687,8 @@ int drpc_agent_start(drpc_agent **out, drpc_store *store, const char *name,
   env->ops->sync_init(env->ctx, &a->mlock);
   /* PROFILER: also makes the worker id the default profiler node id. */
   if (!(a->prof = drpc_agent_prof_new(a, env, a->self.id)) ||
-      !(a->rctx = drpc_rctx_new(a, &a->self, env))) {
+      !(a->rctx = drpc_rctx_new(a, &a->self, env,
+                                (int64_t)a->opts.incarnation << 32))) {
     agent_release(a);
     return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
   }

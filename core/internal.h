@@ -100,9 +100,10 @@ typedef struct drpc_timer drpc_timer;
 drpc_timer *drpc_agent_timer_add(drpc_agent *a, uint64_t deadline_ns,
                                  void (*fn)(void *arg, bool fired), void *arg);
 
-/* rref.c. */
+/* rref.c. Local ids start at first_local_id (a worker's later lives
+ * start higher; see drpc_options.incarnation). */
 drpc_rctx *drpc_rctx_new(drpc_agent *a, const drpc_worker_info *self,
-                         const drpc_env *env);
+                         const drpc_env *env, int64_t first_local_id);
 /* The agent's reference; the context lives on while handles use it. */
 void drpc_rctx_release(drpc_rctx *c);
 /* Loop thread: marks the context destroyed (handles stop sending), clears

@@ -43,6 +43,10 @@ int drpc_options_validate(const drpc_options *o, drpc_error *err) {
     return drpc_error_set(err, DRPC_EINVAL,
                           "member timeout must be in [0, 1e6] s, got %g",
                           o->member_timeout_s);
+  if (o->incarnation >= 65536)
+    return drpc_error_set(err, DRPC_EINVAL,
+                          "incarnation must be below 65536, got %u",
+                          o->incarnation);
   if (o->num_worker_threads <= 0)
     return drpc_error_set(err, DRPC_EINVAL,
                           "num_worker_threads must be positive, got %d",

@@ -339,7 +339,8 @@ int drpc_replay_new(drpc_replay **out, const drpc_event *start,
                    *leak = item(cfg, 6, DRPC_VAL_BOOL),
                    *sdt = item(cfg, 7, DRPC_VAL_FLOAT),
                    *thr = item(cfg, 8, DRPC_VAL_INT),
-                   *jep = item(cfg, 9, DRPC_VAL_INT); /* dynamic groups */
+                   *jep = item(cfg, 9, DRPC_VAL_INT),      /* dynamic groups */
+                       *inc = item(cfg, 10, DRPC_VAL_INT); /* later lives */
   if (!name || !id || !ws || !peers || !tmo || !maxf || !leak || !sdt || !thr) {
     drpc_msg_clear(&m);
     return drpc_error_set(err, DRPC_EPROTO,
@@ -434,6 +435,8 @@ int drpc_replay_new(drpc_replay **out, const drpc_event *start,
     o.ignore_rref_leak = leak->u.b;
     o.shutdown_timeout_s = sdt->u.f;
     o.num_worker_threads = (int)thr->u.i;
+    o.incarnation =
+        inc && inc->u.i > 0 && inc->u.i < 65536 ? (uint32_t)inc->u.i : 0;
     o.registry = r->registry;
     rc = drpc_agent_start(&r->agent, r->store, name->u.s.data, id->u.i, ws->u.i,
                           &o, &r->env, err);

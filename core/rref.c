@@ -116,11 +116,12 @@ static void ctx_decref(drpc_rctx *c) {
 }
 
 drpc_rctx *drpc_rctx_new(drpc_agent *a, const drpc_worker_info *self,
-                         const drpc_env *env) {
+                         const drpc_env *env, int64_t first_local_id) {
   drpc_rctx *c = calloc(1, sizeof *c);
   if (!c)
     return NULL;
   atomic_init(&c->refs, 1);
+  atomic_init(&c->next_local_id, first_local_id);
   c->agent = a;
   c->env = *env;
   c->self = *self;

@@ -221,5 +221,4 @@ const drpc_scenario drpc_scn_rref_chain = {
      * the last life's, so new forks collide with deleted ones ("fork ... after
      * deletion") and new RRefs with live ones (a wrong sum). A core
      * matter, not the scenario's. */
-    .no_restart = "RRef and fork ids carry no life of their creator",
 };

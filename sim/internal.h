@@ -149,6 +149,7 @@ struct sim_node {
    * earlier life are dropped, so a restarted process never sees them. */
   uint8_t inc;
   unsigned crashes, starts; /* lives ended by a crash; program starts */
+  unsigned agents;          /* agents started (each a later incarnation) */
   drpc_env env;
   drpc_agent *agent;
   /* Agents of earlier incarnations in a dynamic group (a worker that left
@@ -223,6 +224,14 @@ struct sim {
   int nodes_left; /* not finished and not dead */
   size_t trace_cap;
 };
+
+/* The options for node n's next agent: each one is a later incarnation,
+ * whose RRef ids never repeat those of the agents before it. */
+static inline drpc_options sim_next_opts(sim_node *n, const drpc_options *o) {
+  drpc_options c = *o;
+  c.incarnation = n->agents++ % 65536;
+  return c;
+}
 
 /* The link from node x to node y. */
 #define SIM_LINK(s, x, y)                                                      \

@@ -197,8 +197,9 @@ static int host_rejoin(const drpc_scn_host *h, drpc_agent **ap,
   n->state = NODE_STARTING;
   sim_fiber_sleep(s, s->now + (uint64_t)((double)away_ns * n->slow));
   drpc_agent *b = NULL;
-  if ((rc = drpc_agent_start(&b, s->store, n->name, n->index, -1, &s->opts,
-                             &n->env, err))) {
+  drpc_options o = sim_next_opts(n, &s->opts);
+  if ((rc = drpc_agent_start(&b, s->store, n->name, n->index, -1, &o, &n->env,
+                             err))) {
     sim_attach(s, n, a);
     return rc;
   }
@@ -229,9 +230,10 @@ static void node_main(void *arg) {
   /* A restarted node (a fresh process after a crash) runs the program's
    * restart entry, or the program again from the top. */
   bool again = n->starts++ > 0;
-  int rc = drpc_agent_start(&a, s->store, n->name, n->index,
-                            s->scn->dynamic ? -1 : s->nnodes, &s->opts, &n->env,
-                            &err);
+  drpc_options o = sim_next_opts(n, &s->opts);
+  int rc =
+      drpc_agent_start(&a, s->store, n->name, n->index,
+                       s->scn->dynamic ? -1 : s->nnodes, &o, &n->env, &err);
   if (rc) {
     if (!s->host.faults || !drpc_scn_fault_error(&err)) {
       sim_violation(s, "%s: agent start failed: %s", n->name,

@@ -51,6 +51,11 @@ static void test_validate(void) {
   CHECK_STR_EQ(err.msg, "num_worker_threads must be positive, got -3");
   o.num_worker_threads = 1;
   CHECK_EQ_INT(drpc_options_validate(&o, NULL), 0);
+  o.incarnation = 65535;
+  CHECK_EQ_INT(drpc_options_validate(&o, NULL), 0);
+  o.incarnation = 65536;
+  CHECK_EQ_INT(drpc_options_validate(&o, &err), DRPC_EINVAL);
+  CHECK_STR_EQ(err.msg, "incarnation must be below 65536, got 65536");
 
   drpc_options_default(&o);
   o.rpc_timeout_s = -1;

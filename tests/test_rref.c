@@ -282,6 +282,33 @@ static void register_all(void) {
 /* ---- tests ------------------------------------------------------------------
  */
 
+/* A later life of a worker (drpc_options.incarnation) names its RRefs and
+ * forks from incarnation << 32 on, so ids an earlier life handed out are
+ * never named again; the first life starts at 0 as PyTorch does. */
+static void test_ids_of_later_lives(void) {
+  drpc_options o;
+  drpc_options_default(&o);
+  o.incarnation = 3;
+  up_opts(2, &o);
+  drpc_rref *l = NULL;
+  drpc_error err = DRPC_ERROR_INIT;
+  CHECK_EQ_INT(drpc_rref_new_local(ag(0), drpc_value_int(35), &l, &err), 0);
+  CHECK_STR_EQ(fmt(l), "OwnerRRef(GloballyUniqueId(created_on=0, "
+                       "local_id=12884901888))");
+  drpc_rref *u = remote(0, "w1", DRPC_BUILTIN, "aten::add", ints(2, 1, 2), -1);
+  CHECK_STR_EQ(fmt(u), "UserRRef(RRefId = GloballyUniqueId(created_on=0, "
+                       "local_id=12884901889), ForkId = GloballyUniqueId("
+                       "created_on=0, local_id=12884901890))");
+  drpc_value *v = NULL;
+  CHECK_EQ_INT(drpc_rref_to_here(u, 5, &v, &err), 0);
+  CHECK(v && v->kind == DRPC_VAL_INT && v->u.i == 3);
+  drpc_value_free(v);
+  drpc_rref_decref(u);
+  drpc_rref_decref(l);
+  drpc_error_clear(&err);
+  down();
+}
+
 static void test_ids_and_strings(void) {
   up(2);
   drpc_rref *l = NULL;
@@ -845,6 +872,7 @@ static void test_stress_forks(void) {
 int main(void) {
   register_all();
   RUN(test_ids_and_strings);
+  RUN(test_ids_of_later_lives);
   RUN(test_remote_to_here);
   RUN(test_remote_self_and_local);
   RUN(test_forks_in_values);

@@ -130,6 +130,36 @@ static void test_restart_ps(void) {
   }
 }
 
+/* rref_chain: a link of the chain crashes and comes back while RRefs it
+ * created are still held along the chain; its new life names RRefs and
+ * forks from a new range (drpc_options.incarnation), so none is taken for
+ * one of its last life, and the run completes. */
+static void test_restart_rref_chain(void) {
+  for (int node = 1; node < 3; node++) {
+    char faults[256];
+    snprintf(faults, sizeof faults,
+             "{\"kind\": \"crash\", \"at_ns\": \"2000000\", \"node\": %d}, "
+             "{\"kind\": \"restart\", \"at_ns\": \"2500000\", \"node\": %d}",
+             node, node);
+    drpc_sim_config c;
+    drpc_sim_result r;
+    CHECK_EQ_INT(schedule(&c, "rref_chain", 5, faults, 6000000), 0);
+    watch w = {.node = node};
+    c.record = on_event;
+    c.record_ctx = &w;
+    CHECK_EQ_INT(run(&c, &r), 0);
+    CHECK(r.ok);
+    CHECK_EQ_INT(r.restarted, 1);
+    CHECK(w.restarted);
+    drpc_sim_result_clear(&r);
+    drpc_sim_config_clear(&c);
+  }
+}
+
+static void child_rref_chain(void) {
+  sim_in_child(test_restart_rref_chain);
+}
+
 /* A restart names a node that is down; one that is up is left alone. */
 static void test_restart_of_live_node_is_noop(void) {
   drpc_sim_config c;
@@ -257,8 +287,9 @@ static void test_determinism(void) {
 /* Swarm and plain sweeps with restarts drawn: every check passes, and
  * restarts really happen. */
 static void test_sweep(void) {
-  const char *scns[] = {"echo", "fanout", "timeouts", "shutdown_storm", "ps"};
-  for (int k = 0; k < 5; k++) {
+  const char *scns[] = {"echo",           "fanout", "timeouts",
+                        "shutdown_storm", "ps",     "rref_chain"};
+  for (int k = 0; k < 6; k++) {
     int failing = 0, restarted = 0;
     for (uint64_t seed = 3000; seed < 3080; seed++) {
       drpc_sim_config c;
@@ -351,6 +382,7 @@ static void child_sweep(void) {
 int main(void) {
   RUN(child_serves_again);
   RUN(child_ps);
+  RUN(child_rref_chain);
   RUN(test_restart_of_live_node_is_noop);
   RUN(child_rendezvous);
   RUN(child_json);

@@ -76,6 +76,12 @@ typedef struct drpc_options {
    * watches the next one by id; heartbeats go every third of it). 0 turns
    * heartbeats off: only lost connections are noticed. Default 10. */
   double member_timeout_s;
+  /* Which life of this worker this is (0: the first). A worker restarted
+   * under the same name and id after a crash passes a higher one: its
+   * RRef and fork ids then start at incarnation << 32, so that ids of an
+   * earlier life that peers may still hold are never named again. Below
+   * 65536. */
+  uint32_t incarnation;
 } drpc_options;
 
 void drpc_options_default(drpc_options *o);
