@@ -26,8 +26,21 @@ typedef struct produced {
   uint64_t id, aux;
   size_t len;
   uint64_t hash; /* of bytes and name */
-  char what[160];
+  bool named;
+  char name[64]; /* described only when a divergence is reported */
 } produced;
+
+/* What p looks like, for a divergence report. */
+static const char *produced_what(const produced *p, char *buf, size_t n) {
+  drpc_event ev = {.kind = p->kind,
+                   .peer = p->peer,
+                   .id = p->id,
+                   .aux = p->aux,
+                   .len = p->len,
+                   .name = p->named ? p->name : NULL};
+  drpc_event_describe(&ev, buf, n);
+  return buf;
+}
 
 typedef struct vec {
   void **p;
@@ -217,7 +230,12 @@ static void r_record(void *ctx, const drpc_event *ev) {
   p->aux = ev->aux;
   p->len = ev->len;
   p->hash = hash_of(ev);
-  drpc_event_describe(ev, p->what, sizeof p->what);
+  p->named = ev->name != NULL;
+  if (p->named) {
+    size_t n = strnlen(ev->name, sizeof p->name - 1);
+    memcpy(p->name, ev->name, n);
+    p->name[n] = '\0';
+  }
 }
 
 static drpc_value *r_recorded_value(void *ctx, uint64_t key);
@@ -496,10 +514,11 @@ static int diverged(drpc_replay *r, drpc_error *err, const char *fmt,
 }
 
 static int check_output(drpc_replay *r, const drpc_event *ev, drpc_error *err) {
-  char rec[200];
-  drpc_event_describe(ev, rec, sizeof rec);
-  if (r->out_len == 0)
+  char rec[200], got[200];
+  if (r->out_len == 0) {
+    drpc_event_describe(ev, rec, sizeof rec);
     return diverged(r, err, "recorded %s; replay produced %s", rec, "nothing");
+  }
   produced *p = &r->out[r->out_head];
   uint64_t pid = p->id;
   bool ok = p->kind == ev->kind && p->peer == ev->peer && p->aux == ev->aux &&
@@ -511,8 +530,11 @@ static int check_output(drpc_replay *r, const drpc_event *ev, drpc_error *err) {
     pid = conn_out(r, pid);
   if (ok && p->kind != DRPC_EV_OUT_CONNECT && pid != ev->id)
     ok = false;
-  if (!ok)
-    return diverged(r, err, "recorded %s; replay produced %s", rec, p->what);
+  if (!ok) {
+    drpc_event_describe(ev, rec, sizeof rec);
+    return diverged(r, err, "recorded %s; replay produced %s", rec,
+                    produced_what(p, got, sizeof got));
+  }
   r->out_head++;
   r->out_len--;
   if (r->out_len == 0)
@@ -722,10 +744,11 @@ int drpc_replay_feed(drpc_replay *r, const drpc_event *ev, drpc_error *err) {
 
 int drpc_replay_finish(drpc_replay *r, drpc_error *err) {
   int rc = 0;
+  char got[200];
   if (!r->failed && r->out_len)
-    rc =
-        diverged(r, err, "the recording ends here; replay produced more: %s%s",
-                 r->out[r->out_head].what, r->out_len > 1 ? " (and more)" : "");
+    rc = diverged(r, err, "the recording ends here; replay produced more: %s%s",
+                  produced_what(&r->out[r->out_head], got, sizeof got),
+                  r->out_len > 1 ? " (and more)" : "");
   return rc;
 }
 

@@ -13,11 +13,20 @@ typedef struct value_rec {
   size_t n;
 } value_rec;
 
+/* An event kept for the context of a divergence: described only when one
+ * is reported (formatting every event cost a sixth of replay's time). */
+typedef struct kept_event {
+  drpc_event ev; /* bytes and name not kept */
+  bool named;
+  char name[64];
+} kept_event;
+
 typedef struct node_replay {
   drpc_replay *r;
   drpc_trace_replay_result *res;
   int context;
   size_t ring_head;
+  kept_event ring[DRPC_TRACE_REPLAY_CONTEXT];
   drpc_error err;
   /* Looked up ahead of the inputs: the node's connection ids and the
    * shared values its core read, in recorded order. */
@@ -123,7 +132,16 @@ static void remember(node_replay *c, const drpc_trace_event *e) {
     c->ring_head = (c->ring_head + 1) % cap;
   else
     res->ncontext++;
-  drpc_event_describe(&e->ev, res->context[at], sizeof res->context[at]);
+  kept_event *k = &c->ring[at];
+  k->ev = e->ev;
+  k->ev.bytes = NULL;
+  k->ev.name = NULL;
+  k->named = e->ev.name != NULL;
+  if (k->named) {
+    size_t n = strnlen(e->ev.name, sizeof k->name - 1);
+    memcpy(k->name, e->ev.name, n);
+    k->name[n] = '\0';
+  }
   res->context_seq[at] = e->seq;
 }
 
@@ -165,10 +183,15 @@ static int step(void *arg, const drpc_trace_event *e) {
   return 0;
 }
 
-/* Puts the context ring in order, oldest first. */
+/* Describes the kept events and puts the context in order, oldest first. */
 static void unroll(node_replay *c) {
   drpc_trace_replay_result *res = c->res;
   size_t n = res->ncontext, h = c->ring_head;
+  for (size_t i = 0; i < n; i++) {
+    kept_event *k = &c->ring[i];
+    k->ev.name = k->named ? k->name : NULL;
+    drpc_event_describe(&k->ev, res->context[i], sizeof res->context[i]);
+  }
   if (!h)
     return;
   drpc_trace_replay_result *tmp = malloc(sizeof *tmp);

@@ -159,7 +159,8 @@ typedef struct drpc_trace drpc_trace;
  * ..."), DRPC_ETRUNC ("corrupt recording: ... is truncated ..."), DRPC_EIO
  * (the file cannot be read).
  * Reading covers the file's first run (lowest id); the recorder writes
- * exactly one. *out is NULL on failure. */
+ * exactly one. *out is NULL on failure. A trace and its cursors are used
+ * by one thread at a time. */
 int drpc_trace_open(drpc_trace **out, const char *path, drpc_error *err);
 void drpc_trace_close(drpc_trace *t);
 
