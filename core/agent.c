@@ -748,12 +748,28 @@ void drpc_agent_on_conn_closed(drpc_agent *a, uint64_t conn,
   conn_closed(a, conn, reason);
 }
 
+/* True when a connection to or from worker id is still open. */
+static bool peer_connected(drpc_agent *a, int16_t id) {
+  size_t n = 0;
+  uint64_t *keys = drpc_map_sorted_keys(&a->conns, &n);
+  bool found = false;
+  for (size_t i = 0; keys && i < n && !found; i++) {
+    const conn_entry *ce = drpc_map_get(&a->conns, keys[i]);
+    found = ce && ce->peer == id;
+  }
+  free(keys);
+  return found || !keys; /* no memory to look: assume it is */
+}
+
 static void conn_closed(drpc_agent *a, uint64_t conn,
                         const drpc_error *reason) {
   conn_entry *ce = drpc_map_remove(&a->conns, conn);
   if (!ce)
     return;
-  if (ce->peer >= 0)
+  /* Device memory lent to the peer is taken back once nothing connects
+   * the two any more: a frame that went out on another connection may
+   * still be read (and released) through it. */
+  if (ce->peer >= 0 && !peer_connected(a, ce->peer))
     drpc_dev_peer_gone(a, ce->peer);
   if (ce->outgoing) {
     peer *p = peer_by_id(a, ce->peer);
@@ -1135,15 +1151,15 @@ static void call_run_body(drpc_job *job);
  * inside). */
 static void call_run(drpc_job *job) {
   drpc_call *call = (drpc_call *)job;
-  /* The function (and the encoding of its result) runs on pool streams that
-   * wait for the request's tensors; an RRef owner's value is read later
-   * from any thread, so the default streams wait for its work too. */
+  /* The function (and the encoding of its result) runs on the streams the
+   * request's tensors arrived on; an RRef owner's value is read later from
+   * any thread, so the default streams wait for its work too. */
   drpc_devready *ready = call->ready;
   call->ready = NULL;
   bool remote = call->remote_owner != NULL;
   drpc_stream *streams[DRPC_DEVICE_MAX];
   drpc_error derr = DRPC_ERROR_INIT;
-  if (ready && drpc_devready_enter(ready, streams, &derr) != 0) {
+  if (ready && drpc_devready_enter_own(ready, streams, &derr) != 0) {
     if (!call->fail.code)
       drpc_error_move(&call->fail, &derr);
     drpc_devready_free(ready);

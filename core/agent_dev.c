@@ -738,6 +738,8 @@ static drpc_tensor *stage(plan_ctx *pc, drpc_tensor *t, drpc_error *err) {
     drpc_tensor_decref(h);
     return NULL;
   }
+  /* t may be freed before the copies ran (a result, once encoded). */
+  drpc_storage_record_stream(t->storage, s);
   return h;
 }
 

@@ -184,6 +184,7 @@ struct drpc_devready {
   int n;
   int8_t dev[DRPC_DEVICE_MAX];
   drpc_devevent *ev[DRPC_DEVICE_MAX];
+  drpc_stream *st[DRPC_DEVICE_MAX]; /* where the data arrived */
 };
 
 drpc_devready *drpc_devready_new(void) {
@@ -234,6 +235,7 @@ int drpc_devready_add(drpc_devready *r, drpc_stream *s, drpc_error *err) {
     r->ev[i] = e;
     r->n++;
   }
+  r->st[i] = s;
   return drpc_devevent_record(r->ev[i], s, err);
 }
 
@@ -288,6 +290,20 @@ int drpc_devready_enter(const drpc_devready *r, drpc_stream **saved,
   return 0;
 }
 
+int drpc_devready_enter_own(const drpc_devready *r, drpc_stream **saved,
+                            drpc_error *err) {
+  if (!r || !r->n)
+    return 0;
+  if (!ready_live(r, err))
+    return DRPC_ESTATE;
+  check_generation();
+  for (int i = 0; i < r->n; i++)
+    saved[r->dev[i]] = t_current[r->dev[i]];
+  for (int i = 0; i < r->n; i++)
+    t_current[r->dev[i]] = r->st[i];
+  return 0;
+}
+
 void drpc_devready_leave(const drpc_devready *r, drpc_stream *const *saved,
                          bool to_default) {
   if (!r || !r->n || !ready_live(r, NULL))
@@ -303,20 +319,67 @@ void drpc_devready_leave(const drpc_devready *r, drpc_stream *const *saved,
 
 /* ---- storages ---------------------------------------------------------- */
 
+/* Other streams a storage is recorded on (record_stream); past them, a
+ * further stream is waited for at once rather than at the free. */
+#define DEV_MEM_USES 6
+
 typedef struct dev_mem {
   const drpc_device_backend *backend;
   void *ctx;
   drpc_stream *stream;
   int index;
   size_t nbytes;
+  _Atomic int nused;
+  drpc_stream *_Atomic used[DEV_MEM_USES];
 } dev_mem;
 
 static void dev_mem_free(void *ctx, void *data) {
   dev_mem *m = ctx;
   /* Memory of a backend that has been replaced went with its shutdown. */
-  if (m->backend == g_backend && m->ctx == g_ctx)
+  if (m->backend == g_backend && m->ctx == g_ctx) {
+    int n = atomic_load(&m->nused);
+    for (int i = 0; i < n && i < DEV_MEM_USES; i++) {
+      drpc_stream *u = atomic_load(&m->used[i]);
+      if (u)
+        (void)drpc_stream_wait_stream(m->stream, u, NULL);
+    }
     m->backend->free(m->ctx, m->index, data, m->nbytes, m->stream);
+  }
   free(m);
+}
+
+void drpc_storage_record_stream(drpc_storage *st, drpc_stream *s) {
+  if (!st || !s || st->device.type == DRPC_DEVICE_CPU ||
+      st->free_fn != dev_mem_free)
+    return;
+  dev_mem *m = st->free_ctx;
+  if (s == m->stream || m->backend != g_backend)
+    return;
+  int n = atomic_load(&m->nused);
+  for (int i = 0; i < n && i < DEV_MEM_USES; i++)
+    if (atomic_load(&m->used[i]) == s)
+      return;
+  int k = atomic_fetch_add(&m->nused, 1);
+  if (k < DEV_MEM_USES)
+    atomic_store(&m->used[k], s);
+  else
+    (void)drpc_stream_wait_stream(m->stream, s, NULL); /* no room: now */
+}
+
+static void record_value(const drpc_value *v, int depth) {
+  if (!v || depth > 512)
+    return;
+  if (v->kind == DRPC_VAL_TENSOR && v->u.t && v->u.t->storage &&
+      v->u.t->storage->device.type == DRPC_DEVICE_CUDA)
+    drpc_storage_record_stream(
+        v->u.t->storage, drpc_stream_current(v->u.t->storage->device.index));
+  else if (v->kind == DRPC_VAL_LIST || v->kind == DRPC_VAL_DICT)
+    for (size_t i = 0; i < v->u.c.len; i++)
+      record_value(v->u.c.items[i], depth + 1);
+}
+
+void drpc_value_record_streams(const drpc_value *v) {
+  record_value(v, 0);
 }
 
 drpc_storage *drpc_device_storage_new(drpc_device dev, size_t nbytes,
@@ -345,7 +408,11 @@ drpc_storage *drpc_device_storage_new(drpc_device dev, size_t nbytes,
     free(m);
     return NULL;
   }
-  *m = (dev_mem){g_backend, g_ctx, s, dev.index, nbytes};
+  *m = (dev_mem){.backend = g_backend,
+                 .ctx = g_ctx,
+                 .stream = s,
+                 .index = dev.index,
+                 .nbytes = nbytes};
   drpc_storage *st = drpc_storage_wrap(p, nbytes, dev, dev_mem_free, m);
   if (!st) {
     g_backend->free(g_ctx, dev.index, p, nbytes, s);

@@ -79,6 +79,8 @@ static cb_entry *cb_at(drpc_future *f, size_t i) {
 static void run_cb(drpc_future *f, cb_entry e) {
   drpc_stream *saved[DRPC_DEVICE_MAX];
   bool on = f->ready && drpc_devready_enter(f->ready, saved, NULL) == 0;
+  if (on)
+    drpc_value_record_streams(f->value);
   e.cb(f, e.arg);
   if (on)
     drpc_devready_leave(f->ready, saved, false);
@@ -198,16 +200,16 @@ static uint64_t deadline_after(const drpc_env *env, double timeout_s) {
 
 /* A done future's device work: the caller's current streams wait for it
  * (no host wait). ready is set before done and never changes after. */
-static void wait_ready(drpc_future *f) {
-  if (f->ready)
-    (void)drpc_devready_wait_current(f->ready, NULL);
+static void wait_ready(drpc_future *f, const drpc_value *v) {
+  if (f->ready && drpc_devready_wait_current(f->ready, NULL) == 0)
+    drpc_value_record_streams(v); /* freed after that work only */
 }
 
 int drpc_future_wait(drpc_future *f, double timeout_s) {
   lock(f);
   if (f->done) {
     unlock(f);
-    wait_ready(f);
+    wait_ready(f, f->value);
     return 0;
   }
   if (f->env.ops->is_owner && f->env.ops->is_owner(f->env.ctx)) {
@@ -227,7 +229,7 @@ int drpc_future_wait(drpc_future *f, double timeout_s) {
   bool d = f->done;
   unlock(f);
   if (d)
-    wait_ready(f);
+    wait_ready(f, f->value);
   return d ? 0 : DRPC_ETIMEOUT;
 }
 
@@ -236,7 +238,7 @@ const drpc_value *drpc_future_value(drpc_future *f) {
   const drpc_value *v = f->done && f->err.code == 0 ? f->value : NULL;
   unlock(f);
   if (v)
-    wait_ready(f);
+    wait_ready(f, f->value);
   return v;
 }
 
@@ -249,7 +251,7 @@ drpc_value *drpc_future_take_value(drpc_future *f) {
   }
   unlock(f);
   if (v)
-    wait_ready(f);
+    wait_ready(f, v);
   return v;
 }
 

@@ -269,8 +269,11 @@ static void raw_mode(fz *in, uint32_t ntensors) {
     drpc_error_clear(&err);
     return;
   }
+  /* As it arrived: tensors meant for devices (and shared ones) carry
+   * their targets outside the body, so the message, not the body alone,
+   * re-encodes to the same bytes. */
   drpc_outframe *f = NULL;
-  rc = drpc_wire_encode(DRPC_MSG_RESPONSE, 0, 0, m.body, NULL, &f, &err);
+  rc = drpc_wire_encode_msg(&m, NULL, &f, &err);
   FUZZ_CHECK(rc == 0, "a decoded body does not encode: %s",
              drpc_error_message(&err));
   if (vg_tensors_in_order(m.body, m.tensors, m.ntensors)) {

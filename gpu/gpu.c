@@ -53,6 +53,10 @@ void drpc_gpu_teardown(void) {
   snprintf(g_desc, sizeof g_desc, "none");
 }
 
+void *drpc_gpu_simcuda_ctx(void) {
+  return g_sim_ctx;
+}
+
 const char *drpc_gpu_describe(void) {
   return g_desc;
 }
@@ -66,12 +70,17 @@ int drpc_gpu_setup(const char *spec, drpc_error *err) {
     drpc_gpu_teardown();
     return 0;
   }
-  if (strncmp(spec, "sim", 3) == 0 && (spec[3] == '\0' || spec[3] == ':')) {
+  /* "sim" or "simcuda", then optionally ":N". */
+  size_t simlen = strncmp(spec, "simcuda", 7) == 0 ? 7
+                  : strncmp(spec, "sim", 3) == 0   ? 3
+                                                   : 0;
+  if (simlen && (spec[simlen] == '\0' || spec[simlen] == ':')) {
     int n = 2;
-    if (spec[3] == ':') {
+    if (spec[simlen] == ':') {
+      const char *num = spec + simlen + 1;
       char *end = NULL;
-      long v = strtol(spec + 4, &end, 10);
-      if (end == spec + 4 || *end || v < 1 || v > DRPC_DEVICE_MAX)
+      long v = strtol(num, &end, 10);
+      if (end == num || *end || v < 1 || v > DRPC_DEVICE_MAX)
         return drpc_error_set(err, DRPC_EINVAL,
                               "DRPC_CUDA=%s: sim:N takes N in 1..%d", spec,
                               DRPC_DEVICE_MAX);
@@ -91,7 +100,8 @@ int drpc_gpu_setup(const char *spec, drpc_error *err) {
   bool want = strcmp(spec, "cuda") == 0;
   if (!want && strcmp(spec, "auto") != 0)
     return drpc_error_set(err, DRPC_EINVAL,
-                          "DRPC_CUDA=%s: expected none, sim[:N], cuda or auto",
+                          "DRPC_CUDA=%s: expected none, sim[:N], simcuda[:N], "
+                          "cuda or auto",
                           spec);
   const drpc_device_backend *b = drpc_cuda_backend();
   int n = b ? b->device_count(NULL) : 0;

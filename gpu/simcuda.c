@@ -25,10 +25,12 @@
  * below the number of streams; the bound catches a broken invariant rather
  * than a deep program. */
 #define SIM_FLUSH_DEPTH_MAX 1024
-/* IPC handles: 8 bytes of allocation or event id, then 8 bytes of base
- * address (memory) or of magic (events). */
+/* IPC handles: 8 bytes of allocation or event id, then 8 bytes of magic
+ * telling memory from events. Ids are counters, so handles (which travel
+ * in frames) are the same in every run of a simulation, unlike addresses. */
 #define SIM_HANDLE_LEN 16
 #define SIM_EVENT_MAGIC 0x53494d4556454e54ull /* "SIMEVENT" */
+#define SIM_ALLOC_MAGIC 0x53494d414c4c4f43ull /* "SIMALLOC" */
 
 typedef enum op_kind {
   OP_COPY,
@@ -59,6 +61,7 @@ typedef struct range {
 typedef struct op {
   struct op *next;
   uint64_t seq;
+  uint64_t cost_ns; /* its duration on a clock (see charge) */
   op_kind kind;
   int nranges;
   range ranges[3];
@@ -128,6 +131,9 @@ struct drpc_stream {
   size_t pending;
   op *head, *tail;
   drpc_stream *next; /* stream_new's streams, for shutdown */
+  /* With a clock: the virtual time at which the work queued so far is
+   * done (see drpc_simcuda_set_clock). */
+  uint64_t busy_ns;
 };
 
 struct drpc_devevent {
@@ -137,6 +143,7 @@ struct drpc_devevent {
   uint64_t id;
   drpc_stream *stream; /* NULL: never recorded, so complete */
   uint64_t seq;
+  uint64_t ready_ns; /* with a clock: when its stream reaches the point */
   drpc_devevent *prev, *next;
 };
 
@@ -164,6 +171,10 @@ typedef struct sim {
    * by the next sync, as CUDA reports a kernel's fault. */
   int fault;
   char fault_msg[256];
+  /* The virtual-time cost model, when a simulator installed one. */
+  bool timed;
+  drpc_simcuda_clock clk;
+  drpc_simcuda_stats stats;
 } sim;
 
 static sim *lock(void *ctx) {
@@ -314,6 +325,85 @@ static int push(sim *c, drpc_stream *s, const op *proto, drpc_error *err) {
   return 0;
 }
 
+/* ---- virtual time ------------------------------------------------------ */
+
+static uint64_t add_sat(uint64_t a, uint64_t b) {
+  return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
+/* ns for x units at rate per second, saturated. */
+static uint64_t ns_for(double x, double per_s) {
+  double ns = x * 1e9 / per_s;
+  return ns >= 1.8e19 ? UINT64_MAX : (uint64_t)ns;
+}
+
+static uint64_t copy_cost(const sim *c, size_t n, bool scuda, bool dcuda,
+                          bool same_device) {
+  if (!c->timed)
+    return 0;
+  double bps = !scuda        ? c->clk.h2d_Bps
+               : !dcuda      ? c->clk.d2h_Bps
+               : same_device ? c->clk.d2d_Bps
+                             : c->clk.p2p_Bps;
+  return add_sat(c->clk.latency_ns, ns_for((double)n, bps));
+}
+
+static uint64_t kernel_cost(const sim *c, int64_t elems) {
+  if (!c->timed)
+    return 0;
+  double ns = (double)elems * c->clk.elem_ns;
+  return add_sat(c->clk.launch_ns, ns >= 1.8e19 ? UINT64_MAX : (uint64_t)ns);
+}
+
+/* Gives the op just queued on s its place in virtual time: it starts when
+ * both the host (now) and the stream are ready. */
+static void charge(sim *c, drpc_stream *s, uint64_t cost_ns) {
+  if (!c->timed)
+    return;
+  uint64_t now = c->clk.now_ns(c->clk.arg);
+  uint64_t start = s->busy_ns > now ? s->busy_ns : now;
+  s->busy_ns = add_sat(start, cost_ns);
+  c->stats.ops_timed++;
+  c->stats.busy_ns = add_sat(c->stats.busy_ns, cost_ns);
+}
+
+/* What a host sync must do after unlocking: sleep until wake_ns. */
+typedef struct sleep_plan {
+  bool (*sleep_until)(void *arg, uint64_t t_ns);
+  void *arg;
+  uint64_t wake_ns;
+} sleep_plan;
+
+/* Plans the wait of a host sync for work done at done_ns (under the
+ * lock). */
+static sleep_plan plan_sleep(sim *c, uint64_t done_ns) {
+  sleep_plan p = {NULL, NULL, 0};
+  if (!c->timed || !c->clk.sleep_until)
+    return p;
+  uint64_t now = c->clk.now_ns(c->clk.arg);
+  if (done_ns <= now)
+    return p;
+  p.sleep_until = c->clk.sleep_until;
+  p.arg = c->clk.arg;
+  p.wake_ns = done_ns;
+  c->stats.slept_ns = add_sat(c->stats.slept_ns, done_ns - now);
+  return p;
+}
+
+/* Carries out a plan; never called with the lock held, since the fiber
+ * that sleeps lets every other fiber of the simulation run meanwhile. */
+static void do_sleep(sim *c, const sleep_plan *p) {
+  if (!p->sleep_until)
+    return;
+  bool slept = p->sleep_until(p->arg, p->wake_ns);
+  lock(c);
+  if (slept)
+    c->stats.syncs_slept++;
+  else
+    c->stats.syncs_unslept++;
+  unlock(c);
+}
+
 /* Checks the ranges of a new op and queues it; frees what the op owns when
  * it cannot be queued. */
 static int enqueue(sim *c, drpc_stream *s, op *o, drpc_error *err) {
@@ -329,6 +419,8 @@ static int enqueue(sim *c, drpc_stream *s, op *o, drpc_error *err) {
   }
   if (!rc)
     rc = push(c, s, o, err);
+  if (!rc)
+    charge(c, s, o->cost_ns);
   if (rc) {
     if (o->kind == OP_COPY)
       free(o->u.copy.snapshot);
@@ -890,12 +982,16 @@ static drpc_stream *sim_stream_new(void *ctx, int index, drpc_error *err) {
 
 static int sim_stream_sync(void *ctx, drpc_stream *s, drpc_error *err) {
   sim *c = lock(ctx);
+  sleep_plan p = {NULL, NULL, 0};
   int rc = check_stream(c, s, err);
   if (!rc)
     rc = flush(c, s, s->queued, 0, err);
   if (!rc)
     rc = take_fault(c, err);
+  if (!rc)
+    p = plan_sleep(c, s->busy_ns);
   unlock(c);
+  do_sleep(c, &p);
   return rc;
 }
 
@@ -965,6 +1061,7 @@ static int sim_event_record(void *ctx, drpc_devevent *e, drpc_stream *s,
   if (!rc) {
     e->stream = s;
     e->seq = s->queued;
+    e->ready_ns = s->busy_ns;
   }
   unlock(c);
   return rc;
@@ -981,12 +1078,17 @@ static int sim_stream_wait(void *ctx, drpc_stream *s, drpc_devevent *e,
     op o = {.kind = OP_WAIT, .u.wait = {e->stream, e->seq}};
     rc = push(c, s, &o, err);
   }
+  /* In virtual time the wait holds s until e's point even when the data
+   * already ran (someone else waited for it): time and data are apart. */
+  if (!rc && e->stream && e->stream != s && e->ready_ns > s->busy_ns)
+    s->busy_ns = e->ready_ns;
   unlock(c);
   return rc;
 }
 
 static int sim_event_sync(void *ctx, drpc_devevent *e, drpc_error *err) {
   sim *c = lock(ctx);
+  sleep_plan p = {NULL, NULL, 0};
   int rc = 0;
   if (!e)
     rc = drpc_error_set(err, DRPC_EINVAL, "simcuda: no such event");
@@ -994,7 +1096,10 @@ static int sim_event_sync(void *ctx, drpc_devevent *e, drpc_error *err) {
     rc = flush(c, e->stream, e->seq, 0, err);
   if (!rc)
     rc = take_fault(c, err);
+  if (!rc && e->stream)
+    p = plan_sleep(c, e->ready_ns);
   unlock(c);
+  do_sleep(c, &p);
   return rc;
 }
 
@@ -1040,7 +1145,11 @@ static int sim_copy(void *ctx, void *dst, drpc_device ddev, const void *src,
     }
     memcpy(o.u.copy.snapshot, src, n);
   }
+  o.cost_ns = copy_cost(c, n, scuda, dcuda,
+                        !scuda || !dcuda || sdev.index == ddev.index);
   rc = enqueue(c, s, &o, err);
+  if (!rc && c->timed)
+    c->stats.copy_bytes += n;
 out:
   unlock(c);
   return rc;
@@ -1053,6 +1162,7 @@ static int sim_fill(void *ctx, drpc_stream *s, void *dst, drpc_dtype dt,
   int rc = check_stream(c, s, err);
   if (!rc && (drpc_dtype_size(dt) == 0 || n < 0))
     rc = drpc_error_set(err, DRPC_EINVAL, "simcuda fill: bad dtype or count");
+  o.cost_ns = kernel_cost(c, n);
   if (!rc && n > 0 &&
       !(rc = add_contig(&o, s->index, dst, n, drpc_dtype_size(dt), err)))
     rc = enqueue(c, s, &o, err);
@@ -1083,6 +1193,7 @@ static int sim_strided_copy(void *ctx, drpc_stream *s, void *dst,
   o.u.strided.ndim = ndim;
   copy_dims(o.u.strided.shape, shape, ndim);
   copy_dims(o.u.strided.strides, strides, ndim);
+  o.cost_ns = kernel_cost(c, n);
   if (!(rc = add_contig(&o, s->index, dst, n, drpc_dtype_size(ddt), err)) &&
       !(rc = add_strided(&o, s->index, src, ndim, shape, strides,
                          drpc_dtype_size(sdt), err)))
@@ -1141,6 +1252,7 @@ static int sim_binary(void *ctx, drpc_stream *s, drpc_devop bop, void *dst,
       !(rc = add_operand(&o, s->index, b, ndim, shape, err))) {
     o.u.binary.a = *a;
     o.u.binary.b = *b;
+    o.cost_ns = kernel_cost(c, n);
     rc = enqueue(c, s, &o, err);
   }
 out:
@@ -1191,6 +1303,7 @@ static int sim_sum(void *ctx, drpc_stream *s, void *dst, drpc_dtype ddt,
     rc = drpc_error_set(err, DRPC_ENOMEM, "simcuda: out of memory");
     goto out;
   }
+  o.cost_ns = kernel_cost(c, n > dst_numel ? n : dst_numel);
   rc = enqueue(c, s, &o, err);
 out:
   unlock(c);
@@ -1217,8 +1330,12 @@ static int sim_matmul(void *ctx, drpc_stream *s, void *dst, drpc_dtype dt,
     goto out;
   if (!(rc = add_contig(&o, s->index, dst, mn, es, err)) &&
       !(rc = add_contig(&o, s->index, a, mk, es, err)) &&
-      !(rc = add_contig(&o, s->index, b, kn, es, err)))
+      !(rc = add_contig(&o, s->index, b, kn, es, err))) {
+    /* m * n * k multiply-adds; their product may overflow int64. */
+    double madds = (double)mn * (double)k;
+    o.cost_ns = kernel_cost(c, madds > 9e18 ? INT64_MAX : (int64_t)madds);
     rc = enqueue(c, s, &o, err);
+  }
 out:
   unlock(c);
   return rc;
@@ -1238,9 +1355,9 @@ static int sim_ipc_export(void *ctx, const void *p, uint8_t *handle,
                         "simcuda ipc_export: %p is not in live device memory",
                         p);
   if (!rc) {
-    uint64_t base = (uint64_t)(uintptr_t)a->base;
+    uint64_t magic = SIM_ALLOC_MAGIC;
     memcpy(handle, &a->id, 8);
-    memcpy(handle + 8, &base, 8);
+    memcpy(handle + 8, &magic, 8);
     *len = SIM_HANDLE_LEN;
     *offset = (size_t)((uintptr_t)p - (uintptr_t)a->base);
   }
@@ -1252,7 +1369,7 @@ static void *sim_ipc_open(void *ctx, int index, const uint8_t *handle,
                           size_t len, drpc_error *err) {
   sim *c = lock(ctx);
   void *p = NULL;
-  uint64_t id = 0, base = 0;
+  uint64_t id = 0, magic = 0;
   if (!handle || len != SIM_HANDLE_LEN) {
     drpc_error_set(err, DRPC_EINVAL,
                    "simcuda ipc_open: a handle is %d bytes, not %zu",
@@ -1260,13 +1377,16 @@ static void *sim_ipc_open(void *ctx, int index, const uint8_t *handle,
     goto out;
   }
   memcpy(&id, handle, 8);
-  memcpy(&base, handle + 8, 8);
-  alloc_rec *a = alloc_exact(c, (const void *)(uintptr_t)base);
-  if (!a || a->id != id || a->freeing) {
+  memcpy(&magic, handle + 8, 8);
+  /* By id: live allocations are few, and opening is once per tensor. */
+  alloc_rec *a = NULL;
+  for (size_t i = 0; magic == SIM_ALLOC_MAGIC && i < c->nallocs; i++)
+    if (c->allocs[i].id == id)
+      a = &c->allocs[i];
+  if (!a || a->freeing) {
     drpc_error_set(err, DRPC_EINVAL,
-                   "simcuda ipc_open: allocation %llu at 0x%llx is unknown "
-                   "or freed",
-                   (unsigned long long)id, (unsigned long long)base);
+                   "simcuda ipc_open: allocation %llu is unknown or freed",
+                   (unsigned long long)id);
   } else if (a->index != index) {
     drpc_error_set(err, DRPC_EINVAL,
                    "simcuda ipc_open: the allocation is on cuda:%d, not "
@@ -1399,6 +1519,65 @@ uint64_t drpc_simcuda_ops_run(void *ctx) {
   uint64_t n = c->ops_run;
   unlock(c);
   return n;
+}
+
+void drpc_simcuda_clock_default(drpc_simcuda_clock *c) {
+  memset(c, 0, sizeof *c);
+  c->h2d_Bps = 12e9;
+  c->d2h_Bps = 12e9;
+  c->d2d_Bps = 1e12;
+  c->p2p_Bps = 50e9;
+  c->latency_ns = 2000;
+  c->launch_ns = 5000;
+  c->elem_ns = 0.01;
+}
+
+static bool rate_ok(double bps) {
+  return bps > 0 && bps < 1e300; /* NaN fails both */
+}
+
+int drpc_simcuda_set_clock(void *ctx, const drpc_simcuda_clock *clk,
+                           drpc_error *err) {
+  if (!ctx)
+    return drpc_error_set(err, DRPC_EINVAL, "simcuda: no context");
+  if (clk && !clk->now_ns)
+    return drpc_error_set(err, DRPC_EINVAL, "simcuda clock: now_ns is NULL");
+  if (clk && (!rate_ok(clk->h2d_Bps) || !rate_ok(clk->d2h_Bps) ||
+              !rate_ok(clk->d2d_Bps) || !rate_ok(clk->p2p_Bps)))
+    return drpc_error_set(err, DRPC_EINVAL,
+                          "simcuda clock: bandwidths must be positive (h2d "
+                          "%g, d2h %g, d2d %g, p2p %g B/s)",
+                          clk->h2d_Bps, clk->d2h_Bps, clk->d2d_Bps,
+                          clk->p2p_Bps);
+  if (clk && !(clk->elem_ns >= 0 && clk->elem_ns < 1e9))
+    return drpc_error_set(err, DRPC_EINVAL,
+                          "simcuda clock: elem_ns %g is not in [0, 1e9)",
+                          clk->elem_ns);
+  sim *c = lock(ctx);
+  c->timed = clk != NULL;
+  if (clk)
+    c->clk = *clk;
+  else
+    memset(&c->clk, 0, sizeof c->clk);
+  memset(&c->stats, 0, sizeof c->stats);
+  /* Streams start idle on the new clock. */
+  for (int i = 0; i < c->ndevices; i++)
+    c->defaults[i].busy_ns = 0;
+  for (drpc_stream *s = c->streams; s; s = s->next)
+    s->busy_ns = 0;
+  for (drpc_devevent *e = c->events; e; e = e->next)
+    e->ready_ns = 0;
+  unlock(c);
+  return 0;
+}
+
+void drpc_simcuda_stats_get(void *ctx, drpc_simcuda_stats *st) {
+  memset(st, 0, sizeof *st);
+  if (!ctx)
+    return;
+  sim *c = lock(ctx);
+  *st = c->stats;
+  unlock(c);
 }
 
 const drpc_device_backend drpc_simcuda_backend = {

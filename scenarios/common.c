@@ -7,9 +7,9 @@
 #include "scenario.h"
 
 static const drpc_scenario *const all[] = {
-    &drpc_scn_echo,           &drpc_scn_fanout, &drpc_scn_timeouts,
-    &drpc_scn_shutdown_storm, &drpc_scn_ps,     &drpc_scn_rref_chain,
-    &drpc_scn_membership,
+    &drpc_scn_echo,           &drpc_scn_fanout,  &drpc_scn_timeouts,
+    &drpc_scn_shutdown_storm, &drpc_scn_ps,      &drpc_scn_rref_chain,
+    &drpc_scn_membership,     &drpc_scn_devices,
 };
 
 const drpc_scenario *const *drpc_scenario_list(size_t *n) {

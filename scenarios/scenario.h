@@ -79,6 +79,13 @@ typedef struct drpc_scenario {
   /* Why restarts are not drawn for this scenario (NULL: they are); an
    * explicit schedule still applies them. */
   const char *no_restart;
+  /* CUDA devices the scenario needs (0: none); the simulator gives it at
+   * least this many, `drpc run` refuses to start with fewer (DRPC_CUDA). */
+  int min_devices;
+  /* Fills in worker rank's options before its agent starts (device maps),
+   * once the process's CUDA backend is installed (drpc_device_count()
+   * devices). Non-zero with err set when it cannot. NULL: defaults. */
+  int (*options)(drpc_options *o, int rank, int world, drpc_error *err);
 } drpc_scenario;
 
 /* Every known scenario, runnable or not, in a fixed order. */
@@ -123,6 +130,7 @@ extern const drpc_scenario drpc_scn_shutdown_storm;
 extern const drpc_scenario drpc_scn_ps;
 extern const drpc_scenario drpc_scn_rref_chain;
 extern const drpc_scenario drpc_scn_membership;
+extern const drpc_scenario drpc_scn_devices;
 
 #ifdef __cplusplus
 }

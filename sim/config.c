@@ -5,10 +5,26 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "drpc/gpu.h"
 #include "internal.h"
 
 static const char *const kind_names[DRPC_SIM_FAULT_KINDS] = {
     "partition", "oneway", "clog", "reset", "crash", "slow", "restart"};
+
+static const char *const channel_names[DRPC_SIM_CHANNELS] = {
+    "any", "cuda_staged", "cuda_ipc"};
+
+const char *drpc_sim_channel_name(int channel) {
+  return channel >= 0 && channel < DRPC_SIM_CHANNELS ? channel_names[channel]
+                                                     : NULL;
+}
+
+static int channel_of(const char *name) {
+  for (int k = 0; name && k < DRPC_SIM_CHANNELS; k++)
+    if (strcmp(channel_names[k], name) == 0)
+      return k;
+  return -1;
+}
 
 const char *drpc_sim_fault_kind_name(int kind) {
   return kind >= 0 && kind < DRPC_SIM_FAULT_KINDS ? kind_names[kind] : NULL;
@@ -39,6 +55,16 @@ void drpc_sim_config_default(drpc_sim_config *c) {
     c->slow[i] = 1.0;
   c->fault_end_ns = 0;
   c->liveness_ns = 120ull * 1000000000ull;
+  /* No devices; simcuda's own cost model once some are asked for. */
+  drpc_simcuda_clock k;
+  drpc_simcuda_clock_default(&k);
+  c->dev_h2d_Bps = k.h2d_Bps;
+  c->dev_d2h_Bps = k.d2h_Bps;
+  c->dev_d2d_Bps = k.d2d_Bps;
+  c->dev_p2p_Bps = k.p2p_Bps;
+  c->dev_latency_ns = k.latency_ns;
+  c->dev_launch_ns = k.launch_ns;
+  c->dev_elem_ns = k.elem_ns;
 }
 
 void drpc_sim_config_clear(drpc_sim_config *c) {
@@ -119,6 +145,28 @@ int drpc_sim_config_draw(drpc_sim_config *c, const char *scenario, int workers,
     c->bandwidth_Bps = sim_unit(&st) < 0.3 ? 0 : log_uniform(&st, 1e6, 1e10);
     c->rto_ns = (uint64_t)log_uniform(&st, 1e7, 1e9);
     c->job_cpu_ns = (uint64_t)log_uniform(&st, 1e2, 1e6);
+  }
+  /* Devices draw from a stream of their own, so that scenarios without
+   * devices keep every draw they had. */
+  const drpc_scenario *dscn = drpc_scenario_find(scenario);
+  if (dscn && dscn->min_devices > 0) {
+    uint64_t dst = sim_stream(seed, 9);
+    c->devices = dscn->min_devices > 2 ? dscn->min_devices : 2;
+    if (swarm) {
+      int lo = dscn->min_devices;
+      int span = lo < 4 ? 4 - lo + 1 : 1;
+      c->devices = lo + (int)(sim_rand(&dst) % (uint64_t)span);
+      /* From a slow PCIe link to NVLink-class bandwidth. */
+      c->dev_h2d_Bps = log_uniform(&dst, 1e8, 3e10);
+      c->dev_d2h_Bps =
+          sim_unit(&dst) < 0.5 ? c->dev_h2d_Bps : log_uniform(&dst, 1e8, 3e10);
+      c->dev_d2d_Bps = log_uniform(&dst, 1e10, 3e12);
+      c->dev_p2p_Bps = log_uniform(&dst, 1e9, 3e11);
+      c->dev_latency_ns = (uint64_t)log_uniform(&dst, 1e2, 1e5);
+      c->dev_launch_ns = (uint64_t)log_uniform(&dst, 1e3, 1e5);
+      c->dev_elem_ns = log_uniform(&dst, 1e-3, 1);
+      c->dev_channel = (int)(sim_rand(&dst) % DRPC_SIM_CHANNELS);
+    }
   }
   if (!faults)
     return 0;
@@ -273,6 +321,17 @@ void drpc_sim_config_describe(const drpc_sim_config *c, FILE *f) {
           c->link_spread, c->bandwidth_Bps > 0 ? "" : "unlimited ",
           c->bandwidth_Bps, (double)c->rto_ns / 1e6,
           (double)c->job_cpu_ns / 1e3);
+  if (c->devices > 0)
+    fprintf(f,
+            "  devices: %d simcuda, copies h2d %.3g d2h %.3g d2d %.3g p2p "
+            "%.3g B/s + %.1f us, kernels %.1f us + %.3g ns/element, "
+            "channel %s\n",
+            c->devices, c->dev_h2d_Bps, c->dev_d2h_Bps, c->dev_d2d_Bps,
+            c->dev_p2p_Bps, (double)c->dev_latency_ns / 1e3,
+            (double)c->dev_launch_ns / 1e3, c->dev_elem_ns,
+            drpc_sim_channel_name(c->dev_channel)
+                ? drpc_sim_channel_name(c->dev_channel)
+                : "?");
   int counts[DRPC_SIM_FAULT_KINDS] = {0};
   for (size_t i = 0; i < c->nfaults; i++)
     if (c->faults[i].kind >= 0 && c->faults[i].kind < DRPC_SIM_FAULT_KINDS)
@@ -322,6 +381,19 @@ char *drpc_sim_config_to_json(const drpc_sim_config *c) {
   cJSON_AddItemToObject(net, "connect_timeout_ns", u64(c->connect_timeout_ns));
   cJSON_AddItemToObject(net, "rto_ns", u64(c->rto_ns));
   cJSON_AddItemToObject(net, "job_cpu_ns", u64(c->job_cpu_ns));
+  if (c->devices > 0) {
+    cJSON *dv = cJSON_AddObjectToObject(o, "devices");
+    cJSON_AddItemToObject(dv, "count", num(c->devices));
+    cJSON_AddItemToObject(dv, "h2d_Bps", num(c->dev_h2d_Bps));
+    cJSON_AddItemToObject(dv, "d2h_Bps", num(c->dev_d2h_Bps));
+    cJSON_AddItemToObject(dv, "d2d_Bps", num(c->dev_d2d_Bps));
+    cJSON_AddItemToObject(dv, "p2p_Bps", num(c->dev_p2p_Bps));
+    cJSON_AddItemToObject(dv, "latency_ns", u64(c->dev_latency_ns));
+    cJSON_AddItemToObject(dv, "launch_ns", u64(c->dev_launch_ns));
+    cJSON_AddItemToObject(dv, "elem_ns", num(c->dev_elem_ns));
+    const char *ch = drpc_sim_channel_name(c->dev_channel);
+    cJSON_AddStringToObject(dv, "channel", ch ? ch : "?");
+  }
   cJSON *nodes = cJSON_AddArrayToObject(o, "nodes");
   for (int i = 0; i < c->workers; i++) {
     cJSON *nd = cJSON_CreateObject();
@@ -444,6 +516,27 @@ int drpc_sim_config_from_json(drpc_sim_config *c, const char *text,
       bad = "net";
       goto out;
     }
+  }
+  const cJSON *dv = cJSON_GetObjectItemCaseSensitive(o, "devices");
+  if (dv) {
+    d = 0;
+    const cJSON *ch = cJSON_GetObjectItemCaseSensitive(dv, "channel");
+    if (!cJSON_IsObject(dv) || !get_num(dv, "count", &d) || d < 0 ||
+        d > DRPC_SIM_MAX_DEVICES || !get_num(dv, "h2d_Bps", &c->dev_h2d_Bps) ||
+        !get_num(dv, "d2h_Bps", &c->dev_d2h_Bps) ||
+        !get_num(dv, "d2d_Bps", &c->dev_d2d_Bps) ||
+        !get_num(dv, "p2p_Bps", &c->dev_p2p_Bps) ||
+        !get_u64(dv, "latency_ns", &c->dev_latency_ns) ||
+        !get_u64(dv, "launch_ns", &c->dev_launch_ns) ||
+        !get_num(dv, "elem_ns", &c->dev_elem_ns) ||
+        !(c->dev_h2d_Bps > 0 && c->dev_d2h_Bps > 0 && c->dev_d2d_Bps > 0 &&
+          c->dev_p2p_Bps > 0 && c->dev_elem_ns >= 0 && c->dev_elem_ns < 1e9) ||
+        (ch && (!cJSON_IsString(ch) || channel_of(ch->valuestring) < 0))) {
+      bad = "devices";
+      goto out;
+    }
+    c->devices = (int)d;
+    c->dev_channel = ch ? channel_of(ch->valuestring) : DRPC_SIM_CHANNEL_ANY;
   }
   const cJSON *nodes = cJSON_GetObjectItemCaseSensitive(o, "nodes");
   const cJSON *nd;

@@ -259,6 +259,7 @@ int sim_fiber_spawn(sim *s, int16_t node, void (*fn)(void *), void *arg,
   f->waiter = NULL;
   f->signaled = false;
   f->next_free = NO_SLOT;
+  memset(f->streams, 0, sizeof f->streams);
   if (fresh) {
     f->fake_stack = NULL;
     if (init_context(&f->uc)) {
@@ -287,6 +288,9 @@ static void fiber_release(sim *s, sim_fiber *f) {
 void sim_fiber_resume(sim *s, sim_fiber *f) {
   s->cur = f;
   f->state = F_RUNNING;
+  /* The fiber's own current streams (see sim_fiber.streams) in, the
+   * scheduler's (the defaults) out. */
+  drpc_stream_swap_currents(f->streams);
 #ifdef SIM_ASAN
   void *fake = NULL;
 #endif
@@ -317,6 +321,8 @@ void sim_fiber_resume(sim *s, sim_fiber *f) {
   __sanitizer_finish_switch_fiber(fake, NULL, NULL);
 #endif
   s->cur = NULL;
+  /* Kept for its next resume; the scheduler's come back. */
+  drpc_stream_swap_currents(f->streams);
   if (f->state == F_DONE) {
     bool job = f->is_job, main = f->is_main;
     int16_t node = f->node;

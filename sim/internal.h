@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <ucontext.h>
 
+#include "drpc/device.h"
 #include "drpc/drpc.h"
 #include "drpc/sim.h"
 #include "scenario.h"
@@ -97,6 +98,12 @@ typedef struct sim_fiber {
   void (*fn)(void *arg);
   void *arg;
   void *fake_stack; /* ASan's fake stack while switched out */
+  /* Runs with devices: the fiber's current stream per device while it is
+   * switched out (NULL: the default stream). Current streams are per OS
+   * thread in core/device.c, and every fiber runs on one thread; the
+   * scheduler swaps them so that each fiber keeps its own, as a thread
+   * would. */
+  drpc_stream *streams[DRPC_DEVICE_MAX];
 } sim_fiber;
 
 /* Executions of one request id of one caller, and the connection it came
@@ -223,7 +230,18 @@ struct sim {
   bool stop;
   int nodes_left; /* not finished and not dead */
   size_t trace_cap;
+  /* Devices (config.devices > 0): simcuda's context and per-node options
+   * (the scenario's device maps), NULL without. */
+  int ndevices;
+  void *gpu;
+  drpc_options *node_opts;
 };
+
+/* The options node n starts its agents with. */
+static inline const drpc_options *sim_node_opts(const sim *s,
+                                                const sim_node *n) {
+  return s->node_opts && n->index >= 0 ? &s->node_opts[n->index] : &s->opts;
+}
 
 /* The options for node n's next agent: each one is a later incarnation,
  * whose RRef ids never repeat those of the agents before it. */
@@ -299,6 +317,10 @@ void sim_node_free_agent(sim *s, sim_node *n);
 void sim_attach(sim *s, sim_node *n, drpc_agent *a);
 /* Frees the node's retired agents (see sim_node.retired). */
 void sim_node_free_retired(sim_node *n);
+
+/* devices.c: simcuda on the run's virtual clock. */
+int sim_devices_setup(sim *s, drpc_error *err);
+void sim_devices_teardown(sim *s);
 
 /* run.c: checkers fed by the core's record output. */
 void sim_check_record(sim *s, sim_node *n, const drpc_event *ev);

@@ -197,7 +197,7 @@ static int host_rejoin(const drpc_scn_host *h, drpc_agent **ap,
   n->state = NODE_STARTING;
   sim_fiber_sleep(s, s->now + (uint64_t)((double)away_ns * n->slow));
   drpc_agent *b = NULL;
-  drpc_options o = sim_next_opts(n, &s->opts);
+  drpc_options o = sim_next_opts(n, sim_node_opts(s, n));
   if ((rc = drpc_agent_start(&b, s->store, n->name, n->index, -1, &o, &n->env,
                              err))) {
     sim_attach(s, n, a);
@@ -230,7 +230,7 @@ static void node_main(void *arg) {
   /* A restarted node (a fresh process after a crash) runs the program's
    * restart entry, or the program again from the top. */
   bool again = n->starts++ > 0;
-  drpc_options o = sim_next_opts(n, &s->opts);
+  drpc_options o = sim_next_opts(n, sim_node_opts(s, n));
   int rc =
       drpc_agent_start(&a, s->store, n->name, n->index,
                        s->scn->dynamic ? -1 : s->nnodes, &o, &n->env, &err);
@@ -534,13 +534,18 @@ int drpc_sim_run(const drpc_sim_config *c, drpc_sim_result *r,
   s->opts.ignore_rref_leak = s->host.faults;
   sim_node_init(s, &s->store_node, -1);
   s->store = drpc_store_memory_new(&s->store_node.env);
-  if (!s->reg || !s->store || scn->register_fns(s->reg, &s->host)) {
+  int setup_rc = 0;
+  if (!s->reg || !s->store || scn->register_fns(s->reg, &s->host))
+    setup_rc = drpc_error_set(err, DRPC_ENOMEM, "could not set the run up");
+  else
+    setup_rc = sim_devices_setup(s, err);
+  if (setup_rc) {
     drpc_store_decref(s->store);
     drpc_registry_free(s->reg);
     free(s->nodes);
     free(s->links);
     free(s);
-    return drpc_error_set(err, DRPC_ENOMEM, "could not set the run up");
+    return setup_rc;
   }
   sim_current = s;
 
@@ -621,6 +626,9 @@ int drpc_sim_run(const drpc_sim_config *c, drpc_sim_result *r,
   }
   sim_fiber_free_all(s);
   drpc_store_decref(s->store);
+  /* After every agent that will ever be freed is: their device memory
+   * goes back to simcuda first. */
+  sim_devices_teardown(s);
   /* Abandoned agents keep a pointer to it but never run again. */
   drpc_registry_free(s->reg);
   free(s->heap);

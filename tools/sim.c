@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "drpc/gpu.h"
 #include "drpc/sim.h"
 #include "drpc/trace.h"
 #include "scenario.h"
@@ -40,6 +41,8 @@ typedef struct sim_opts {
   bool have_seed, sweep, swarm, faults, determinism, shrink, verbose;
   bool plant, quiet;
   int jobs;
+  int devices;     /* --devices: -1 when not given */
+  double copy_Bps; /* --copy-GBps in B/s: 0 when not given */
   const char *schedule, *shrink_out, *dump, *record;
 } sim_opts;
 
@@ -51,6 +54,7 @@ static void usage_sim(FILE *f) {
       "                [--no-faults] [--schedule FILE] [--dump-schedule FILE]\n"
       "                [--check-determinism] [--shrink [--shrink-out FILE]]\n"
       "                [--verbose] [--plant-bug] [--record FILE.db]\n"
+      "                [--devices N] [--copy-GBps G]\n"
       "       drpc sim --list\n"
       "\n"
       "Runs a scenario in the deterministic simulator: every worker, its\n"
@@ -66,7 +70,14 @@ static void usage_sim(FILE *f) {
       "test-only bug (lost connections do not fail their calls).\n"
       "--record FILE.db records the run (every event, for drpc replay and\n"
       "drpc trace export); in a sweep, each failing seed's run is recorded\n"
-      "to FILE.seed<N>.db.\n");
+      "to FILE.seed<N>.db.\n"
+      "--devices N gives the run N simulated CUDA devices (simcuda, shared\n"
+      "by every worker as on one host; 0: none) on the virtual clock:\n"
+      "copies take bytes / bandwidth, kernels a launch cost plus a cost per\n"
+      "element, and a host sync parks the worker until the device is done.\n"
+      "Scenarios that use devices get 2 by default (--swarm: 1 to 4, with\n"
+      "bandwidths and the channel drawn). --copy-GBps sets the bandwidth of\n"
+      "host <-> device copies in GB/s.\n");
 }
 
 static void list_scenarios(FILE *f) {
@@ -85,9 +96,16 @@ static void repro(const sim_opts *o, uint64_t seed, char *buf, size_t n) {
   char iters[32] = "";
   if (o->iters)
     snprintf(iters, sizeof iters, " --iters %d", o->iters);
-  snprintf(buf, n, "drpc sim %s --workers %d%s --seed %llu%s%s%s", o->scenario,
-           o->workers, iters, (unsigned long long)seed,
-           o->swarm ? " --swarm" : "", o->faults ? "" : " --no-faults",
+  char dev[64] = "";
+  int w = 0;
+  if (o->devices >= 0)
+    w = snprintf(dev, sizeof dev, " --devices %d", o->devices);
+  if (o->copy_Bps > 0 && w >= 0 && (size_t)w < sizeof dev)
+    snprintf(dev + w, sizeof dev - (size_t)w, " --copy-GBps %g",
+             o->copy_Bps / 1e9);
+  snprintf(buf, n, "drpc sim %s --workers %d%s --seed %llu%s%s%s%s",
+           o->scenario, o->workers, iters, (unsigned long long)seed,
+           o->swarm ? " --swarm" : "", o->faults ? "" : " --no-faults", dev,
            o->plant ? " --plant-bug" : "");
 }
 
@@ -146,8 +164,13 @@ static int make_config(const sim_opts *o, uint64_t seed, drpc_sim_config *c,
     free(text);
     return rc;
   }
-  return drpc_sim_config_draw(c, o->scenario, o->workers, o->iters, seed,
-                              o->swarm, o->faults, err);
+  int rc = drpc_sim_config_draw(c, o->scenario, o->workers, o->iters, seed,
+                                o->swarm, o->faults, err);
+  if (rc == 0 && o->devices >= 0)
+    c->devices = o->devices;
+  if (rc == 0 && o->copy_Bps > 0)
+    c->dev_h2d_Bps = c->dev_d2h_Bps = o->copy_Bps;
+  return rc;
 }
 
 static int run_config(const sim_opts *o, drpc_sim_config *c, drpc_sim_result *r,
@@ -226,6 +249,16 @@ static void print_result(const sim_opts *o, const drpc_sim_config *c,
             r->start_failed, r->start_failed == 1 ? "" : "s", r->start_error);
   if (r->ok && r->calls == 0)
     fprintf(f, "note: no worker made a call in this run\n");
+  if (c->devices > 0)
+    fprintf(f,
+            "devices: %llu ops timed (%.6f s of device time), %llu bytes "
+            "copied, %llu host syncs waited %.6f s, %llu syncs outside a "
+            "fiber\n",
+            (unsigned long long)r->dev_ops, (double)r->dev_busy_ns / 1e9,
+            (unsigned long long)r->dev_copy_bytes,
+            (unsigned long long)r->dev_syncs_slept,
+            (double)r->dev_slept_ns / 1e9,
+            (unsigned long long)r->dev_syncs_unslept);
   if (r->rref_nodes_left)
     fprintf(f,
             "rrefs left at shutdown on %d workers: %lld owner RRefs, %lld "
@@ -659,12 +692,15 @@ int drpc_cmd_sim(int argc, char **argv) {
       {"quiet", no_argument, 0, 'q'},
       {"plant-bug", no_argument, 0, 'P'},
       {"record", required_argument, 0, 'R'},
+      {"devices", required_argument, 0, 'G'},
+      {"copy-GBps", required_argument, 0, 'B'},
       {"list", no_argument, 0, 'l'},
       {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   sim_opts o = {0};
   o.faults = true;
   o.jobs = 1;
+  o.devices = -1;
   int c;
   optind = 1;
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -722,6 +758,14 @@ int drpc_cmd_sim(int argc, char **argv) {
       break;
     case 'R':
       o.record = optarg;
+      break;
+    case 'G':
+      o.devices = (int)drpc_tools_parse_int("--devices", optarg, 0,
+                                            DRPC_SIM_MAX_DEVICES);
+      break;
+    case 'B':
+      o.copy_Bps =
+          drpc_tools_parse_double("--copy-GBps", optarg, 1e-6, 1e6) * 1e9;
       break;
     case 'l':
       list_scenarios(stdout);
@@ -938,6 +982,27 @@ static int run_worker(const drpc_scenario *scn, int rank, int world, int iters,
   drpc_scn_worker_name(rank, name, sizeof name);
   drpc_agent *a = NULL;
   drpc_error err = DRPC_ERROR_INIT;
+  /* Scenarios with devices: the backend DRPC_CUDA names (sim:N for
+   * simcuda), installed after the fork as CUDA requires. */
+  if (scn->min_devices > 0 || scn->options) {
+    if (drpc_gpu_setup(NULL, &err)) {
+      fprintf(stderr, "%s: DRPC_CUDA: %s\n", name, drpc_error_message(&err));
+      return 1;
+    }
+    if (drpc_device_count() < scn->min_devices) {
+      fprintf(stderr,
+              "%s: scenario %s needs %d CUDA device%s, %s has %d (set "
+              "DRPC_CUDA=sim:2 for simcuda)\n",
+              name, scn->name, scn->min_devices,
+              scn->min_devices == 1 ? "" : "s", drpc_gpu_describe(),
+              drpc_device_count());
+      return 1;
+    }
+    if (scn->options && scn->options(&o, rank, world, &err)) {
+      fprintf(stderr, "%s: %s\n", name, drpc_error_message(&err));
+      return 1;
+    }
+  }
   if (record) {
     char path[4096];
     snprintf(path, sizeof path, "%s.w%d.db", record, rank);
@@ -965,6 +1030,7 @@ static int run_worker(const drpc_scenario *scn, int rank, int world, int iters,
   drpc_error_clear(&err);
   if (drpc_tools_record_end())
     rc = 1;
+  drpc_gpu_teardown();
   return rc || atomic_load(&real_violations) ? 1 : 0;
 }
 

@@ -35,6 +35,7 @@
 
 #include "drpc/error.h"
 #include "drpc/tensor.h"
+#include "drpc/value.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -272,6 +273,12 @@ drpc_tensor *drpc_tensor_empty_pinned(drpc_dtype dt, int ndim,
 int drpc_devready_sync(const drpc_devready *r, drpc_error *err);
 int drpc_devready_enter(const drpc_devready *r, drpc_stream **saved,
                         drpc_error *err);
+/* The same, but the current streams become r's own streams (those the
+ * data arrived on, where its memory belongs), as a request's function runs
+ * in PyTorch: what it queues, and the freeing of its arguments, follow the
+ * copies on the same streams. */
+int drpc_devready_enter_own(const drpc_devready *r, drpc_stream **saved,
+                            drpc_error *err);
 void drpc_devready_leave(const drpc_devready *r, drpc_stream *const *saved,
                          bool to_default);
 
@@ -282,6 +289,14 @@ void drpc_devready_leave(const drpc_devready *r, drpc_stream *const *saved,
  * s and frees on it. */
 drpc_storage *drpc_device_storage_new(drpc_device dev, size_t nbytes,
                                       drpc_stream *s, drpc_error *err);
+/* Marks st (device memory) as used by work queued on s, as PyTorch's
+ * record_stream does: when st is freed, its own stream first waits for
+ * what s had queued by then, so the memory is not reused under that work.
+ * A no-op for CPU storages and for st's own stream. */
+void drpc_storage_record_stream(drpc_storage *st, drpc_stream *s);
+/* The same for every CUDA tensor in value v, each with the calling
+ * thread's current stream of its device. */
+void drpc_value_record_streams(const struct drpc_value *v);
 /* The stream a device storage was allocated on (NULL for cpu storages). */
 drpc_stream *drpc_storage_stream(const drpc_storage *st);
 /* The device a tensor's data is on (cpu for a tensor with no storage). */

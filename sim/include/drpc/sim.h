@@ -25,6 +25,17 @@ extern "C" {
 #define DRPC_SIM_MAX_NODES 1024
 /* Most faults one schedule holds. */
 #define DRPC_SIM_MAX_FAULTS 4096
+/* Most simulated CUDA devices (DRPC_DEVICE_MAX of drpc/device.h). */
+#define DRPC_SIM_MAX_DEVICES 16
+
+enum {
+  DRPC_SIM_CHANNEL_ANY = 0,
+  DRPC_SIM_CHANNEL_STAGED = 1,
+  DRPC_SIM_CHANNEL_IPC = 2,
+  DRPC_SIM_CHANNELS = 3
+};
+/* "any", "cuda_staged", "cuda_ipc"; NULL for an unknown channel. */
+const char *drpc_sim_channel_name(int channel);
 
 typedef enum drpc_sim_fault_kind {
   DRPC_SIM_PARTITION = 0, /* sides a and b cannot reach each other */
@@ -91,6 +102,23 @@ typedef struct drpc_sim_config {
   drpc_sim_fault *faults; /* owned; sorted by at_ns */
   size_t nfaults;
 
+  /* CUDA devices: with devices > 0 the run installs simcuda with that
+   * many devices, shared by every node (the nodes of a simulated cluster
+   * are one host, as in single-host multi-GPU tests), on the run's
+   * virtual clock: copies and kernels take virtual time (dev_* below, as
+   * drpc_simcuda_clock), and a host-blocking sync parks the calling fiber
+   * until the work is done. The process's CUDA backend is none again
+   * after the run. 0: no devices. Scenarios that use devices set the
+   * workers' device maps (drpc_scenario.options). */
+  int devices; /* 0..DRPC_SIM_MAX_DEVICES */
+  double dev_h2d_Bps, dev_d2h_Bps, dev_d2d_Bps, dev_p2p_Bps;
+  uint64_t dev_latency_ns, dev_launch_ns;
+  double dev_elem_ns;
+  /* The channels the agents may use for device tensors:
+   * DRPC_SIM_CHANNEL_ANY (cuda_ipc where it works, else staged),
+   * DRPC_SIM_CHANNEL_STAGED or DRPC_SIM_CHANNEL_IPC. */
+  int dev_channel;
+
   /* Checks and diagnostics. */
   bool trace;   /* keep a per-event trace (for determinism diffs) */
   bool verbose; /* log lines of the agents to stderr */
@@ -115,7 +143,11 @@ typedef struct drpc_sim_config {
 void drpc_sim_config_default(drpc_sim_config *c);
 /* Draws network, clocks and a fault schedule from seed. swarm: each fault
  * kind is switched off with probability 1/2 and the rest get rates and
- * network settings drawn over wide ranges; faults false: no faults. */
+ * network settings drawn over wide ranges; faults false: no faults. For a
+ * scenario that uses CUDA devices it also sets devices (swarm: 1 to 4
+ * devices, copy bandwidths over wide ranges and a channel, drawn from a
+ * stream of their own; else 2 devices and drpc_simcuda_clock_default's
+ * model). */
 int drpc_sim_config_draw(drpc_sim_config *c, const char *scenario, int workers,
                          int iters, uint64_t seed, bool swarm, bool faults,
                          drpc_error *err);
@@ -165,6 +197,12 @@ typedef struct drpc_sim_result {
   /* Heap objects held by killed or stuck fibers were left behind, as the
    * OS would reclaim a killed process (leak checkers will see them). */
   bool abandoned;
+  /* Devices (config.devices > 0): device ops given a duration, their
+   * summed virtual time, bytes copied, host syncs that parked a fiber and
+   * the virtual time they waited, and syncs made outside any fiber (a
+   * core's input handler), which cannot park and return at once. */
+  uint64_t dev_ops, dev_busy_ns, dev_copy_bytes, dev_syncs_slept, dev_slept_ns,
+      dev_syncs_unslept;
   drpc_sim_trace_entry *trace;
   size_t ntrace;
 } drpc_sim_result;
