@@ -266,8 +266,10 @@ int drpc_devready_sync(const drpc_devready *r, drpc_error *err) {
   return 0;
 }
 
-int drpc_devready_enter(const drpc_devready *r, drpc_stream **saved,
-                        drpc_error *err) {
+/* Makes the calling thread's current streams of r's devices r's own
+ * (own) or fresh pool streams that wait for r, saving the old ones. */
+static int enter(const drpc_devready *r, drpc_stream **saved, bool own,
+                 drpc_error *err) {
   if (!r || !r->n)
     return 0;
   if (!ready_live(r, err))
@@ -276,10 +278,11 @@ int drpc_devready_enter(const drpc_devready *r, drpc_stream **saved,
   for (int i = 0; i < r->n; i++)
     saved[r->dev[i]] = t_current[r->dev[i]];
   for (int i = 0; i < r->n; i++) {
-    drpc_stream *s = drpc_stream_from_pool(r->dev[i]);
+    drpc_stream *s = own ? r->st[i] : drpc_stream_from_pool(r->dev[i]);
     int rc =
-        s ? drpc_stream_wait_event(s, r->ev[i], err)
-          : drpc_error_set(err, DRPC_EINVAL, "no CUDA device %d", r->dev[i]);
+        !s    ? drpc_error_set(err, DRPC_EINVAL, "no CUDA device %d", r->dev[i])
+        : own ? 0
+              : drpc_stream_wait_event(s, r->ev[i], err);
     if (rc) {
       for (int j = 0; j < i; j++)
         t_current[r->dev[j]] = saved[r->dev[j]];
@@ -290,18 +293,14 @@ int drpc_devready_enter(const drpc_devready *r, drpc_stream **saved,
   return 0;
 }
 
+int drpc_devready_enter(const drpc_devready *r, drpc_stream **saved,
+                        drpc_error *err) {
+  return enter(r, saved, false, err);
+}
+
 int drpc_devready_enter_own(const drpc_devready *r, drpc_stream **saved,
                             drpc_error *err) {
-  if (!r || !r->n)
-    return 0;
-  if (!ready_live(r, err))
-    return DRPC_ESTATE;
-  check_generation();
-  for (int i = 0; i < r->n; i++)
-    saved[r->dev[i]] = t_current[r->dev[i]];
-  for (int i = 0; i < r->n; i++)
-    t_current[r->dev[i]] = r->st[i];
-  return 0;
+  return enter(r, saved, true, err);
 }
 
 void drpc_devready_leave(const drpc_devready *r, drpc_stream *const *saved,

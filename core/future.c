@@ -117,24 +117,11 @@ static void complete(drpc_future *f) {
 }
 
 int drpc_future_set_value(drpc_future *f, drpc_value *value) {
-  lock(f);
-  if (f->done) {
-    unlock(f);
-    drpc_value_free(value);
-    return DRPC_ESTATE;
-  }
-  f->value = value;
-  f->done = true;
-  drpc_future_incref(f);
-  complete(f);
-  drpc_future_decref(f);
-  return 0;
+  return drpc_future_set_value_ready(f, value, NULL);
 }
 
 int drpc_future_set_value_ready(drpc_future *f, drpc_value *value,
                                 drpc_devready *ready) {
-  if (!ready)
-    return drpc_future_set_value(f, value);
   lock(f);
   if (f->done) {
     unlock(f);

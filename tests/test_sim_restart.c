@@ -103,30 +103,40 @@ static void test_restart_serves_again(void) {
   }
 }
 
+/* Runs scn with node crashing at crash_ns and restarting at restart_ns;
+ * checks the run, the one restart and that it was seen. */
+static void crash_restart(const char *scn, int workers, int node,
+                          uint64_t crash_ns, uint64_t restart_ns,
+                          uint64_t fault_end_ns, watch *w) {
+  char faults[256];
+  snprintf(faults, sizeof faults,
+           "{\"kind\": \"crash\", \"at_ns\": \"%llu\", \"node\": %d}, "
+           "{\"kind\": \"restart\", \"at_ns\": \"%llu\", \"node\": %d}",
+           (unsigned long long)crash_ns, node, (unsigned long long)restart_ns,
+           node);
+  drpc_sim_config c;
+  drpc_sim_result r;
+  CHECK_EQ_INT(schedule(&c, scn, workers, faults, fault_end_ns), 0);
+  w->node = node;
+  c.record = on_event;
+  c.record_ctx = w;
+  CHECK_EQ_INT(run(&c, &r), 0);
+  CHECK(r.ok);
+  CHECK_EQ_INT(r.restarted, 1);
+  CHECK(w->restarted);
+  drpc_sim_result_clear(&r);
+  drpc_sim_config_clear(&c);
+}
+
 /* ps: the server (w0) crashes and restarts: trainers stop using shards of
  * its last life, the run completes; a trainer restarted borrows a new
  * shard and trains again. */
 static void test_restart_ps(void) {
   for (int node = 0; node < 2; node++) {
-    char faults[256];
-    snprintf(faults, sizeof faults,
-             "{\"kind\": \"crash\", \"at_ns\": \"3000000\", \"node\": %d}, "
-             "{\"kind\": \"restart\", \"at_ns\": \"5000000\", \"node\": %d}",
-             node, node);
-    drpc_sim_config c;
-    drpc_sim_result r;
-    CHECK_EQ_INT(schedule(&c, "ps", 4, faults, 8000000), 0);
-    watch w = {.node = node};
-    c.record = on_event;
-    c.record_ctx = &w;
-    CHECK_EQ_INT(run(&c, &r), 0);
-    CHECK(r.ok);
-    CHECK_EQ_INT(r.restarted, 1);
-    CHECK(w.restarted);
+    watch w = {0};
+    crash_restart("ps", 4, node, 3000000, 5000000, 8000000, &w);
     if (node == 1)
       CHECK(w.begun_after > 0); /* the trainer trains again */
-    drpc_sim_result_clear(&r);
-    drpc_sim_config_clear(&c);
   }
 }
 
@@ -136,23 +146,8 @@ static void test_restart_ps(void) {
  * one of its last life, and the run completes. */
 static void test_restart_rref_chain(void) {
   for (int node = 1; node < 3; node++) {
-    char faults[256];
-    snprintf(faults, sizeof faults,
-             "{\"kind\": \"crash\", \"at_ns\": \"2000000\", \"node\": %d}, "
-             "{\"kind\": \"restart\", \"at_ns\": \"2500000\", \"node\": %d}",
-             node, node);
-    drpc_sim_config c;
-    drpc_sim_result r;
-    CHECK_EQ_INT(schedule(&c, "rref_chain", 5, faults, 6000000), 0);
-    watch w = {.node = node};
-    c.record = on_event;
-    c.record_ctx = &w;
-    CHECK_EQ_INT(run(&c, &r), 0);
-    CHECK(r.ok);
-    CHECK_EQ_INT(r.restarted, 1);
-    CHECK(w.restarted);
-    drpc_sim_result_clear(&r);
-    drpc_sim_config_clear(&c);
+    watch w = {0};
+    crash_restart("rref_chain", 5, node, 2000000, 2500000, 6000000, &w);
   }
 }
 
