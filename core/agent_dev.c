@@ -660,9 +660,11 @@ int drpc_agent_device_map(drpc_agent *a, const char *peer, drpc_device *from,
 /* Chunks one frame may stage (beyond them, chunks grow). */
 #define DEV_STAGE_MAX_CHUNKS 4096
 
-/* One staged chunk: bytes [lo, hi) of host tensor `host`, ready at ev. */
+/* One staged chunk: bytes [lo, hi) of host tensor `host` (a reference
+ * held until the chunk is handed to the frame or waited for: the encoder
+ * drops its own on failure), ready at ev. */
 typedef struct stage_chunk {
-  const drpc_tensor *host;
+  drpc_tensor *host;
   uint64_t lo, hi;
   drpc_devevent *ev;
 } stage_chunk;
@@ -676,8 +678,8 @@ typedef struct plan_ctx {
   uint32_t nchunks, cap;
 } plan_ctx;
 
-static int chunk_push(plan_ctx *pc, const drpc_tensor *host, uint64_t lo,
-                      uint64_t hi, drpc_devevent *ev, drpc_error *err) {
+static int chunk_push(plan_ctx *pc, drpc_tensor *host, uint64_t lo, uint64_t hi,
+                      drpc_devevent *ev, drpc_error *err) {
   if (pc->nchunks == pc->cap) {
     uint32_t cap = pc->cap ? pc->cap * 2 : 8;
     stage_chunk *p = realloc(pc->chunks, cap * sizeof *p);
@@ -686,6 +688,7 @@ static int chunk_push(plan_ctx *pc, const drpc_tensor *host, uint64_t lo,
     pc->chunks = p;
     pc->cap = cap;
   }
+  drpc_tensor_incref(host);
   pc->chunks[pc->nchunks++] = (stage_chunk){host, lo, hi, ev};
   return 0;
 }
@@ -971,12 +974,15 @@ int drpc_dev_encode(drpc_agent *a, uint8_t type, uint64_t id,
                                   &h, out, err);
   if (!rc && pc.nchunks)
     rc = attach_chunks(&pc, *out, err);
-  /* Whatever was not handed to the frame is waited for here. */
-  for (uint32_t i = 0; i < pc.nchunks; i++)
+  /* Whatever was not handed to the frame is waited for here, before its
+   * host memory can go. */
+  for (uint32_t i = 0; i < pc.nchunks; i++) {
     if (pc.chunks[i].ev) {
       (void)drpc_devevent_sync(pc.chunks[i].ev, NULL);
       drpc_devevent_free(pc.chunks[i].ev);
     }
+    drpc_tensor_decref(pc.chunks[i].host);
+  }
   free(pc.chunks);
   if (rc && *out) {
     drpc_outframe_free(*out);
