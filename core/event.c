@@ -111,9 +111,14 @@ void drpc_rbuf_put_frame(drpc_rbuf *b, const drpc_outframe *f) {
   }
 }
 
-void drpc_rbuf_frame(drpc_rbuf *b, const drpc_outframe *f) {
+void drpc_rbuf_frame(drpc_rbuf *b, drpc_outframe *f) {
   if (!f) {
     drpc_rbuf_u64(b, 0);
+    return;
+  }
+  /* Device copies still filling the frame (staging) come first. */
+  if (drpc_outframe_wait(f, NULL) != 0) {
+    b->failed = true;
     return;
   }
   if (f->total_len > SIZE_MAX) {

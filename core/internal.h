@@ -172,7 +172,8 @@ typedef struct drpc_rbuf {
 void drpc_rbuf_u64(drpc_rbuf *b, uint64_t v);
 void drpc_rbuf_blob(drpc_rbuf *b, const void *p, size_t n);
 /* A blob with the frame's bytes as they would go on the wire. */
-void drpc_rbuf_frame(drpc_rbuf *b, const drpc_outframe *f);
+/* Waits for the frame's pending device copies first. */
+void drpc_rbuf_frame(drpc_rbuf *b, drpc_outframe *f);
 /* The frame's bytes as they would go on the wire, with no length prefix
  * (copied piece by piece, never flattened first). */
 void drpc_rbuf_put_frame(drpc_rbuf *b, const drpc_outframe *f);
