@@ -2607,22 +2607,39 @@ static void agent_release(drpc_agent *a) {
 /* The configuration a replay needs to rebuild this core: [name, id, world
  * size, [[id, name, address]...], rpc timeout ms, max frame bytes,
  * ignore_rref_leak, shutdown timeout s, worker threads, join epoch (dynamic
- * groups; 0 otherwise), incarnation]. */
+ * groups; 0 otherwise), incarnation, channels ("a,b"; "" for the default)].
+ * An address is the member's whole store entry: with its device
+ * information after a newline, when it published any. */
 drpc_value *drpc_agent_config_value(drpc_agent *a) {
   drpc_value *peers = drpc_value_list();
   for (size_t i = 0; peers && i < a->npeers; i++) {
     const peer *p = a->peers[i];
-    drpc_value *e = drpc_value_list_of(3, drpc_value_int(p->info.id),
-                                       drpc_value_str(p->info.name),
-                                       drpc_value_str(p->addr ? p->addr : ""));
+    char *full = NULL;
+    const char *addr = p->addr ? p->addr : "";
+    if (p->devinfo) {
+      size_t n = strlen(addr) + strlen(p->devinfo) + 2;
+      if ((full = malloc(n)))
+        snprintf(full, n, "%s\n%s", addr, p->devinfo);
+    }
+    drpc_value *e =
+        p->devinfo && !full
+            ? NULL
+            : drpc_value_list_of(3, drpc_value_int(p->info.id),
+                                 drpc_value_str(p->info.name),
+                                 drpc_value_str(full ? full : addr));
+    free(full);
     if (!e || drpc_list_append(peers, e)) {
       drpc_value_free(e);
       drpc_value_free(peers);
       return NULL;
     }
   }
+  char channels[128] = "";
+  for (int i = 0; i < 4 && a->opts.channels[i]; i++)
+    snprintf(channels + strlen(channels), sizeof channels - strlen(channels),
+             "%s%s", i ? "," : "", a->opts.channels[i]);
   return drpc_value_list_of(
-      11, drpc_value_str(a->self.name), drpc_value_int(a->self.id),
+      12, drpc_value_str(a->self.name), drpc_value_int(a->self.id),
       drpc_value_int(a->world_size), peers,
       drpc_value_int((int64_t)atomic_load(&a->timeout_ms)),
       drpc_value_int((int64_t)a->opts.max_frame_bytes),
@@ -2630,7 +2647,7 @@ drpc_value *drpc_agent_config_value(drpc_agent *a) {
       drpc_value_float(a->opts.shutdown_timeout_s),
       drpc_value_int(a->opts.num_worker_threads),
       drpc_value_int((int64_t)drpc_members_join_epoch(a)),
-      drpc_value_int((int64_t)a->opts.incarnation));
+      drpc_value_int((int64_t)a->opts.incarnation), drpc_value_str(channels));
 }
 
 static void record_start(drpc_agent *a) {

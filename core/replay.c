@@ -54,6 +54,7 @@ struct drpc_replay {
   drpc_registry *registry;
   int16_t node;
   char addr[300];
+  char channels[128]; /* the recorded device channels, split in place */
   uint64_t now;
   uint64_t next_conn;
   uint64_t (*next_id)(void *arg);
@@ -358,7 +359,9 @@ int drpc_replay_new(drpc_replay **out, const drpc_event *start,
                    *sdt = item(cfg, 7, DRPC_VAL_FLOAT),
                    *thr = item(cfg, 8, DRPC_VAL_INT),
                    *jep = item(cfg, 9, DRPC_VAL_INT),      /* dynamic groups */
-                       *inc = item(cfg, 10, DRPC_VAL_INT); /* later lives */
+                       *inc = item(cfg, 10, DRPC_VAL_INT), /* later lives */
+                           *chan = item(cfg, 11,
+                                        DRPC_VAL_STR); /* device channels */
   if (!name || !id || !ws || !peers || !tmo || !maxf || !leak || !sdt || !thr) {
     drpc_msg_clear(&m);
     return drpc_error_set(err, DRPC_EPROTO,
@@ -414,8 +417,11 @@ int drpc_replay_new(drpc_replay **out, const drpc_event *start,
     snprintf(key, sizeof key, "addrs/%s", pname->u.s.data);
     if (rc == 0)
       rc = drpc_store_set_str(r->store, key, paddr->u.s.data, err);
+    /* The listen address is the entry's first line (device information
+     * may follow). */
     if (pid->u.i == id->u.i)
-      snprintf(r->addr, sizeof r->addr, "%s", paddr->u.s.data);
+      snprintf(r->addr, sizeof r->addr, "%.*s",
+               (int)strcspn(paddr->u.s.data, "\n"), paddr->u.s.data);
   }
   free(seen);
   if (rc == 0 && ws->u.i <= 0) {
@@ -455,6 +461,14 @@ int drpc_replay_new(drpc_replay **out, const drpc_event *start,
     o.num_worker_threads = (int)thr->u.i;
     o.incarnation =
         inc && inc->u.i > 0 && inc->u.i < 65536 ? (uint32_t)inc->u.i : 0;
+    /* Channels by name: the options keep pointers, the replay the names. */
+    snprintf(r->channels, sizeof r->channels, "%s", chan ? chan->u.s.data : "");
+    char *save = NULL;
+    int nch = 0;
+    for (char *c = strtok_r(r->channels, ",", &save); c && nch < 3;
+         c = strtok_r(NULL, ",", &save))
+      o.channels[nch++] = c;
+    o.channels[nch] = NULL;
     o.registry = r->registry;
     rc = drpc_agent_start(&r->agent, r->store, name->u.s.data, id->u.i, ws->u.i,
                           &o, &r->env, err);

@@ -11,6 +11,8 @@
 /* The fuzz_agent program format, and the writer its corpus uses. */
 #include "../fuzz/agent_prog.h"
 #include "../fuzz/consumer.h"
+#include "drpc/device.h"
+#include "drpc/gpu.h"
 
 #include "drpc/replay.h"
 #include "drpc/trace.h"
@@ -92,6 +94,9 @@ static int replay_node(drpc_trace *t, int16_t node, const char *name,
   return status;
 }
 
+/* Simulated devices a replay installs (device indices up to 15). */
+#define DRPC_REPLAY_DEVICES "16"
+
 int drpc_cmd_replay(int argc, char **argv) {
   static const struct option opts[] = {{"node", required_argument, 0, 'n'},
                                        {"context", required_argument, 0, 'c'},
@@ -146,6 +151,10 @@ int drpc_cmd_replay(int argc, char **argv) {
     drpc_trace_close(t);
     return 2;
   }
+  /* Device tensors of the recording land on simulated devices: replay
+   * needs no GPU, and simcuda runs the same everywhere. */
+  bool own_gpu = !drpc_device_backend_get(NULL) &&
+                 drpc_gpu_setup("sim:" DRPC_REPLAY_DEVICES, NULL) == 0;
   double t0 = wall_now();
   replay_total total = {0};
   int status = 0, replayed = 0;
@@ -176,6 +185,8 @@ int drpc_cmd_replay(int argc, char **argv) {
            wall_now() - t0);
   drpc_trace_nodes_free(ids, names, n);
   drpc_trace_close(t);
+  if (own_gpu)
+    drpc_gpu_teardown();
   return status;
 }
 
