@@ -106,6 +106,32 @@ static drpc_value *fn_stream_probe(drpc_call *call, const drpc_value *args,
   return r;
 }
 
+/* The transpose of its [2, 3] tensor argument, as a strided view of the
+ * same device memory (PyTorch's test_tensor_view_as_return_value). */
+static drpc_value *fn_transpose_view(drpc_call *call, const drpc_value *args,
+                                     const drpc_value *kwargs,
+                                     drpc_error *err) {
+  (void)call;
+  (void)kwargs;
+  const drpc_tensor *t = arg_tensor(args);
+  if (!t || t->ndim != 2) {
+    drpc_error_set(err, DRPC_EINVAL, "transpose_view takes a 2-d tensor");
+    return NULL;
+  }
+  int64_t shape[2] = {t->shape[1], t->shape[0]};
+  drpc_tensor *v =
+      drpc_tensor_from_storage(t->storage, t->dtype, 2, shape, t->offset);
+  if (!v) {
+    drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+    return NULL;
+  }
+  v->strides[0] = t->strides[1];
+  v->strides[1] = t->strides[0];
+  drpc_value *r = drpc_value_tensor(v);
+  drpc_tensor_decref(v);
+  return r;
+}
+
 /* ---- a small cluster -------------------------------------------------- */
 
 /* Starts world workers, worker i with opts[i] (NULL: defaults). Every
@@ -911,6 +937,51 @@ static void stream_rules(const char *channel, bool sim) {
   down();
 }
 
+/* A strided view of device memory as a function's result comes back
+ * dense, on the caller's device, element for element (both channels). */
+static void view_return(const char *channel) {
+  drpc_options o0, o1;
+  drpc_options_default(&o0);
+  drpc_options_default(&o1);
+  map(&o0, "w1", 1, G0, G1);
+  o0.channels[0] = channel;
+  o1.channels[0] = channel;
+  drpc_options *opts[2] = {&o0, &o1};
+  drpc_error err = DRPC_ERROR_INIT;
+  CHECK_EQ_INT(up_maps(2, opts, &err), 0);
+  int64_t shape[2] = {2, 3};
+  float vals[6] = {1, 2, 3, 4, 5, 6};
+  drpc_tensor *h = drpc_tensor_from_data(DRPC_FLOAT32, 2, shape, vals, true);
+  drpc_tensor *g = drpc_tensor_to(h, G0, NULL, &err);
+  drpc_tensor_decref(h);
+  CHECK(g != NULL);
+  drpc_value *r =
+      g ? call1(0, "w1", DRPC_FUNCTION, "transpose_view", vt(g), NULL, &err)
+        : NULL;
+  if (!r)
+    fprintf(stderr, "  transpose_view: %s\n", drpc_error_message(&err));
+  CHECK(r && r->kind == DRPC_VAL_TENSOR);
+  if (r && r->kind == DRPC_VAL_TENSOR) {
+    const drpc_tensor *t = r->u.t;
+    CHECK(drpc_device_equal(drpc_tensor_device(t), G0));
+    CHECK(t->ndim == 2 && t->shape[0] == 3 && t->shape[1] == 2);
+    /* The transpose: [[1, 4], [2, 5], [3, 6]]. */
+    static const double want[6] = {1, 4, 2, 5, 3, 6};
+    for (int i = 0; i < 6; i++)
+      CHECK(at(t, i) == want[i]);
+  }
+  drpc_value_free(r);
+  drpc_error_clear(&err);
+  down();
+}
+
+static void test_view_return_staged(void) {
+  view_return("cuda_staged");
+}
+static void test_view_return_ipc(void) {
+  view_return("cuda_ipc");
+}
+
 static bool g_sim;
 static void test_stream_rules_staged(void) {
   stream_rules("cuda_staged", g_sim);
@@ -936,6 +1007,8 @@ static void suite(const char *backend) {
   RUN(test_remote_to_here);
   RUN(test_stream_rules_staged);
   RUN(test_stream_rules_ipc);
+  RUN(test_view_return_staged);
+  RUN(test_view_return_ipc);
 }
 
 int main(void) {
@@ -944,6 +1017,7 @@ int main(void) {
   drpc_register_function(R, "ident", fn_ident, NULL);
   drpc_register_function(R, "ones_on", fn_ones_on, NULL);
   drpc_register_function(R, "stream_probe", fn_stream_probe, NULL);
+  drpc_register_function(R, "transpose_view", fn_transpose_view, NULL);
   drpc_error err = DRPC_ERROR_INIT;
   if (drpc_gpu_setup("sim:2", &err) == 0) {
     g_sim = true;
