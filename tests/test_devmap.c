@@ -132,6 +132,25 @@ static drpc_value *fn_transpose_view(drpc_call *call, const drpc_value *args,
   return r;
 }
 
+/* The local value of the RRef argument (this worker owns it), plus 1 on
+ * its device: a function reading an owner's device value made by an
+ * earlier remote() (PyTorch's test_rref_as_arg_synchronization). */
+static drpc_value *fn_rref_plus1(drpc_call *call, const drpc_value *args,
+                                 const drpc_value *kwargs, drpc_error *err) {
+  (void)call;
+  (void)kwargs;
+  drpc_rref *r = drpc_value_get_rref(drpc_list_at(args, 0));
+  const drpc_value *v = NULL;
+  if (!r || drpc_rref_local_value(r, &v, err))
+    return r ? NULL
+             : (drpc_error_set(err, DRPC_EINVAL, "rref_plus1 takes an RRef"),
+                NULL);
+  drpc_value *a = drpc_value_list_of(2, drpc_value_clone(v), drpc_value_int(1));
+  drpc_value *out = drpc_op_run("aten::add", a, NULL, err);
+  drpc_value_free(a);
+  return out;
+}
+
 /* ---- a small cluster -------------------------------------------------- */
 
 /* Starts world workers, worker i with opts[i] (NULL: defaults). Every
@@ -982,6 +1001,59 @@ static void test_view_return_ipc(void) {
   view_return("cuda_ipc");
 }
 
+/* remote() makes a device value on w1 (on the streams its arguments came
+ * on); a later call on w1 takes the RRef as argument and computes on the
+ * value from another stream; then to_here fetches it: every read is
+ * ordered after the work that made the value (simcuda runs nothing early,
+ * so an unordered read sees the fresh-memory fill). */
+static void rref_sync(const char *channel) {
+  drpc_options o0, o1;
+  drpc_options_default(&o0);
+  drpc_options_default(&o1);
+  map(&o0, "w1", 1, G0, G1);
+  o0.channels[0] = channel;
+  o1.channels[0] = channel;
+  drpc_options *opts[2] = {&o0, &o1};
+  drpc_error err = DRPC_ERROR_INIT;
+  CHECK_EQ_INT(up_maps(2, opts, &err), 0);
+  drpc_value *ta = drpc_value_list_of(2, vt(ramp(G0, 10)), vt(ramp(G0, 20)));
+  drpc_rref *rr = NULL;
+  CHECK_EQ_INT(drpc_remote(ag(0), "w1", DRPC_BUILTIN, "aten::add", ta, NULL, 0,
+                           &rr, &err),
+               0);
+  drpc_value_free(ta);
+  tnet_run(&N, 1000000);
+  /* {30, 32, 34, 36} on w1's cuda:1; plus one, back on cuda:0. */
+  drpc_value *r = rr ? call1(0, "w1", DRPC_FUNCTION, "rref_plus1",
+                             drpc_value_rref(rr), NULL, &err)
+                     : NULL;
+  if (!r)
+    fprintf(stderr, "  rref_plus1: %s\n", drpc_error_message(&err));
+  CHECK(r && r->kind == DRPC_VAL_TENSOR);
+  if (r && r->kind == DRPC_VAL_TENSOR) {
+    CHECK(drpc_device_equal(drpc_tensor_device(r->u.t), G0));
+    CHECK(at(r->u.t, 0) == 31.0 && at(r->u.t, 3) == 37.0);
+  }
+  drpc_value_free(r);
+  drpc_value *v = NULL;
+  if (rr)
+    CHECK_EQ_INT(drpc_rref_to_here(rr, 30, &v, &err), 0);
+  CHECK(v && v->kind == DRPC_VAL_TENSOR);
+  if (v && v->kind == DRPC_VAL_TENSOR)
+    CHECK(at(v->u.t, 0) == 30.0 && at(v->u.t, 3) == 36.0);
+  drpc_value_free(v);
+  drpc_rref_decref(rr);
+  drpc_error_clear(&err);
+  down();
+}
+
+static void test_rref_sync_staged(void) {
+  rref_sync("cuda_staged");
+}
+static void test_rref_sync_ipc(void) {
+  rref_sync("cuda_ipc");
+}
+
 static bool g_sim;
 static void test_stream_rules_staged(void) {
   stream_rules("cuda_staged", g_sim);
@@ -1009,6 +1081,8 @@ static void suite(const char *backend) {
   RUN(test_stream_rules_ipc);
   RUN(test_view_return_staged);
   RUN(test_view_return_ipc);
+  RUN(test_rref_sync_staged);
+  RUN(test_rref_sync_ipc);
 }
 
 int main(void) {
@@ -1018,6 +1092,7 @@ int main(void) {
   drpc_register_function(R, "ones_on", fn_ones_on, NULL);
   drpc_register_function(R, "stream_probe", fn_stream_probe, NULL);
   drpc_register_function(R, "transpose_view", fn_transpose_view, NULL);
+  drpc_register_function(R, "rref_plus1", fn_rref_plus1, NULL);
   drpc_error err = DRPC_ERROR_INIT;
   if (drpc_gpu_setup("sim:2", &err) == 0) {
     g_sim = true;
