@@ -3126,7 +3126,8 @@ int drpc_agent_replay_call(drpc_agent *a, drpc_rreader *r, drpc_future **fut,
   size_t ln = 0, fnn = 0;
   const uint8_t *label = drpc_rr_blob(r, &ln);
   const uint8_t *fn = drpc_rr_blob(r, &fnn);
-  if (r->bad || !p) {
+  /* The frame's id is rewritten in place: it must at least be a header. */
+  if (r->bad || !p || n < DRPC_WIRE_HEADER_SIZE) {
     drpc_fork_list_drop(forks);
     return drpc_error_set(err, DRPC_EPROTO, "malformed CALL command record");
   }
@@ -3198,7 +3199,7 @@ int drpc_agent_replay_job_done(drpc_agent *a, drpc_job *job, uint64_t kind,
     int rc = drpc_fork_list_read(a, r, &forks, err);
     if (rc)
       return rc;
-    if (r->bad || !p) {
+    if (r->bad || !p || n < DRPC_WIRE_HEADER_SIZE) {
       drpc_fork_list_drop(forks);
       return drpc_error_set(err, DRPC_EPROTO, "malformed job result record");
     }

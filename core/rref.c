@@ -58,6 +58,7 @@ struct drpc_rref {
   drpc_future *created; /* drpc_remote's creation future, or NULL */
   drpc_future *value;   /* owner: completes with the value or its error */
   waiter_node *waiters; /* user, loop: calls waiting for confirmation */
+  uint64_t wait_key;    /* owner, loop: its key in ctx->waited (0: none) */
 };
 
 typedef struct forkset {
@@ -80,10 +81,13 @@ struct drpc_rctx {
   drpc_map children;      /* child fork key -> parent handle (strong) */
   drpc_map tomb;          /* deleted fork keys */
   /* Owners something waits on (a fetch, a proxy call) before their value
-   * is set: rref key -> owner (the reference belongs to the unwait
+   * is set: wait key -> owner (the reference belongs to the unwait
    * callback on its value). Teardown fails their values so the waiters
-   * finish and let go, whether or not the owner is still in the table. */
+   * finish and let go, whether or not the owner is still in the table.
+   * Keys are a counter, not RRef ids: an owner deleted with waiters left
+   * and made again for the same id (a late fetch) is a second entry. */
   drpc_map waited;
+  uint64_t next_wait_key;
   uint64_t *tomb_ring;
   size_t tomb_head, tomb_len;
   /* Published for debug info and shutdown waits (written on the loop). */
@@ -1095,23 +1099,25 @@ static void unwait(drpc_future *f, void *arg) {
   (void)f;
   /* Also after teardown began: the map outlives every owner (each holds
    * the context), and teardown may be walking the owners, not this map. */
-  if (drpc_map_get(&o->ctx->waited, key_of(o->id)) == o)
-    drpc_map_remove(&o->ctx->waited, key_of(o->id));
+  if (o->wait_key && drpc_map_get(&o->ctx->waited, o->wait_key) == o)
+    drpc_map_remove(&o->ctx->waited, o->wait_key);
   drpc_rref_decref(o);
 }
 
 /* Loop: something is about to wait on owner o's value. */
 static void note_waited(drpc_rctx *c, drpc_rref *o) {
-  uint64_t k = key_of(o->id);
-  if (drpc_future_done(o->value) || drpc_map_get(&c->waited, k))
+  if (drpc_future_done(o->value) || o->wait_key)
     return;
+  uint64_t k = ++c->next_wait_key;
   drpc_rref_incref(o);
   if (drpc_map_put(&c->waited, k, o) != 0) {
     drpc_rref_decref(o);
     return;
   }
+  o->wait_key = k;
   if (drpc_future_add_done_callback(o->value, unwait, o) != 0) {
     drpc_map_remove(&c->waited, k);
+    o->wait_key = 0;
     drpc_rref_decref(o);
   }
 }
