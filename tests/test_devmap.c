@@ -270,6 +270,44 @@ static long metric(drpc_agent *a, const char *key) {
   return r;
 }
 
+/* Two workers, w0 mapping cuda:0 to w1's cuda:1, both on one channel. */
+static void up_channel(const char *channel, drpc_error *err) {
+  drpc_options o0, o1;
+  drpc_options_default(&o0);
+  drpc_options_default(&o1);
+  map(&o0, "w1", 1, G0, G1);
+  o0.channels[0] = channel;
+  o1.channels[0] = channel;
+  drpc_options *opts[2] = {&o0, &o1};
+  CHECK_EQ_INT(up_maps(2, opts, err), 0);
+}
+
+/* remote(w0 -> w1, fn, args) (args taken), run until it settles. */
+static drpc_rref *remote_on_w1(drpc_call_kind kind, const char *fn,
+                               drpc_value *args, drpc_error *err) {
+  drpc_rref *r = NULL;
+  CHECK_EQ_INT(drpc_remote(ag(0), "w1", kind, fn, args, NULL, 0, &r, err), 0);
+  drpc_value_free(args);
+  tnet_run(&N, 1000000);
+  return r;
+}
+
+/* r's value fetched to w0: a tensor on cuda:0 whose elements 0 and 3 are
+ * first and fourth. */
+static void check_to_here(drpc_rref *r, double first, double fourth) {
+  drpc_error err = DRPC_ERROR_INIT;
+  drpc_value *v = NULL;
+  if (r)
+    CHECK_EQ_INT(drpc_rref_to_here(r, 30, &v, &err), 0);
+  CHECK(v && v->kind == DRPC_VAL_TENSOR);
+  if (v && v->kind == DRPC_VAL_TENSOR) {
+    CHECK(drpc_device_equal(drpc_tensor_device(v->u.t), G0));
+    CHECK(at(v->u.t, 0) == first && at(v->u.t, 3) == fourth);
+  }
+  drpc_value_free(v);
+  drpc_error_clear(&err);
+}
+
 /* ---- tests --------------------------------------------------------------- */
 
 /* cuda:0 -> cuda:1 for requests; the result comes back through the
@@ -777,22 +815,9 @@ static void test_remote_to_here(void) {
   map(&o1, "w0", 1, G1, G0);
   drpc_options *opts[2] = {&o0, &o1};
   CHECK_EQ_INT(up_maps(2, opts, &err), 0);
-  drpc_value *args = drpc_value_list_of(1, drpc_value_int(1));
-  drpc_rref *r = NULL;
-  CHECK_EQ_INT(drpc_remote(ag(0), "w1", DRPC_FUNCTION, "ones_on", args, NULL, 0,
-                           &r, &err),
-               0);
-  drpc_value_free(args);
-  tnet_run(&N, 1000000);
-  drpc_value *v = NULL;
-  if (r)
-    CHECK_EQ_INT(drpc_rref_to_here(r, 30, &v, &err), 0);
-  CHECK(v && v->kind == DRPC_VAL_TENSOR);
-  if (v && v->kind == DRPC_VAL_TENSOR) {
-    CHECK(drpc_device_equal(drpc_tensor_device(v->u.t), G0));
-    CHECK(at(v->u.t, 0) == 1.0 && at(v->u.t, 3) == 1.0);
-  }
-  drpc_value_free(v);
+  drpc_rref *r = remote_on_w1(DRPC_FUNCTION, "ones_on",
+                              drpc_value_list_of(1, drpc_value_int(1)), &err);
+  check_to_here(r, 1.0, 1.0);
   drpc_rref_decref(r);
   drpc_error_clear(&err);
   down();
@@ -836,15 +861,8 @@ static int then_read(drpc_future *f, void *arg, drpc_value **out,
 
 static void stream_rules(const char *channel, bool sim) {
   bool staged = strcmp(channel, "cuda_staged") == 0;
-  drpc_options o0, o1;
-  drpc_options_default(&o0);
-  drpc_options_default(&o1);
-  map(&o0, "w1", 1, G0, G1);
-  o0.channels[0] = channel;
-  o1.channels[0] = channel;
-  drpc_options *opts[2] = {&o0, &o1};
   drpc_error err = DRPC_ERROR_INIT;
-  CHECK_EQ_INT(up_maps(2, opts, &err), 0);
+  up_channel(channel, &err);
 
   /* The callee: the function runs on a pool stream that waits for the
    * data; the same bytes read through the default stream, which nothing
@@ -935,22 +953,10 @@ static void stream_rules(const char *channel, bool sim) {
 
   /* remote(): the owner's value is made on the function's streams and
    * later read by the fetch on another; to_here brings it back. */
-  drpc_rref *rr = NULL;
-  drpc_value *ta = drpc_value_list_of(2, vt(ramp(G0, 3)), vt(ramp(G0, 3)));
-  CHECK_EQ_INT(drpc_remote(ag(0), "w1", DRPC_BUILTIN, "aten::add", ta, NULL, 0,
-                           &rr, &err),
-               0);
-  drpc_value_free(ta);
-  tnet_run(&N, 1000000);
-  drpc_value *v = NULL;
-  if (rr)
-    CHECK_EQ_INT(drpc_rref_to_here(rr, 30, &v, &err), 0);
-  CHECK(v && v->kind == DRPC_VAL_TENSOR);
-  if (v && v->kind == DRPC_VAL_TENSOR) {
-    CHECK(drpc_device_equal(drpc_tensor_device(v->u.t), G0));
-    CHECK(at(v->u.t, 0) == 6.0 && at(v->u.t, 3) == 12.0);
-  }
-  drpc_value_free(v);
+  drpc_rref *rr = remote_on_w1(
+      DRPC_BUILTIN, "aten::add",
+      drpc_value_list_of(2, vt(ramp(G0, 3)), vt(ramp(G0, 3))), &err);
+  check_to_here(rr, 6.0, 12.0);
   drpc_rref_decref(rr);
   drpc_error_clear(&err);
   down();
@@ -959,15 +965,8 @@ static void stream_rules(const char *channel, bool sim) {
 /* A strided view of device memory as a function's result comes back
  * dense, on the caller's device, element for element (both channels). */
 static void view_return(const char *channel) {
-  drpc_options o0, o1;
-  drpc_options_default(&o0);
-  drpc_options_default(&o1);
-  map(&o0, "w1", 1, G0, G1);
-  o0.channels[0] = channel;
-  o1.channels[0] = channel;
-  drpc_options *opts[2] = {&o0, &o1};
   drpc_error err = DRPC_ERROR_INIT;
-  CHECK_EQ_INT(up_maps(2, opts, &err), 0);
+  up_channel(channel, &err);
   int64_t shape[2] = {2, 3};
   float vals[6] = {1, 2, 3, 4, 5, 6};
   drpc_tensor *h = drpc_tensor_from_data(DRPC_FLOAT32, 2, shape, vals, true);
@@ -1007,22 +1006,11 @@ static void test_view_return_ipc(void) {
  * ordered after the work that made the value (simcuda runs nothing early,
  * so an unordered read sees the fresh-memory fill). */
 static void rref_sync(const char *channel) {
-  drpc_options o0, o1;
-  drpc_options_default(&o0);
-  drpc_options_default(&o1);
-  map(&o0, "w1", 1, G0, G1);
-  o0.channels[0] = channel;
-  o1.channels[0] = channel;
-  drpc_options *opts[2] = {&o0, &o1};
   drpc_error err = DRPC_ERROR_INIT;
-  CHECK_EQ_INT(up_maps(2, opts, &err), 0);
-  drpc_value *ta = drpc_value_list_of(2, vt(ramp(G0, 10)), vt(ramp(G0, 20)));
-  drpc_rref *rr = NULL;
-  CHECK_EQ_INT(drpc_remote(ag(0), "w1", DRPC_BUILTIN, "aten::add", ta, NULL, 0,
-                           &rr, &err),
-               0);
-  drpc_value_free(ta);
-  tnet_run(&N, 1000000);
+  up_channel(channel, &err);
+  drpc_rref *rr = remote_on_w1(
+      DRPC_BUILTIN, "aten::add",
+      drpc_value_list_of(2, vt(ramp(G0, 10)), vt(ramp(G0, 20))), &err);
   /* {30, 32, 34, 36} on w1's cuda:1; plus one, back on cuda:0. */
   drpc_value *r = rr ? call1(0, "w1", DRPC_FUNCTION, "rref_plus1",
                              drpc_value_rref(rr), NULL, &err)
@@ -1035,13 +1023,7 @@ static void rref_sync(const char *channel) {
     CHECK(at(r->u.t, 0) == 31.0 && at(r->u.t, 3) == 37.0);
   }
   drpc_value_free(r);
-  drpc_value *v = NULL;
-  if (rr)
-    CHECK_EQ_INT(drpc_rref_to_here(rr, 30, &v, &err), 0);
-  CHECK(v && v->kind == DRPC_VAL_TENSOR);
-  if (v && v->kind == DRPC_VAL_TENSOR)
-    CHECK(at(v->u.t, 0) == 30.0 && at(v->u.t, 3) == 36.0);
-  drpc_value_free(v);
+  check_to_here(rr, 30.0, 36.0);
   drpc_rref_decref(rr);
   drpc_error_clear(&err);
   down();
