@@ -4,6 +4,7 @@
 
 #include <assert.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -364,7 +365,18 @@ typedef struct reader {
   uint32_t nrrefs;          /* rref nodes decoded */
   drpc_wire_shared *shared; /* shared tensors decoded, in payload order */
   uint32_t nshared, sharedcap;
+  /* Room for the declarations and references of a message with few
+   * tensors, most of them: no allocation. */
+  tensor_decl decls_small[2];
+  tensor_ref refs_small[4];
 } reader;
+
+static void reader_free_tables(reader *r) {
+  if (r->decls != r->decls_small)
+    free(r->decls);
+  if (r->refs != r->refs_small)
+    free(r->refs);
+}
 
 static size_t remaining(const reader *r) {
   return r->len - r->pos;
@@ -547,10 +559,20 @@ fail:
 
 static int add_ref(reader *r, drpc_value *v, uint32_t index) {
   if (r->nrefs == r->refcap) {
-    size_t cap = r->refcap ? r->refcap * 2 : 8;
+    size_t small = sizeof(r->refs_small) / sizeof(r->refs_small[0]);
+    size_t cap = r->refcap ? r->refcap * 2 : small;
     if (cap > SIZE_MAX / sizeof(*r->refs))
       return DRPC_ENOMEM;
-    tensor_ref *refs = realloc(r->refs, cap * sizeof(*refs));
+    tensor_ref *refs;
+    if (!r->refcap) {
+      refs = r->refs_small;
+    } else if (r->refs == r->refs_small) {
+      refs = malloc(cap * sizeof(*refs));
+      if (refs)
+        memcpy(refs, r->refs_small, sizeof(r->refs_small));
+    } else {
+      refs = realloc(r->refs, cap * sizeof(*refs));
+    }
     if (!refs)
       return DRPC_ENOMEM;
     r->refs = refs;
@@ -944,14 +966,18 @@ int drpc_wire_decode_payload(const drpc_frame_header *h, const uint8_t *payload,
     return rc;
 
   reader r;
-  memset(&r, 0, sizeof(r));
+  /* The small tables are cleared when used. */
+  memset(&r, 0, offsetof(reader, decls_small));
   r.p = payload;
   r.len = h->payload_len;
   r.max_depth = lim->max_depth;
   r.err = err;
   r.ndecls = h->ntensors;
   drpc_value *body = NULL;
-  if (h->ntensors) {
+  if (h->ntensors <= sizeof(r.decls_small) / sizeof(r.decls_small[0])) {
+    r.decls = r.decls_small;
+    memset(r.decls, 0, h->ntensors * sizeof(*r.decls));
+  } else {
     r.decls = calloc(h->ntensors, sizeof(*r.decls));
     if (!r.decls) {
       rc = drpc_error_set(err, DRPC_ENOMEM, "out of memory decoding a frame");
@@ -1052,8 +1078,7 @@ int drpc_wire_decode_payload(const drpc_frame_header *h, const uint8_t *payload,
   out->nrrefs = r.nrrefs;
   out->shared = r.shared;
   out->nshared = r.nshared;
-  free(r.decls);
-  free(r.refs);
+  reader_free_tables(&r);
   return 0;
 
 fail:
@@ -1062,8 +1087,7 @@ fail:
   for (uint32_t i = 0; i < r.nshared; i++)
     drpc_tensor_decref(r.shared[i].tensor);
   free(r.shared);
-  free(r.decls);
-  free(r.refs);
+  reader_free_tables(&r);
   return rc;
 }
 
@@ -1162,7 +1186,27 @@ typedef struct encoder {
   uint32_t *data_idx;           /* per distinct tensor: data-section index, or
                                    UINT32_MAX when shared by handle */
   uint32_t ndata;
+  struct encoder_small *small; /* room for the first tensors, or NULL */
 } encoder;
+
+/* The tensor index of a message with few tensors, most of them, on the
+ * encoder's stack: no allocation. Not zeroed as a whole (the plans are
+ * large): the slots are cleared when taken. */
+#define SMALL_TENSORS 2
+typedef struct encoder_small {
+  tensor_slot slots[4 * SMALL_TENSORS];
+  drpc_tensor *list[SMALL_TENSORS];
+  drpc_wire_tensor_plan plans[SMALL_TENSORS];
+  uint32_t data_idx[SMALL_TENSORS];
+} encoder_small;
+
+static bool is_small_slots(const encoder *e) {
+  return e->small && e->slots == e->small->slots;
+}
+
+static bool is_small_list(const encoder *e) {
+  return e->small && e->list == e->small->list;
+}
 
 static size_t slot_of(const encoder *e, const drpc_tensor *t) {
   uint64_t h = (uint64_t)(uintptr_t)t * 0x9e3779b97f4a7c15ull;
@@ -1186,6 +1230,11 @@ static int tensor_index(encoder *e, drpc_tensor *t, uint32_t *index) {
     return drpc_error_set(e->err, DRPC_ETOOBIG,
                           "message has more than %d distinct tensors",
                           DRPC_WIRE_MAX_TENSORS);
+  if (!e->nslots && e->small) {
+    memset(e->small->slots, 0, sizeof(e->small->slots));
+    e->slots = e->small->slots;
+    e->nslots = 4 * SMALL_TENSORS;
+  }
   if ((size_t)(e->n + 1) * 2 > e->nslots) {
     size_t nslots = e->nslots ? e->nslots * 2 : 16;
     tensor_slot *slots = calloc(nslots, sizeof(*slots));
@@ -1193,12 +1242,42 @@ static int tensor_index(encoder *e, drpc_tensor *t, uint32_t *index) {
       goto nomem;
     tensor_slot *old = e->slots;
     size_t oldn = e->nslots;
+    bool was_small = is_small_slots(e);
     e->slots = slots;
     e->nslots = nslots;
     for (size_t i = 0; i < oldn; i++)
       if (old[i].key)
         e->slots[slot_of(e, old[i].key)] = old[i];
-    free(old);
+    if (!was_small)
+      free(old);
+  }
+  if (!e->listcap && e->small) {
+    e->list = e->small->list;
+    e->plans = e->small->plans;
+    e->data_idx = e->small->data_idx;
+    e->listcap = SMALL_TENSORS;
+  }
+  if (e->n == e->listcap) {
+    uint32_t cap = e->listcap ? e->listcap * 2 : 8;
+    if (is_small_list(e)) {
+      /* Off the stack: the first tensors move to the heap. */
+      drpc_tensor **list = malloc(cap * sizeof(*list));
+      drpc_wire_tensor_plan *plans = malloc(cap * sizeof(*plans));
+      uint32_t *didx = malloc(cap * sizeof(*didx));
+      if (!list || !plans || !didx) {
+        free(list);
+        free(plans);
+        free(didx);
+        goto nomem;
+      }
+      memcpy(list, e->list, e->n * sizeof(*list));
+      memcpy(plans, e->plans, e->n * sizeof(*plans));
+      memcpy(didx, e->data_idx, e->n * sizeof(*didx));
+      e->list = list;
+      e->plans = plans;
+      e->data_idx = didx;
+      e->listcap = cap;
+    }
   }
   if (e->n == e->listcap) {
     uint32_t cap = e->listcap ? e->listcap * 2 : 8;
@@ -1560,11 +1639,14 @@ int drpc_wire_encode_ex(uint8_t type, uint16_t flags, uint64_t id,
 static void encoder_release(encoder *e) {
   for (uint32_t i = 0; i < e->n; i++)
     drpc_tensor_decref(e->plans[i].send);
-  free(e->list);
-  free(e->slots);
+  if (!is_small_list(e)) {
+    free(e->list);
+    free(e->plans);
+    free(e->data_idx);
+  }
+  if (!is_small_slots(e))
+    free(e->slots);
   free(e->forks);
-  free(e->plans);
-  free(e->data_idx);
 }
 
 int drpc_wire_encode_hooks(uint8_t type, uint16_t flags, uint64_t id,
@@ -1584,9 +1666,11 @@ int drpc_wire_encode_hooks(uint8_t type, uint16_t flags, uint64_t id,
     body = &nil;
 
   encoder e;
+  encoder_small small;
   memset(&e, 0, sizeof(e));
   e.lim = lim;
   e.err = err;
+  e.small = &small;
   if (hooks) {
     e.rref_fn = hooks->rref_fn;
     e.rref_ctx = hooks->rref_ctx;

@@ -32,8 +32,12 @@ static drpc_tensor *gradient(int k) {
   if (!t)
     return NULL;
   float *g = drpc_tensor_data(t);
-  for (int j = 0; j < PS_DENSE; j++)
-    g[j] = grad_at(k, j);
+  float pat[8];
+  for (int j = 0; j < 8; j++)
+    pat[j] = grad_at(k, j);
+  for (int j = 0; j < PS_DENSE; j += 8)
+    for (int m = 0; m < 8; m++)
+      g[j + m] = pat[m];
   g[PS_DENSE + k] = 1;
   return t;
 }
@@ -81,6 +85,11 @@ static bool is_shard(const drpc_value *v) {
          drpc_tensor_is_contiguous(v->u.t);
 }
 
+static void add_shard(float *restrict dst, const float *restrict src) {
+  for (int j = 0; j < PS_SHARD_LEN; j++)
+    dst[j] += src[j];
+}
+
 /* ps.apply_update(shard, grad), run on the owner through the proxy: the
  * shard is the owner's own value, updated in place. */
 static drpc_value *apply_update_fn(drpc_call *call, const drpc_value *args,
@@ -97,8 +106,12 @@ static drpc_value *apply_update_fn(drpc_call *call, const drpc_value *args,
   }
   float *dst = drpc_tensor_data(p->u.t);
   const float *src = drpc_tensor_data(g->u.t);
-  for (int j = 0; j < PS_SHARD_LEN; j++)
-    dst[j] += src[j];
+  if (dst == src) {
+    drpc_error_set(err, DRPC_EINVAL,
+                   "ps.apply_update: the gradient is the shard itself");
+    return NULL;
+  }
+  add_shard(dst, src);
   return drpc_value_nil();
 }
 
@@ -118,9 +131,11 @@ enum { UPD_NOT_SENT = 0, UPD_UNSURE = 1, UPD_DONE = 2 };
 /* Checks a fetched shard against what the trainer knows: each ledger
  * element is 0 or 1 (an update never runs twice), confirmed updates are
  * there, updates not sent yet are not, and the dense part is exactly the
- * sum of the gradients the ledger names. Reports the first difference. */
+ * sum of the gradients the ledger names. Reports the first difference.
+ * upd holds what the trainer knows of all PS_MAX_ROUNDS rounds (those not
+ * reached are UPD_NOT_SENT). */
 static void check_shard(const drpc_scn_host *h, drpc_agent *a, const char *when,
-                        const drpc_value *v, const uint8_t *upd, int rounds) {
+                        const drpc_value *v, const uint8_t *upd) {
   const char *me = drpc_agent_self(a)->name;
   if (!is_shard(v)) {
     drpc_scn_violation(h, a, "%s: %s: the shard is not a float32 tensor of %d",
@@ -131,20 +146,22 @@ static void check_shard(const drpc_scn_host *h, drpc_agent *a, const char *when,
   /* grad_at(k, j) depends on k only through k % 8: count the updates
    * that ran per class. */
   int ran[8] = {0};
-  /* First a pass without branches (the usual case: every element 0 or 1
-   * and as the trainer knows it); only an anomaly takes the loop below,
-   * which names it. */
+  /* First a pass without branches, eight rounds at a time (the usual case:
+   * every element 0 or 1 and as the trainer knows it); only an anomaly
+   * takes the loop below, which names it. */
   int odd = 0;
-  for (int k = 0; k < PS_MAX_ROUNDS; k++) {
-    float l = p[PS_DENSE + k];
-    uint8_t u = k < rounds ? upd[k] : UPD_NOT_SENT;
-    odd |= (l != 0 && l != 1) | (l == 1 && u == UPD_NOT_SENT) |
-           (l == 0 && u == UPD_DONE);
-    ran[k % 8] += l == 1;
-  }
+  for (int k = 0; k < PS_MAX_ROUNDS; k += 8)
+    for (int m = 0; m < 8; m++) {
+      float l = p[PS_DENSE + k + m];
+      int u = upd[k + m];
+      int one = l == 1, zero = l == 0;
+      odd |= (1 - (one | zero)) | (one & (u == UPD_NOT_SENT)) |
+             (zero & (u == UPD_DONE));
+      ran[m] += one;
+    }
   for (int k = 0; odd && k < PS_MAX_ROUNDS; k++) {
     float l = p[PS_DENSE + k];
-    uint8_t u = k < rounds ? upd[k] : UPD_NOT_SENT;
+    uint8_t u = upd[k];
     if (l != 0 && l != 1) {
       drpc_scn_violation(h, a, "%s: %s: update %d ran %g times", me, when, k,
                          (double)l);
@@ -239,7 +256,7 @@ static void train(drpc_agent *a, drpc_rref *r, unsigned life,
     if (server_crashes(h) != life)
       ; /* the answer may come from the next life: not checked */
     else if (rc == 0)
-      check_shard(h, a, "fetch", v, upd, rounds);
+      check_shard(h, a, "fetch", v, upd);
     else
       drpc_scn_check_error(h, a, &e, "to_here");
     drpc_value_free(v);
@@ -277,7 +294,7 @@ static void train(drpc_agent *a, drpc_rref *r, unsigned life,
   if (server_crashes(h) != life)
     ; /* the answer may come from the next life: not checked */
   else if (rc == 0)
-    check_shard(h, a, "final", v, upd, rounds);
+    check_shard(h, a, "final", v, upd);
   else
     drpc_scn_check_error(h, a, &e, "final to_here");
   drpc_value_free(v);

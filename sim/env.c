@@ -175,6 +175,35 @@ static int e_connect(void *ctx, int16_t peer, const char *addr, uint64_t *out) {
   return 0;
 }
 
+/* The frame's bytes in one buffer from the pool (the frame stays f's). */
+static uint8_t *flatten(sim *s, const drpc_outframe *f, size_t *len) {
+  static const uint8_t zero[DRPC_TENSOR_ALIGN];
+  struct iovec iov[16];
+  size_t n = drpc_outframe_iov(f, 0, iov, 16, zero);
+  if (n > 16) {
+    /* Many tensors: one more walk, into a buffer of its own size. */
+    uint8_t *flat = drpc_outframe_flatten(f, len);
+    uint8_t *buf = flat ? sim_frame_alloc(s, *len) : NULL;
+    if (buf)
+      memcpy(buf, flat, *len);
+    free(flat);
+    return buf;
+  }
+  size_t total = 0;
+  for (size_t i = 0; i < n; i++)
+    total += iov[i].iov_len;
+  uint8_t *buf = sim_frame_alloc(s, total);
+  if (!buf)
+    return NULL;
+  size_t at = 0;
+  for (size_t i = 0; i < n; i++) {
+    memcpy(buf + at, iov[i].iov_base, iov[i].iov_len);
+    at += iov[i].iov_len;
+  }
+  *len = total;
+  return buf;
+}
+
 static void e_send(void *ctx, uint64_t id, drpc_outframe *f) {
   sim_node *n = ctx;
   sim *s = n->s;
@@ -186,7 +215,7 @@ static void e_send(void *ctx, uint64_t id, drpc_outframe *f) {
     return;
   }
   size_t len = 0;
-  uint8_t *buf = drpc_outframe_flatten(f, &len);
+  uint8_t *buf = flatten(s, f, &len);
   drpc_outframe_free(f);
   if (!buf) {
     sim_violation(s, "out of memory flattening a frame");
@@ -198,7 +227,7 @@ static void e_send(void *ctx, uint64_t id, drpc_outframe *f) {
   s->res->bytes += len;
   if (SIM_LINK(s, src, dst).block) {
     /* Lost: TCP retransmits into the void until it gives up. */
-    free(buf);
+    sim_frame_free(s, buf, len);
     if (!c->reset_pending) {
       c->reset_pending = true;
       sim_push(s, EV_RESET, n->index, s->now + s->cfg->rto_ns, (uint32_t)k, 0,
@@ -533,7 +562,7 @@ bool sim_restart(sim *s, int16_t node) {
 
 void sim_event_drop(sim *s, sim_event *ev) {
   if (ev->kind == EV_FRAME)
-    free(ev->p);
+    sim_frame_free(s, ev->p, ev->len);
   else if (ev->kind == EV_CMD || ev->kind == EV_JOB)
     s->res->abandoned = true;
 }
@@ -585,7 +614,7 @@ static void deliver_input(sim *s, sim_node *n, sim_event *ev, bool replay) {
       sim_hash(s, EV_FRAME, n->index, ev->b, ev->len, NULL, 0);
       drpc_agent_on_frame(n->agent, ev->b, ev->p, ev->len);
     }
-    free(ev->p);
+    sim_frame_free(s, ev->p, ev->len);
     return;
   }
   case EV_ACCEPT:

@@ -194,6 +194,10 @@ struct sim_node {
   uint64_t calls_begun, calls_done;
 };
 
+#define SIM_BUF_MIN_SHIFT 8
+#define SIM_BUF_CLASSES 13 /* 256 B .. 1 MiB */
+#define SIM_BUF_DEPTH 32
+
 struct sim {
   const drpc_sim_config *cfg;
   const drpc_scenario *scn;
@@ -235,6 +239,11 @@ struct sim {
   int ndevices;
   void *gpu;
   drpc_options *node_opts;
+  /* Frame buffers in flight, recycled by size class (powers of two from
+   * SIM_BUF_MIN_SHIFT; larger frames are malloc'd each time): a frame is
+   * one buffer from its send to its delivery. */
+  void *bufs[SIM_BUF_CLASSES][SIM_BUF_DEPTH];
+  uint8_t nbufs[SIM_BUF_CLASSES];
 };
 
 /* The options node n starts its agents with. */
@@ -270,6 +279,11 @@ void sim_push(sim *s, uint8_t kind, int16_t node, uint64_t time, uint32_t a,
 bool sim_pop(sim *s, sim_event *out);
 void sim_hash(sim *s, uint8_t kind, int16_t node, uint64_t x, uint64_t y,
               const void *bytes, size_t len);
+/* A buffer for a frame of len bytes (NULL when out of memory) and its
+ * return; sim_frame_free takes the len it was allocated with. */
+void *sim_frame_alloc(sim *s, size_t len);
+void sim_frame_free(sim *s, void *p, size_t len);
+void sim_frame_pool_free(sim *s);
 void sim_violation(sim *s, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 uint64_t sim_rel(const sim *s, uint64_t t);

@@ -633,6 +633,7 @@ int drpc_sim_run(const drpc_sim_config *c, drpc_sim_result *r,
   drpc_registry_free(s->reg);
   free(s->heap);
   free(s->nowq);
+  sim_frame_pool_free(s);
   free(s->conns);
   free(s->nodes);
   free(s->links);

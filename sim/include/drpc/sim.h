@@ -220,6 +220,12 @@ size_t drpc_sim_trace_diff(const drpc_sim_result *a, const drpc_sim_result *b);
 /* Formats a trace entry on one line. */
 void drpc_sim_trace_format(const drpc_sim_trace_entry *e, char *buf, size_t n);
 
+/* The hash the determinism check takes of frame bytes, seeded with h.
+ * impl 0 picks the fastest the CPU runs; 1 the portable code; 2 the AVX2
+ * code (0 where the CPU or build has none). All give the same value. */
+uint64_t drpc_sim_hash_bytes(uint64_t h, const void *bytes, size_t len,
+                             int impl);
+
 /* The commit the simulator was built from ("unknown" outside git). */
 const char *drpc_sim_commit(void);
 
