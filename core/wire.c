@@ -1723,20 +1723,22 @@ int drpc_wire_encode_hooks(uint8_t type, uint16_t flags, uint64_t id,
     goto fail;
   }
 
-  f = calloc(1, sizeof(*f));
+  /* One block: the frame, its tensor list, its head. Zero-filled so that
+   * the padding after the payload is zero bytes. */
+  size_t list_bytes = (size_t)e.ndata * sizeof(*f->tensors);
+  if ((size_t)head_len > SIZE_MAX - sizeof(*f) - list_bytes) {
+    rc = drpc_error_set(err, DRPC_ETOOBIG, "frame does not fit in memory");
+    goto fail;
+  }
+  f = calloc(1, sizeof(*f) + list_bytes + (size_t)head_len);
   if (!f)
     goto nomem;
-  /* Zero-filled so that the padding after the payload is zero bytes. */
-  f->head = calloc(1, (size_t)head_len);
-  if (!f->head)
-    goto nomem;
+  if (e.ndata)
+    f->tensors = (drpc_tensor **)(void *)(f + 1);
+  f->head = (uint8_t *)(f + 1) + list_bytes;
+  f->one_block = true;
   f->head_len = (size_t)head_len;
   f->total_len = total;
-  if (e.ndata) {
-    f->tensors = calloc(e.ndata, sizeof(*f->tensors));
-    if (!f->tensors)
-      goto nomem;
-  }
   for (uint32_t i = 0; i < e.n; i++) {
     if (e.data_idx[i] == UINT32_MAX)
       continue;
@@ -1899,7 +1901,9 @@ void drpc_outframe_free(drpc_outframe *f) {
   drpc_devchunks_free(f->pending); /* waits: the copies write f's tensors */
   for (uint32_t i = 0; i < f->ntensors; i++)
     drpc_tensor_decref(f->tensors[i]);
-  free(f->tensors);
-  free(f->head);
+  if (!f->one_block) {
+    free(f->tensors);
+    free(f->head);
+  }
   free(f);
 }

@@ -97,7 +97,7 @@ static double expo(uint64_t *st, double mean) {
 }
 
 static uint64_t random_mask(uint64_t *st, int n, uint64_t *rest) {
-  /* A non-empty proper subset when n > 1 (of the first 64 nodes). */
+  /* A non-empty proper subset when n > 1 (of the 64 node classes). */
   uint64_t all = n >= 64 ? ~0ull : (1ull << n) - 1;
   uint64_t m = 0;
   for (int tries = 0; tries < 16 && (m == 0 || m == all); tries++)
@@ -222,7 +222,7 @@ int drpc_sim_config_draw(drpc_sim_config *c, const char *scenario, int workers,
           /* One direction: a single node to a single other node half the
            * time, whole sides otherwise. */
           if (sim_unit(&st) < 0.5) {
-            /* Masks name the first 64 nodes only. */
+            /* Past 64 nodes, node classes (n % 64). */
             int mw = workers < 64 ? workers : 64;
             int x = (int)(sim_rand(&st) % (uint64_t)mw);
             int y = (x + 1 + (int)(sim_rand(&st) % (uint64_t)(mw - 1))) % mw;

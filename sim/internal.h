@@ -263,10 +263,11 @@ static inline drpc_options sim_next_opts(sim_node *n, const drpc_options *o) {
 /* The link from node x to node y. */
 #define SIM_LINK(s, x, y)                                                      \
   ((s)->links[(size_t)(x) * (size_t)(s)->nnodes + (size_t)(y)])
-/* Fault masks name the first 64 nodes only. */
+/* Fault masks have a bit per class of nodes: bit i stands for every node n
+ * with n % 64 == i (node i itself in clusters of up to 64). */
 #define SIM_MASK_NODES 64
 static inline bool sim_in_mask(uint64_t mask, int node) {
-  return node >= 0 && node < SIM_MASK_NODES && ((mask >> node) & 1);
+  return node >= 0 && ((mask >> (node % SIM_MASK_NODES)) & 1);
 }
 
 /* The simulator running on this thread (one at a time). */

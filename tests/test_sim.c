@@ -4,6 +4,7 @@
  * a JSON round trip, bad input gets clear errors and a sampled fanout of
  * 256 workers runs in seconds. */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "drpc/sim.h"
@@ -238,6 +239,53 @@ static void test_hash_bytes_portable(void) {
           avx2 ? "checked against the portable code" : "not available here");
 }
 
+/* In clusters of more than 64 nodes a fault mask's bit i names every node
+ * n with n % 64 == i: a partition cutting class 1 off from the rest
+ * reaches node 65 as well as node 1 (its connections close), and without
+ * the fault node 65's do not. */
+static bool node_saw_close(const drpc_sim_result *r, int node) {
+  for (size_t i = 0; i < r->ntrace; i++) {
+    const char *k = drpc_sim_event_name(r->trace[i].kind);
+    if (r->trace[i].node == node && k &&
+        (strcmp(k, "closed") == 0 || strcmp(k, "reset") == 0))
+      return true;
+  }
+  return false;
+}
+
+static void test_masks_past_64_nodes(void) {
+  for (int faulted = 0; faulted < 2; faulted++) {
+    drpc_sim_config c;
+    drpc_sim_result r;
+    drpc_error err = DRPC_ERROR_INIT;
+    CHECK_EQ_INT(
+        drpc_sim_config_draw(&c, "fanout", 100, 4, 1, false, false, &err), 0);
+    drpc_error_clear(&err);
+    c.trace = true;
+    drpc_sim_fault f = {0};
+    f.at_ns = 2000000; /* after the connections are up */
+    f.dur_ns = 50000000;
+    f.kind = DRPC_SIM_PARTITION;
+    f.a = 1ull << 1;
+    f.b = ~f.a;
+    f.node = -1;
+    if (faulted) {
+      c.faults = malloc(sizeof f);
+      CHECK(c.faults != NULL);
+      c.faults[0] = f;
+      c.nfaults = 1;
+      c.fault_end_ns = f.at_ns + f.dur_ns;
+    }
+    CHECK_EQ_INT(run(&c, &r), 0);
+    CHECK(r.ok);
+    CHECK_EQ_INT(node_saw_close(&r, 1), faulted);
+    CHECK_EQ_INT(node_saw_close(&r, 65), faulted);
+    CHECK(!node_saw_close(&r, 66));
+    drpc_sim_result_clear(&r);
+    drpc_sim_config_clear(&c);
+  }
+}
+
 int main(void) {
   RUN(test_hash_bytes_portable);
   RUN(test_clean_runs);
@@ -247,5 +295,6 @@ int main(void) {
   RUN(test_json_round_trip);
   RUN(test_bad_input);
   RUN(test_sampled_fanout);
+  RUN(test_masks_past_64_nodes);
   return test_finish();
 }

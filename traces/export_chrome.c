@@ -1393,15 +1393,23 @@ static int write_profile(ex *x, const xev *e, proc *p) {
   return 0;
 }
 
-/* The workers in a fault's node mask (bit i = node i): "w0,w2" for a
+/* True when the run names node `node` (the nodes past 64 of a large
+ * simulated cluster). */
+static bool node_known(const ex *x, int64_t group, int32_t node) {
+  hkey k = mkkey(group, node, 0, 0, 0);
+  return hmap_get(&x->names, &k) != NULL;
+}
+
+/* The workers in a fault's node mask (bit n % 64 = node n): "w0,w2" for a
  * name (at most 8, then "+N") or, with array, a JSON array of all. */
 static void write_mask(ex *x, int64_t group, uint64_t mask, bool array) {
   char buf[32];
   int shown = 0, more = 0;
   if (array)
     jw_c(x->w, '[');
-  for (int i = 0; i < 64; i++) {
-    if (!(mask >> i & 1))
+  for (int32_t i = 0; i < 64 || (i < 1 << 20 && node_known(x, group, i));
+       i++) {
+    if (!(mask >> (i % 64) & 1))
       continue;
     if (!array && shown == 8) {
       more++;

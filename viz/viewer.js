@@ -551,9 +551,10 @@
   const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;' }[c]));
   const tbl = (rows) => '<table>' + rows.map(([k, v]) =>
     '<tr><td>' + esc(k) + '</td><td>' + esc(v) + '</td></tr>').join('') + '</table>';
+  /* bit n % 64 of a fault mask stands for node n */
   const masks = (m) => {
-    const out = [];
-    for (let b = 0; b < 53 && m > 0; b++) if (Math.floor(m / Math.pow(2, b)) % 2) out.push(nname(b));
+    const bit = (b) => b < 53 && Math.floor(m / Math.pow(2, b)) % 2 === 1;
+    const out = nodeIds.filter((id) => id >= 0 && bit(id % 64)).map(nname);
     return out.join(', ') || '-';
   };
   const rrefId = (c, l) => 'RRef(' + c + ':' + l + ')';

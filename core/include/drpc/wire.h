@@ -182,6 +182,9 @@ typedef struct drpc_outframe {
    * none): bytes are read only once their chunk is done (see
    * drpc_outframe_wait and drpc_outframe_ready_end). */
   struct drpc_devchunks *pending;
+  /* tensors and head live in the frame's own allocation (the encoder's
+   * frames); otherwise each is malloc'd (or NULL) and freed with it. */
+  bool one_block;
 } drpc_outframe;
 
 /* Encodes a message of type/flags/id with the given body (borrowed; NULL

@@ -21,7 +21,8 @@ extern "C" {
 #endif
 
 /* Most nodes one simulated cluster holds. Fault node sets are 64-bit
- * masks: partitions, clogs and resets address the first 64 nodes only. */
+ * masks: bit i names node i, and in clusters of more than 64 nodes every
+ * node n with n % 64 == i (so a partition splits the whole cluster). */
 #define DRPC_SIM_MAX_NODES 1024
 /* Most faults one schedule holds. */
 #define DRPC_SIM_MAX_FAULTS 4096
@@ -55,7 +56,7 @@ typedef struct drpc_sim_fault {
   uint64_t at_ns;  /* virtual time from the start of the run */
   uint64_t dur_ns; /* partition, oneway, clog, slow: how long it lasts */
   int kind;        /* drpc_sim_fault_kind */
-  uint64_t a, b; /* node masks (nodes 0..63): partition, oneway, clog, reset */
+  uint64_t a, b; /* node masks (bit n % 64): partition, oneway, clog, reset */
   int node;      /* crash, slow, restart */
   double factor; /* slow */
 } drpc_sim_fault;
