@@ -340,6 +340,30 @@ static void test_demo(void) {
   fprintf(stderr, "  demo took %.2f s\n", it_now() - t0);
 }
 
+/* The planted bug (lost connections do not fail their calls) is caught by
+ * a sweep, and --shrink reduces the first failing seed's schedule to a
+ * smaller one that fails the same way with the bug and passes without it. */
+static void test_sim_shrink_planted(void) {
+  char path[64];
+  snprintf(path, sizeof path, "/tmp/drpc-shrink-%d.json", (int)getpid());
+  int code = drpc("sim", "echo", "--workers", "4", "--seeds", "1..20",
+                  "--plant-bug", "--shrink", "--shrink-out", path, NULL);
+  CHECK(code != 0);
+  CHECK_CONTAINS(out, "never completed");
+  const char *line = strstr(out, "shrink: ");
+  size_t from = 0, to = 0;
+  CHECK(line && sscanf(line, "shrink: %zu faults -> %zu", &from, &to) == 2);
+  CHECK(to >= 1 && to < from);
+  fprintf(stderr, "  shrunk %zu faults to %zu\n", from, to);
+  code = drpc("sim", "echo", "--schedule", path, "--plant-bug", NULL);
+  CHECK(code != 0);
+  CHECK_CONTAINS(out, "never completed");
+  code = drpc("sim", "echo", "--schedule", path, NULL);
+  CHECK_EQ_INT(code, 0);
+  CHECK_CONTAINS(out, "run: ok");
+  unlink(path);
+}
+
 int main(void) {
   it_setup(110);
   RUN(test_help);
@@ -349,5 +373,6 @@ int main(void) {
   RUN(test_worker_sigterm_in_rendezvous);
   RUN(test_worker_sigterm_while_serving);
   RUN(test_demo);
+  RUN(test_sim_shrink_planted);
   return test_finish();
 }

@@ -312,15 +312,74 @@ static int check_determinism(const sim_opts *o, drpc_sim_config *c, FILE *f) {
 
 /* ---- shrinking ---------------------------------------------------------- */
 
-/* Reduces c's fault schedule to a smaller one that still fails: drop
- * chunks of faults, halving the chunk size (delta debugging), then single
- * faults, within SHRINK_BUDGET runs. */
-static int shrink(const sim_opts *o, drpc_sim_config *c, FILE *f) {
+/* Whether violation b is the same as a with the numbers (times, ids,
+ * worker names' indices) left out: shrinking must keep the failure it
+ * started from, not wander off to another one. */
+static bool same_failure(const char *a, const char *b) {
+  for (int n = 0; n < 80;) {
+    while (*a >= '0' && *a <= '9')
+      a++;
+    while (*b >= '0' && *b <= '9')
+      b++;
+    if (*a != *b)
+      return false;
+    if (!*a)
+      return true;
+    a++;
+    b++;
+    n++;
+  }
+  return true;
+}
+
+/* Runs c; true when it fails as `want` names. */
+static bool trial_fails(const sim_opts *o, drpc_sim_config *c, const char *want,
+                        int *runs) {
+  drpc_sim_result r;
   drpc_error err = DRPC_ERROR_INIT;
+  (*runs)++;
+  bool fails =
+      run_config(o, c, &r, &err) == 0 && !r.ok && same_failure(want, r.what);
+  drpc_sim_result_clear(&r);
+  drpc_error_clear(&err);
+  return fails;
+}
+
+static bool has_sides(int kind) {
+  return kind == DRPC_SIM_PARTITION || kind == DRPC_SIM_ONEWAY ||
+         kind == DRPC_SIM_CLOG || kind == DRPC_SIM_RESET;
+}
+
+static bool has_duration(int kind) {
+  return kind == DRPC_SIM_PARTITION || kind == DRPC_SIM_ONEWAY ||
+         kind == DRPC_SIM_CLOG || kind == DRPC_SIM_SLOW;
+}
+
+/* Reduces c's fault schedule to a smaller one that fails the same way:
+ * drop chunks of faults, halving the chunk size (delta debugging), then
+ * single faults; then make each fault left smaller: nodes taken off its
+ * sides one at a time, its duration halved while it still fails. All
+ * within SHRINK_BUDGET runs. */
+static int shrink(const sim_opts *o, drpc_sim_config *c, FILE *f) {
   int runs = 0;
   size_t start = c->nfaults;
   drpc_sim_fault *cur = c->faults;
   size_t n = c->nfaults;
+  char want[sizeof((drpc_sim_result *)0)->what];
+  {
+    drpc_sim_result r;
+    drpc_error err = DRPC_ERROR_INIT;
+    runs++;
+    int rc = run_config(o, c, &r, &err);
+    bool ok = rc != 0 || r.ok;
+    snprintf(want, sizeof want, "%s", rc ? "" : r.what);
+    drpc_sim_result_clear(&r);
+    drpc_error_clear(&err);
+    if (ok) {
+      fprintf(f, "shrink: the run does not fail; nothing to shrink\n");
+      return 0;
+    }
+  }
   drpc_sim_fault *trial = malloc((n ? n : 1) * sizeof *trial);
   if (!trial)
     return 2;
@@ -334,12 +393,7 @@ static int shrink(const sim_opts *o, drpc_sim_config *c, FILE *f) {
           trial[m++] = cur[k];
       c->faults = trial;
       c->nfaults = m;
-      drpc_sim_result r;
-      runs++;
-      bool fails = run_config(o, c, &r, &err) == 0 && !r.ok;
-      drpc_sim_result_clear(&r);
-      drpc_error_clear(&err);
-      if (fails) {
+      if (trial_fails(o, c, want, &runs)) {
         /* Keep the smaller schedule; the same i now names the next chunk. */
         memcpy(cur, trial, m * sizeof *cur);
         n = m;
@@ -353,7 +407,40 @@ static int shrink(const sim_opts *o, drpc_sim_config *c, FILE *f) {
   free(trial);
   c->faults = cur;
   c->nfaults = n;
-  fprintf(f, "shrink: %zu faults -> %zu in %d runs\n", start, n, runs);
+  int nodes_off = 0, halved = 0;
+  int bits = c->workers < 64 ? c->workers : 64;
+  for (size_t k = 0; k < n && runs < SHRINK_BUDGET; k++) {
+    drpc_sim_fault *ft = &cur[k];
+    if (has_sides(ft->kind)) {
+      uint64_t *side[2] = {&ft->a, &ft->b};
+      for (int sd = 0; sd < 2; sd++)
+        for (int bit = 0; bit < bits && runs < SHRINK_BUDGET; bit++) {
+          uint64_t m = *side[sd] & ((bits == 64 ? 0 : 1ull << bits) - 1);
+          if (!(m >> bit & 1) || (m & (m - 1)) == 0)
+            continue; /* not there, or the side's last node */
+          uint64_t save = *side[sd];
+          *side[sd] &= ~(1ull << bit);
+          if (trial_fails(o, c, want, &runs))
+            nodes_off++;
+          else
+            *side[sd] = save;
+        }
+    }
+    while (has_duration(ft->kind) && ft->dur_ns > 1000 &&
+           runs < SHRINK_BUDGET) {
+      uint64_t save = ft->dur_ns;
+      ft->dur_ns /= 2;
+      if (!trial_fails(o, c, want, &runs)) {
+        ft->dur_ns = save;
+        break;
+      }
+      halved++;
+    }
+  }
+  fprintf(f,
+          "shrink: %zu faults -> %zu in %d runs (%d nodes taken off fault "
+          "sides, %d durations halved)\n",
+          start, n, runs, nodes_off, halved);
   return 0;
 }
 
