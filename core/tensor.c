@@ -2,6 +2,7 @@
 #include "drpc/tensor.h"
 
 #include "drpc/error.h"
+#include "tcache.h"
 
 #include <assert.h>
 #include <math.h>
@@ -230,16 +231,7 @@ static void free_cached(void *ctx, void *data) {
  * (tensors of 4 KiB in every message). Any thread may free a block another
  * took; it joins the freeing thread's pool. Without a pool under
  * AddressSanitizer, which must see every block freed. */
-#if defined(__SANITIZE_ADDRESS__)
-#define POOL_ON 0
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define POOL_ON 0
-#endif
-#endif
-#ifndef POOL_ON
-#define POOL_ON 1
-#endif
+#define POOL_ON DRPC_TCACHE_ON
 
 typedef struct block_pool {
   void *blk[POOL_CLASSES][POOL_DEPTH];

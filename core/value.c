@@ -4,7 +4,10 @@
 #include "drpc/error.h"
 #include "drpc/rref.h"
 
+#include "tcache.h"
+
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -29,11 +32,63 @@ static char *copy_cstr(const char *s) {
   return copy_bytes(s, strlen(s));
 }
 
+/* Freed value nodes, kept per thread for the next ones (decoding a message
+ * makes a node per value, and freeing it frees them all). */
+#define NODE_CACHE 256
+typedef struct node_cache {
+  drpc_value *v[NODE_CACHE];
+  int n;
+} node_cache;
+
+static _Thread_local node_cache *tl_nodes;
+static pthread_key_t nodes_key;
+static pthread_once_t nodes_once = PTHREAD_ONCE_INIT;
+static bool nodes_key_ok;
+
+static void nodes_destroy(void *arg) {
+  node_cache *c = arg;
+  while (c->n)
+    free(c->v[--c->n]);
+  free(c);
+}
+
+static void nodes_key_init(void) {
+  nodes_key_ok = pthread_key_create(&nodes_key, nodes_destroy) == 0;
+}
+
 static drpc_value *node_new(drpc_value_kind kind) {
-  drpc_value *v = calloc(1, sizeof(*v));
+  node_cache *c = tl_nodes;
+  drpc_value *v;
+  if (DRPC_TCACHE_ON && c && c->n) {
+    v = c->v[--c->n];
+    memset(v, 0, sizeof(*v));
+  } else {
+    v = calloc(1, sizeof(*v));
+  }
   if (v)
     v->kind = kind;
   return v;
+}
+
+static void node_free(drpc_value *v) {
+  node_cache *c = tl_nodes;
+  if (DRPC_TCACHE_ON && !c) {
+    (void)pthread_once(&nodes_once, nodes_key_init);
+    if (nodes_key_ok && (c = malloc(sizeof(*c))) != NULL) {
+      c->n = 0;
+      if (pthread_setspecific(nodes_key, c) == 0) {
+        tl_nodes = c;
+      } else {
+        free(c);
+        c = NULL;
+      }
+    }
+  }
+  if (!DRPC_TCACHE_ON || !c || c->n == NODE_CACHE) {
+    free(v);
+    return;
+  }
+  c->v[c->n++] = v;
 }
 
 drpc_value *drpc_value_nil(void) {
@@ -69,7 +124,7 @@ static drpc_value *bytes_node(drpc_value_kind kind, const void *p, size_t len) {
     return NULL;
   v->u.s.data = copy_bytes(p, len);
   if (!v->u.s.data) {
-    free(v);
+    node_free(v);
     return NULL;
   }
   v->u.s.len = len;
@@ -115,7 +170,7 @@ drpc_value *drpc_value_worker(int16_t id, const char *name) {
   v->u.w.id = id;
   v->u.w.name = copy_cstr(name ? name : "");
   if (!v->u.w.name) {
-    free(v);
+    node_free(v);
     return NULL;
   }
   return v;
@@ -286,7 +341,7 @@ void drpc_value_free(drpc_value *v) {
   default:
     break;
   }
-  free(v);
+  node_free(v);
 }
 
 drpc_value *drpc_value_clone(const drpc_value *v) {
