@@ -9,7 +9,10 @@
  * through the host; the receiver copies device to device and tells the
  * sender with a RELEASE frame when the sender's memory is free again);
  * "cuda_staged" stages through host memory. Both are allowed by default
- * and cuda_ipc is preferred where it works; naming only one forces it. */
+ * and cuda_ipc is preferred where it works; naming only one forces it.
+ * A recording core keeps the bytes each tensor received by handle arrived
+ * with, and a replayed one fills the tensor with them instead of opening
+ * the handle. */
 #include "drpc/agent.h"
 #include "drpc/device.h"
 #include "internal.h"
@@ -89,6 +92,9 @@ struct drpc_devstate {
   opened_event *opened; /* DEV_EVENT_CACHE */
   int nopened;
   uint64_t use_clock;
+  /* Loop only, made when recording: per device, the stream that reads
+   * tensors received by handle back for the recording. */
+  drpc_stream *rec_on[DRPC_DEVICE_MAX];
   _Atomic uint64_t shared_sent, staged_sent, shared_received, staged_chunks;
 };
 
@@ -1046,11 +1052,60 @@ static drpc_devevent *open_event(drpc_devstate *d, const uint8_t *h,
   return ev;
 }
 
-/* Reaches one shared tensor: waits (on the message's pool stream of the
- * target device, on[idx]) for the sender's event, copies device to device
- * into fresh memory, and waits for that copy so the sender's memory can be
- * released at once. */
-static int place_shared(drpc_devstate *d, drpc_wire_shared *sh,
+/* The check that starts a DRPC_IN_VALUE_DEVICE payload. */
+#define DEV_CHECK_LEN 8
+
+/* Recording: the bytes a tensor shared by handle arrived with are an
+ * input, since the handle names memory of this process that no replay can
+ * open. They are read back from the copy (st, nbytes on dev, complete) and
+ * recorded after their check (DRPC_IN_VALUE_DEVICE). The read goes on a
+ * stream of its own rather than the message's, so that nothing waiting
+ * for the tensor waits for the read too (in the simulator, a recorded run
+ * keeps the virtual times of the same run unrecorded). A read that fails
+ * is recorded empty: the run goes on, and its replay stops here. */
+static void record_shared(drpc_devstate *d, int16_t from, uint64_t lend_id,
+                          const drpc_storage *st, drpc_device dev,
+                          uint64_t nbytes, drpc_stream *fallback) {
+  void *ctx = NULL;
+  const drpc_device_backend *b = drpc_device_backend_get(&ctx);
+  int idx = dev.index;
+  if (!d->rec_on[idx] && b->stream_new)
+    d->rec_on[idx] = b->stream_new(ctx, idx, NULL);
+  drpc_stream *s = d->rec_on[idx] ? d->rec_on[idx] : fallback;
+  drpc_error err = DRPC_ERROR_INIT;
+  uint8_t *buf = nbytes <= SIZE_MAX - DEV_CHECK_LEN
+                     ? malloc(DEV_CHECK_LEN + (size_t)nbytes)
+                     : NULL;
+  int rc = buf ? 0 : drpc_error_set(&err, DRPC_ENOMEM, "out of memory");
+  if (!rc)
+    rc = b->copy(ctx, buf + DEV_CHECK_LEN, DRPC_CPU, st->data, dev,
+                 (size_t)nbytes, s, &err);
+  if (!rc)
+    rc = drpc_stream_sync(s, &err);
+  size_t n = 0;
+  if (!rc) {
+    put_u64(buf, drpc_in_value_device_check(from, lend_id, buf + DEV_CHECK_LEN,
+                                            (size_t)nbytes));
+    n = DEV_CHECK_LEN + (size_t)nbytes;
+  } else {
+    drpc_agent_logf(d->agent, DRPC_LOG_ERROR,
+                    "could not record the bytes of a tensor worker %d shared "
+                    "by handle: %s; the recording will not replay",
+                    from, drpc_error_message(&err));
+  }
+  drpc_agent_record(d->agent, DRPC_EV_IN_VALUE, from, lend_id,
+                    DRPC_IN_VALUE_DEVICE, n ? buf : NULL, n, NULL);
+  free(buf);
+  drpc_error_clear(&err);
+}
+
+/* Reaches one shared tensor from worker `from`: waits (on the message's
+ * pool stream of the target device, on[idx]) for the sender's event,
+ * copies device to device into fresh memory, and waits for that copy so
+ * the sender's memory can be released at once. In replay the handle is
+ * not opened (it names memory of the recording process): the copy is
+ * filled with the bytes the recording kept instead. */
+static int place_shared(drpc_devstate *d, int16_t from, drpc_wire_shared *sh,
                         uint64_t *lend_id, drpc_stream **on, drpc_error *err) {
   const uint8_t *h = sh->handle;
   size_t n = sh->handle_len, k = 0;
@@ -1095,31 +1150,48 @@ static int place_shared(drpc_devstate *d, drpc_wire_shared *sh,
                           "a shared tensor comes from cuda:%d, which this "
                           "worker does not have",
                           src);
-  void *base = b->ipc_open(ctx, src, mh, mlen, err);
-  if (!base)
-    return err && err->code ? err->code : DRPC_EIO;
-  drpc_devevent *ev = open_event(d, eh, elen, err);
-  if (!ev)
-    return err && err->code ? err->code : DRPC_EIO;
+  const drpc_env *env = drpc_agent_env(d->agent);
+  bool replay = env->ops->recorded_bytes != NULL;
+  void *base = NULL;
+  drpc_devevent *ev = NULL;
+  if (!replay) {
+    if (!(base = b->ipc_open(ctx, src, mh, mlen, err)))
+      return err && err->code ? err->code : DRPC_EIO;
+    if (!(ev = open_event(d, eh, elen, err)))
+      return err && err->code ? err->code : DRPC_EIO;
+  }
   int idx = sh->device.index;
   if (!on[idx])
     on[idx] = drpc_stream_from_pool(idx);
   drpc_stream *s = on[idx];
-  int rc = drpc_stream_wait_event(s, ev, err);
+  int rc = ev ? drpc_stream_wait_event(s, ev, err) : 0;
   drpc_storage *st =
       rc ? NULL : drpc_device_storage_new(sh->device, (size_t)nbytes, s, err);
   if (!st)
     return rc ? rc : (err && err->code ? err->code : DRPC_ENOMEM);
   drpc_device sdev = {DRPC_DEVICE_CUDA, (int8_t)src};
-  if (nbytes)
+  if (nbytes && replay) {
+    const void *p =
+        env->ops->recorded_bytes(env->ctx, from, *lend_id, (size_t)nbytes);
+    rc = p ? b->copy(ctx, st->data, sh->device, p, DRPC_CPU, (size_t)nbytes, s,
+                     err)
+           : drpc_error_set(err, DRPC_EIO,
+                            "the recording holds no usable bytes for the "
+                            "tensor worker %d shared by handle (lend %" PRIu64
+                            ")",
+                            from, *lend_id);
+  } else if (nbytes) {
     rc = b->copy(ctx, st->data, sh->device, (const uint8_t *)base + off, sdev,
                  (size_t)nbytes, s, err);
+  }
   if (!rc)
     rc = drpc_stream_sync(s, err);
   if (rc) {
     drpc_storage_decref(st);
     return rc;
   }
+  if (!replay && nbytes && drpc_agent_recording(d->agent))
+    record_shared(d, from, *lend_id, st, sh->device, nbytes, s);
   adopt(sh->tensor, sh->dtype, sh->ndim, sh->shape, st);
   atomic_fetch_add(&d->shared_received, 1);
   return 0;
@@ -1167,7 +1239,7 @@ int drpc_dev_place(drpc_agent *a, uint64_t conn, int16_t from, drpc_msg *m,
                           "shared tensors need the agent's device state");
       break;
     }
-    rc = place_shared(d, &m->shared[i], &lid, on, err);
+    rc = place_shared(d, from, &m->shared[i], &lid, on, err);
     if (!rc) {
       if (!released)
         released = drpc_value_list();
@@ -1194,7 +1266,6 @@ int drpc_dev_place(drpc_agent *a, uint64_t conn, int16_t from, drpc_msg *m,
     r = NULL;
   }
   drpc_devready_free(r);
-  (void)from;
   return rc;
 }
 

@@ -62,6 +62,9 @@ struct drpc_replay {
   bool (*next_value)(void *arg, uint64_t key, const void **p, size_t *n);
   void *value_arg;
   bool closing, failed;
+  /* A recorded input the core asked for and could not have (the first
+   * since the input began): the feed reports it as the divergence. */
+  char missing[256];
   /* produced outputs not yet checked (FIFO) */
   produced *out;
   size_t out_head, out_len, out_cap;
@@ -142,6 +145,44 @@ static drpc_value *r_recorded_value(void *ctx, uint64_t key) {
   drpc_msg_clear(&m);
   return v;
 }
+
+/* A little-endian u64 (the check's byte order). */
+static uint64_t le64(const uint8_t *p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; i++)
+    v |= (uint64_t)p[i] << (8 * i);
+  return v;
+}
+
+/* The bytes of a tensor the core received by IPC handle: the next
+ * recorded value must be the one for this sender and lend id, hold the
+ * tensor's n bytes after their check, and pass the check. */
+static const void *r_recorded_bytes(void *ctx, int16_t peer, uint64_t key,
+                                    size_t n) {
+  drpc_replay *r = ctx;
+  const void *vp = NULL;
+  size_t len = 0;
+  char why[96] = "";
+  if (!r->next_value || !r->next_value(r->value_arg, key, &vp, &len))
+    snprintf(why, sizeof why, "the recording holds no bytes for it here");
+  else if (!vp || len < 8 || len - 8 != n)
+    snprintf(why, sizeof why, "the recording holds %zu bytes for it",
+             vp && len >= 8 ? len - 8 : 0);
+  else if (le64(vp) !=
+           drpc_in_value_device_check(peer, key, (const uint8_t *)vp + 8, n))
+    snprintf(why, sizeof why,
+             "its recorded bytes fail their check (altered, or another "
+             "tensor's)");
+  if (!why[0])
+    return (const uint8_t *)vp + 8;
+  if (!r->missing[0])
+    snprintf(r->missing, sizeof r->missing,
+             "the replayed core received a tensor of %zu bytes that worker %d "
+             "shared by handle (lend %llu); %s",
+             n, peer, (unsigned long long)key, why);
+  return NULL;
+}
+
 static void r_send(void *ctx, uint64_t conn, drpc_outframe *f) {
   (void)ctx;
   (void)conn;
@@ -260,6 +301,7 @@ static const drpc_env_ops replay_ops = {
     .record = r_record,
     .recording = r_recording,
     .recorded_value = r_recorded_value,
+    .recorded_bytes = r_recorded_bytes,
     .log = NULL,
     .pool_stats = NULL,
     .listen_addr = r_listen_addr,
@@ -748,6 +790,10 @@ int drpc_replay_feed(drpc_replay *r, const drpc_event *ev, drpc_error *err) {
     break;
   default:
     break;
+  }
+  if (rc == 0 && r->missing[0]) {
+    r->failed = true;
+    rc = drpc_error_set(err, DRPC_EDIVERGED, "%s", r->missing);
   }
   if (rc == 0 && r->failed)
     rc = drpc_error_set(err, DRPC_ENOMEM, "replay ran out of memory");

@@ -967,7 +967,8 @@ static const drpc_value *read_owner_value(drpc_agent *a, drpc_rref *o,
   drpc_outframe_free(vf);
   /* A value holding RRef handles cannot be kept this way; replay then
    * reads its own copy. */
-  drpc_agent_record(a, DRPC_EV_IN_VALUE, -1, key, 0, flat, n, NULL);
+  drpc_agent_record(a, DRPC_EV_IN_VALUE, -1, key, DRPC_IN_VALUE_RREF, flat, n,
+                    NULL);
   free(flat);
   return live;
 }

@@ -2,12 +2,16 @@
  * bytes over bandwidth, events and stream waits carry the time, a host sync
  * sleeps until the work is done), the devices scenario under swarm seeds,
  * determinism of device runs, bandwidth that costs virtual time in a whole
- * run, and record -> replay of a device run. */
+ * run, and record -> replay of device runs on either channel (cuda_ipc
+ * too: the recording keeps the bytes each tensor received by handle
+ * arrived with). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <sqlite3.h>
 
 #include "drpc/device.h"
 #include "drpc/gpu.h"
@@ -312,7 +316,10 @@ static void test_bandwidth(void) {
 
 static char dir[64];
 
-static int record(uint64_t seed, int channel, const char *path) {
+/* Records the devices scenario's run of seed on channel to path; *out
+ * (when not NULL) gets the run's result. */
+static int record(uint64_t seed, int channel, const char *path,
+                  drpc_sim_result *out) {
   drpc_sim_config c;
   drpc_error err = DRPC_ERROR_INIT;
   int rc = draw(&c, seed, false, false, &err);
@@ -330,6 +337,10 @@ static int record(uint64_t seed, int channel, const char *path) {
     c.record_ctx = rec;
     drpc_sim_result r;
     rc = drpc_sim_run(&c, &r, &err);
+    if (rc == 0 && out)
+      *out = r;
+    else if (rc == 0)
+      drpc_sim_result_clear(&r);
     int crc = drpc_recorder_close(rec, &err);
     rc = rc ? rc : crc;
   }
@@ -340,57 +351,215 @@ static int record(uint64_t seed, int channel, const char *path) {
   return rc;
 }
 
-/* Replays every node: 0 when identical, else the first node's error. */
-static int replay(const char *path, char *why, size_t len) {
+/* Replays every node on fresh simulated devices (as drpc replay does): 0
+ * when identical, else the first failing node's error, with the node and
+ * the sequence number of the event where it stopped. */
+static int replay(const char *path, char *why, size_t len, int *bad_node,
+                  int64_t *bad_seq) {
   drpc_trace *t = NULL;
   drpc_error err = DRPC_ERROR_INIT;
-  int rc = drpc_trace_open(&t, path, &err);
+  int rc = drpc_gpu_setup("sim:16", &err);
+  bool gpu = rc == 0;
+  if (rc == 0)
+    rc = drpc_trace_open(&t, path, &err);
   int16_t *ids = NULL;
   char **names = NULL;
   size_t n = 0;
   if (rc == 0)
     rc = drpc_trace_nodes(t, &ids, &names, &n, &err);
   drpc_trace_replay_result *res = malloc(sizeof *res);
-  for (size_t i = 0; rc == 0 && res && i < n; i++)
-    if (ids[i] >= 0)
-      rc = drpc_trace_replay_node(t, ids[i], 0, res, &err);
+  for (size_t i = 0; rc == 0 && res && i < n; i++) {
+    if (ids[i] < 0)
+      continue;
+    rc = drpc_trace_replay_node(t, ids[i], 0, res, &err);
+    if (rc && bad_node)
+      *bad_node = ids[i];
+    if (rc && bad_seq)
+      *bad_seq = res->bad_seq;
+  }
   snprintf(why, len, "%s", rc ? drpc_error_message(&err) : "");
   free(res);
   drpc_trace_nodes_free(ids, names, n);
   drpc_trace_close(t);
+  if (gpu)
+    drpc_gpu_teardown();
   drpc_error_clear(&err);
   return rc;
 }
 
-/* A device run staged through the host replays identically on simulated
- * devices (the start event carries every member's device information and
- * the channels; drpc replay installs simcuda as this does). A cuda_ipc run
- * does not: its frames name memory of the recording process. Its replay
- * must stop cleanly with DRPC_EDIVERGED (not crash, not call the recording
- * corrupt). */
+static int64_t query_int(sqlite3 *db, const char *sql) {
+  sqlite3_stmt *st = NULL;
+  int64_t v = -1;
+  if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK &&
+      sqlite3_step(st) == SQLITE_ROW)
+    v = sqlite3_column_int64(st, 0);
+  sqlite3_finalize(st);
+  return v;
+}
+
+/* Events that hold the bytes of a tensor received by IPC handle. */
+#define DEVICE_BYTES "kind = 8 AND aux = 1"
+
+/* Device runs replay identically on simulated devices (the start event
+ * carries every member's device information and the channels; replay
+ * installs simcuda as drpc replay does), staged through the host and
+ * shared by cuda_ipc handle alike. The handles of a cuda_ipc run name
+ * memory of the recording process, so the recording keeps the bytes each
+ * tensor arrived with and replay fills the tensor from them (before, such
+ * a replay stopped at the first RELEASE: its core could not open the
+ * handle and answered an ERROR). Recording reads those bytes back on a
+ * stream of its own: the recorded run keeps the unrecorded one's virtual
+ * times. */
 static void replay_body(void) {
   static const int channels[] = {DRPC_SIM_CHANNEL_STAGED, DRPC_SIM_CHANNEL_IPC};
   for (size_t i = 0; i < 2; i++) {
-    char path[128], why[1024];
-    snprintf(path, sizeof path, "%s/devices%zu.db", dir, i);
-    CHECK_EQ_INT(record(2, channels[i], path), 0);
-    drpc_error err = DRPC_ERROR_INIT;
-    CHECK_EQ_INT(drpc_gpu_setup("sim:16", &err), 0);
-    int rc = replay(path, why, sizeof why);
-    drpc_gpu_teardown();
-    drpc_error_clear(&err);
-    printf("  replay of a %s devices run: %s\n",
-           drpc_sim_channel_name(channels[i]), rc ? why : "identical");
-    if (channels[i] == DRPC_SIM_CHANNEL_STAGED)
+    for (uint64_t seed = 2; seed <= 4; seed++) {
+      char path[128], why[1024];
+      snprintf(path, sizeof path, "%s/devices%zu.db", dir, i);
+      drpc_sim_result r;
+      int rec = record(seed, channels[i], path, &r);
+      CHECK_EQ_INT(rec, 0);
+      if (rec)
+        continue;
+      int node = -1;
+      int64_t seq = -1;
+      int rc = replay(path, why, sizeof why, &node, &seq);
+      printf("  replay of a %s devices run, seed %llu: %s\n",
+             drpc_sim_channel_name(channels[i]), (unsigned long long)seed,
+             rc ? why : "identical");
+      if (rc)
+        fprintf(stderr, "node %d event %lld: %s\n", node, (long long)seq, why);
       CHECK_EQ_INT(rc, 0);
-    else
-      CHECK(rc == 0 || rc == DRPC_EDIVERGED);
+      sqlite3 *db = NULL;
+      CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+      int64_t kept = query_int(db, "SELECT count(*) FROM events WHERE "
+                                   "" DEVICE_BYTES " AND size > 8");
+      sqlite3_close(db);
+      if (channels[i] == DRPC_SIM_CHANNEL_STAGED) {
+        CHECK(kept == 0);
+        drpc_sim_result_clear(&r);
+        continue;
+      }
+      /* Tensors did travel by handle, and the same run unrecorded spent
+       * the same virtual time the same way. */
+      CHECK(kept > 0);
+      drpc_sim_config c;
+      drpc_error err = DRPC_ERROR_INIT;
+      drpc_sim_result u;
+      CHECK_EQ_INT(draw(&c, seed, false, false, &err), 0);
+      c.dev_channel = channels[i];
+      CHECK_EQ_INT(drpc_sim_run(&c, &u, &err), 0);
+      CHECK(r.ok && u.ok);
+      CHECK(u.sim_ns == r.sim_ns);
+      CHECK(u.deliveries == r.deliveries);
+      CHECK(u.executions == r.executions);
+      drpc_sim_result_clear(&u);
+      drpc_sim_config_clear(&c);
+      drpc_error_clear(&err);
+      drpc_sim_result_clear(&r);
+    }
   }
 }
 
 /* In a child: a run that stops at a violation abandons its fibers. */
 static void test_replay(void) {
   sim_in_child(replay_body);
+}
+
+/* Rewrites the payload of event row `row` to bytes[0..n). */
+static void set_payload(sqlite3 *db, int64_t row, const void *bytes, size_t n) {
+  sqlite3_stmt *st = NULL;
+  CHECK(sqlite3_prepare_v2(db,
+                           "UPDATE payloads SET bytes = ?1, size = ?2 WHERE "
+                           "id = (SELECT payload FROM events WHERE id = ?3)",
+                           -1, &st, NULL) == SQLITE_OK);
+  sqlite3_bind_blob(st, 1, bytes, (int)n, SQLITE_TRANSIENT);
+  sqlite3_bind_int64(st, 2, (int64_t)n);
+  sqlite3_bind_int64(st, 3, row);
+  CHECK(sqlite3_step(st) == SQLITE_DONE);
+  sqlite3_finalize(st);
+  char sql[128];
+  snprintf(sql, sizeof sql, "UPDATE events SET size = %zu WHERE id = %lld", n,
+           (long long)row);
+  CHECK(sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK);
+}
+
+/* An altered record of received device bytes: replay reports a divergence
+ * at the input whose tensor it could not fill (the frame or command right
+ * before the record), says why, and does not crash: a flipped byte (the
+ * check catches it: no output depends on the bytes, since functions do
+ * not run in replay), a record cut short, and a record removed. */
+static void altered_body(void) {
+  static const char *const want[] = {"fail their check", "holds 100 bytes",
+                                     "holds no bytes"};
+  for (int how = 0; how < 3; how++) {
+    char path[128], why[1024] = "";
+    snprintf(path, sizeof path, "%s/altered%d.db", dir, how);
+    CHECK_EQ_INT(record(3, DRPC_SIM_CHANNEL_IPC, path, NULL), 0);
+    sqlite3 *db = NULL;
+    CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+    /* The fifth tensor bytes node 1 kept, and the input before it. */
+    const char *pick = "FROM events WHERE node = 1 AND " DEVICE_BYTES
+                       " AND size > 200 ORDER BY seq LIMIT 1 OFFSET 4";
+    char q[256];
+    snprintf(q, sizeof q, "SELECT id %s", pick);
+    int64_t row = query_int(db, q);
+    snprintf(q, sizeof q, "SELECT seq %s", pick);
+    int64_t seq = query_int(db, q);
+    snprintf(q, sizeof q,
+             "SELECT max(seq) FROM events WHERE node = 1 AND seq < %lld AND "
+             "kind IN (1, 5, 6)",
+             (long long)seq);
+    int64_t input_seq = query_int(db, q);
+    CHECK(row > 0 && input_seq >= 0);
+    if (row <= 0) {
+      sqlite3_close(db);
+      continue;
+    }
+    snprintf(q, sizeof q,
+             "SELECT p.bytes FROM events e JOIN payloads p ON p.id = "
+             "e.payload WHERE e.id = %lld",
+             (long long)row);
+    sqlite3_stmt *st = NULL;
+    CHECK(sqlite3_prepare_v2(db, q, -1, &st, NULL) == SQLITE_OK);
+    CHECK(sqlite3_step(st) == SQLITE_ROW);
+    size_t n = (size_t)sqlite3_column_bytes(st, 0);
+    uint8_t *b = n > 200 ? malloc(n) : NULL;
+    CHECK(b != NULL);
+    if (b)
+      memcpy(b, sqlite3_column_blob(st, 0), n);
+    sqlite3_finalize(st);
+    if (!b) {
+      sqlite3_close(db);
+      continue;
+    }
+    if (how == 0) {
+      b[n - 1] ^= 0x40; /* a bit of the tensor's last byte */
+      set_payload(db, row, b, n);
+    } else if (how == 1) {
+      set_payload(db, row, b, 108); /* the check and 100 bytes */
+    } else {
+      snprintf(q, sizeof q, "DELETE FROM events WHERE id = %lld",
+               (long long)row);
+      CHECK(sqlite3_exec(db, q, NULL, NULL, NULL) == SQLITE_OK);
+    }
+    free(b);
+    sqlite3_close(db);
+    int node = -1;
+    int64_t bad = -1;
+    int rc = replay(path, why, sizeof why, &node, &bad);
+    printf("  altered device bytes (%d): node %d event %lld: %s\n", how, node,
+           (long long)bad, why);
+    CHECK_EQ_INT(rc, DRPC_EDIVERGED);
+    CHECK_EQ_INT(node, 1);
+    CHECK(bad == input_seq);
+    CHECK_CONTAINS(why, "shared by handle");
+    CHECK_CONTAINS(why, want[how]);
+  }
+}
+
+static void test_replay_altered(void) {
+  sim_in_child(altered_body);
 }
 
 int main(void) {
@@ -404,6 +573,7 @@ int main(void) {
   RUN(test_determinism);
   RUN(test_bandwidth);
   RUN(test_replay);
+  RUN(test_replay_altered);
   char cmd[160];
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
   if (system(cmd) != 0)

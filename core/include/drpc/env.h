@@ -52,9 +52,8 @@ typedef enum drpc_event_kind {
   DRPC_EV_IN_COMMAND = 5,     /* aux: command type; bytes: its arguments */
   DRPC_EV_IN_JOB_DONE = 6,    /* a function's result; aux: result kind */
   DRPC_EV_IN_START = 7,       /* bytes: the configuration the core began with */
-  DRPC_EV_IN_VALUE = 8,       /* a value shared with user code, as the core
-                                 read it (id: the owner RRef's key; bytes:
-                                 the value as a frame) */
+  DRPC_EV_IN_VALUE = 8,       /* what the core read of memory it does not
+                                 own (aux: drpc_in_value_kind below) */
   /* outputs (each folded into the node's running hash) */
   DRPC_EV_OUT_SEND = 20,    /* bytes: the frame as sent */
   DRPC_EV_OUT_CONNECT = 21, /* peer; bytes: the address */
@@ -70,6 +69,21 @@ typedef enum drpc_event_kind {
   DRPC_EV_FAULT = 70,     /* name: fault kind; peer: other side; aux: param */
   DRPC_EV_PROFILE = 80,   /* name: event; aux: duration ns */
 } drpc_event_kind;
+
+/* What a DRPC_EV_IN_VALUE event holds (its aux). The two kinds' ids never
+ * meet: an RRef key is at least 1 << 48 (its creator's id + 1 sits above
+ * bit 47), a lend id is a per-sender counter far below that. */
+typedef enum drpc_in_value_kind {
+  /* A value shared with user code, as the core read it to answer a fetch
+   * (id: the owner RRef's key; bytes: the value as a frame). */
+  DRPC_IN_VALUE_RREF = 0,
+  /* The bytes of a device tensor received by IPC handle (the cuda_ipc
+   * channel), as the core's copy of them read back (peer: the sender;
+   * id: the sender's lend id; bytes: a u64 check, then the tensor's
+   * bytes; traces/EVENTS.md). The handle names memory of the recording
+   * process, so replay fills the tensor from here instead. */
+  DRPC_IN_VALUE_DEVICE = 1,
+} drpc_in_value_kind;
 
 typedef struct drpc_event {
   drpc_event_kind kind;
@@ -95,6 +109,24 @@ static inline bool drpc_event_is_output(drpc_event_kind k) {
  * DRPC_EVENT_HASH_INIT. */
 #define DRPC_EVENT_HASH_INIT 0xcbf29ce484222325ull
 uint64_t drpc_event_fold(uint64_t h, const drpc_event *ev);
+
+/* The check a DRPC_IN_VALUE_DEVICE payload starts with: the fold of the
+ * event it belongs to (kind, sender, lend id, aux) over the n tensor bytes
+ * p that follow it. The bytes reach no output replay compares (functions
+ * do not run in replay), so without it an altered record would replay as
+ * identical; binding sender and lend id also catches bytes taken for
+ * another tensor. */
+static inline uint64_t drpc_in_value_device_check(int16_t peer,
+                                                  uint64_t lend_id,
+                                                  const void *p, size_t n) {
+  drpc_event ev = {.kind = DRPC_EV_IN_VALUE,
+                   .peer = peer,
+                   .id = lend_id,
+                   .aux = DRPC_IN_VALUE_DEVICE,
+                   .bytes = p,
+                   .len = n};
+  return drpc_event_fold(DRPC_EVENT_HASH_INIT, &ev);
+}
 
 typedef enum drpc_log_level {
   DRPC_LOG_DEBUG = 0,
@@ -152,6 +184,16 @@ typedef struct drpc_env_ops {
    * in place, which no other input shows); NULL: read the live one. The
    * caller frees it. */
   drpc_value *(*recorded_value)(void *ctx, uint64_t key);
+  /* Replay only (NULL otherwise): the n bytes the recording says the core
+   * received from worker `peer` for the device tensor that worker lent it
+   * by IPC handle (lend id `key`; DRPC_IN_VALUE_DEVICE). The handle names
+   * memory of the recording process, so the core never opens it in replay
+   * and fills its copy with these bytes instead. NULL when the recording
+   * holds no such bytes (the core then fails the tensor, and the replay
+   * reports where); else borrowed, valid until the input being applied
+   * ends. */
+  const void *(*recorded_bytes)(void *ctx, int16_t peer, uint64_t key,
+                                size_t n);
   /* Log lines; may be NULL (dropped). */
   void (*log)(void *ctx, drpc_log_level level, const char *msg);
 

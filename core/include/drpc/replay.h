@@ -31,9 +31,13 @@ int drpc_replay_new(drpc_replay **out, const drpc_event *start,
 void drpc_replay_set_connect_ids(drpc_replay *r, uint64_t (*next)(void *arg),
                                  void *arg);
 /* User code may change a value it shares with the core (an owner RRef's
- * value) in place; the recording keeps each such value as the core read
- * it (DRPC_EV_IN_VALUE), and next(arg, key, &p, &n) hands the node's next
- * one over (false: none, read the live value). */
+ * value) in place, and a tensor received by IPC handle names memory of
+ * the recording process; the recording keeps each such value as the core
+ * read it (DRPC_EV_IN_VALUE, either kind), and next(arg, key, &p, &n)
+ * hands the node's next one over when its id is key (false: none, or
+ * another id: an RRef's live value is read, a tensor fails). The core
+ * reads them in recorded order, so one queue serves both kinds (their
+ * ids never meet). *p stays valid until the replay is freed. */
 void drpc_replay_set_values(drpc_replay *r,
                             bool (*next)(void *arg, uint64_t key,
                                          const void **p, size_t *n),
