@@ -50,16 +50,20 @@ typedef enum sim_ev_kind {
 enum { CLOSE_EOF = 0, CLOSE_RESET = 1, CLOSE_REFUSED = 2, CLOSE_TIMEOUT = 3 };
 
 typedef struct sim_event {
-  uint64_t time, seq;
+  uint64_t time;
+  /* Orders events of one time: drpc_sim_config.tie's key (0 without a
+   * hook) above the push's sequence number (SIM_SEQ_BITS). */
+  uint64_t ord;
   void *p;
   uint64_t b;
   uint32_t a;
   uint32_t len;
   int16_t node;
   uint8_t kind;
-  uint8_t inc;  /* the node's life when pushed (see sim_node.inc) */
-  uint32_t tie; /* drpc_sim_config.tie's key: orders events of one time */
+  uint8_t inc; /* the node's life when pushed (see sim_node.inc) */
 } sim_event;
+/* Pushes one run may make (a run stops with a violation past them). */
+#define SIM_SEQ_BITS 40
 
 typedef struct sim sim;
 typedef struct sim_node sim_node;

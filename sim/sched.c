@@ -17,9 +17,8 @@ sim *sim_current;
 #define HEAP_ARITY 4
 
 static bool ev_less(const sim_event *x, const sim_event *y) {
-  if (x->time != y->time)
-    return x->time < y->time;
-  return x->tie != y->tie ? x->tie < y->tie : x->seq < y->seq;
+  /* Without branches: the comparisons of a heap walk are unpredictable. */
+  return (x->time < y->time) | ((x->time == y->time) & (x->ord < y->ord));
 }
 
 static bool nowq_push(sim *s, const sim_event *ev) {
@@ -78,9 +77,16 @@ void sim_frame_pool_free(sim *s) {
 
 void sim_push(sim *s, uint8_t kind, int16_t node, uint64_t time, uint32_t a,
               uint64_t b, void *p, uint32_t len) {
+  if (s->seq >> SIM_SEQ_BITS) {
+    sim_violation(s, "more than 2^%d events scheduled in one run",
+                  SIM_SEQ_BITS);
+    if (kind == EV_FRAME)
+      sim_frame_free(s, p, len);
+    return;
+  }
   if (time <= s->now && !s->cfg->tie) {
     uint8_t inc = node >= 0 ? s->nodes[node].inc : 0;
-    sim_event ev = {s->now, s->seq++, p, b, a, len, node, kind, inc, 0};
+    sim_event ev = {s->now, s->seq++, p, b, a, len, node, kind, inc};
     if (nowq_push(s, &ev))
       return;
     sim_violation(s, "event queue full (%zu events pending)",
@@ -105,10 +111,13 @@ void sim_push(sim *s, uint8_t kind, int16_t node, uint64_t time, uint32_t a,
   }
   if (time < s->now)
     time = s->now;
-  uint32_t tie =
-      s->cfg->tie ? s->cfg->tie(s->cfg->tie_ctx, node, sim_rel(s, time)) : 0;
+  uint64_t tie =
+      s->cfg->tie
+          ? s->cfg->tie(s->cfg->tie_ctx, node, sim_rel(s, time)) & 0xffffffu
+          : 0;
   uint8_t inc = node >= 0 ? s->nodes[node].inc : 0;
-  sim_event ev = {time, s->seq++, p, b, a, len, node, kind, inc, tie};
+  sim_event ev = {
+      time, tie << SIM_SEQ_BITS | s->seq++, p, b, a, len, node, kind, inc};
   size_t i = s->nheap++;
   while (i > 0) {
     size_t parent = (i - 1) / HEAP_ARITY;

@@ -364,6 +364,18 @@ static void test_sim_shrink_planted(void) {
   unlink(path);
 }
 
+/* drpc bench sim runs (a few rounds here) and reports its figures as JSON,
+ * each run made --repeat times and checked to hash the same. */
+static void test_bench_sim_json(void) {
+  int code = drpc("bench", "sim", "--iters", "5", "--think-ms", "1", "--repeat",
+                  "3", "--json", NULL);
+  CHECK_EQ_INT(code, 0);
+  CHECK_CONTAINS(out, "\"deliveries_per_s\": ");
+  CHECK_CONTAINS(out, "\"repeat\": 3");
+  CHECK_CONTAINS(out, "\"sim_to_wall\": ");
+  CHECK(drpc("bench", "sim", "--repeat", "0", NULL) != 0);
+}
+
 int main(void) {
   it_setup(110);
   RUN(test_help);
@@ -374,5 +386,6 @@ int main(void) {
   RUN(test_worker_sigterm_while_serving);
   RUN(test_demo);
   RUN(test_sim_shrink_planted);
+  RUN(test_bench_sim_json);
   return test_finish();
 }

@@ -1246,16 +1246,27 @@ int drpc_cmd_run(int argc, char **argv) {
 
 /* ---- drpc bench sim ------------------------------------------------------ */
 
+#define MAX_REPEAT 21
+
+static int cmp_wall(const void *x, const void *y) {
+  double a = ((const drpc_sim_result *)x)->wall_s;
+  double b = ((const drpc_sim_result *)y)->wall_s;
+  return (a > b) - (a < b);
+}
+
 static void usage_bench_sim(FILE *f) {
   fprintf(f, "usage: drpc bench sim [--json] [--workers N] [--iters N]\n"
-             "                      [--think-ms M]\n"
+             "                      [--think-ms M] [--repeat R]\n"
              "\n"
              "Runs the ps scenario (a parameter server over RRefs; default 16 "
              "workers,\nno faults) in the simulator twice: dense (trainers "
              "update again at once)\nfor simulated message deliveries per "
              "wall second, and with M ms of\nwork per round (default 100, a "
              "training step) for the simulated-to-wall\ntime ratio. A third, "
-             "dense run of fanout gives a line for comparison.\n");
+             "dense run of fanout gives a line for comparison.\nEach run "
+             "is made R times (default 5; they must hash the same)\nand the "
+             "one of median wall time reported, with the range of\nthe "
+             "dense rate.\n");
 }
 
 /* One fault-free bench run of scn. */
@@ -1285,10 +1296,11 @@ int drpc_cmd_bench_sim(int argc, char **argv) {
                                        {"workers", required_argument, 0, 'w'},
                                        {"iters", required_argument, 0, 'i'},
                                        {"think-ms", required_argument, 0, 't'},
+                                       {"repeat", required_argument, 0, 'r'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   bool json = false;
-  int workers = 16, iters = 200;
+  int workers = 16, iters = 200, repeat = 5;
   double think_ms = 100;
   int c;
   optind = 1;
@@ -1307,6 +1319,9 @@ int drpc_cmd_bench_sim(int argc, char **argv) {
     case 't':
       think_ms = drpc_tools_parse_double("--think-ms", optarg, 0, 1e6);
       break;
+    case 'r':
+      repeat = (int)drpc_tools_parse_int("--repeat", optarg, 1, MAX_REPEAT);
+      break;
     case 'h':
       usage_bench_sim(stdout);
       return 0;
@@ -1315,13 +1330,35 @@ int drpc_cmd_bench_sim(int argc, char **argv) {
       return 2;
     }
   }
-  /* r[0]: ps dense, r[1]: ps stepped, r[2]: fanout dense. */
+  /* r[0]: ps dense, r[1]: ps stepped, r[2]: fanout dense; each run
+   * `repeat` times, the one of median wall time kept (the runs are the
+   * same events: only the wall time differs, on a shared machine much). */
   drpc_sim_result r[3];
-  if (bench_run("ps", workers, iters, 0, &r[0]) ||
-      bench_run("ps", workers, iters, (uint64_t)(think_ms * 1e6), &r[1]) ||
-      bench_run("fanout", workers, iters, 0, &r[2]))
-    return 1;
+  double lo[3], hi[3];
+  const char *const scn[3] = {"ps", "ps", "fanout"};
+  const uint64_t think[3] = {0, (uint64_t)(think_ms * 1e6), 0};
+  for (int k = 0; k < 3; k++) {
+    drpc_sim_result runs[MAX_REPEAT];
+    for (int i = 0; i < repeat; i++) {
+      if (bench_run(scn[k], workers, iters, think[k], &runs[i]))
+        return 1;
+      if (runs[i].hash != runs[0].hash) {
+        fprintf(stderr,
+                "drpc bench sim: %s: two runs of the same configuration "
+                "differ (hash %016llx, then %016llx)\n",
+                scn[k], (unsigned long long)runs[0].hash,
+                (unsigned long long)runs[i].hash);
+        return 1;
+      }
+    }
+    qsort(runs, (size_t)repeat, sizeof runs[0], cmp_wall);
+    lo[k] = runs[0].wall_s;
+    hi[k] = runs[repeat - 1].wall_s;
+    r[k] = runs[repeat / 2];
+  }
   double dps = (double)r[0].deliveries / r[0].wall_s;
+  double dps_lo = (double)r[0].deliveries / hi[0];
+  double dps_hi = (double)r[0].deliveries / lo[0];
   double eps = (double)r[0].events / r[0].wall_s;
   double ratio_dense = (double)r[0].sim_ns / 1e9 / r[0].wall_s;
   double ratio = (double)r[1].sim_ns / 1e9 / r[1].wall_s;
@@ -1334,18 +1371,21 @@ int drpc_cmd_bench_sim(int argc, char **argv) {
            "\"dense_deliveries\": %llu, \"dense_wall_s\": %.3f, "
            "\"stepped_sim_s\": %.3f, \"stepped_wall_s\": %.3f, "
            "\"fanout_deliveries_per_s\": %.0f, \"fanout_deliveries\": %llu, "
-           "\"fanout_wall_s\": %.3f}\n",
+           "\"fanout_wall_s\": %.3f, \"repeat\": %d, "
+           "\"deliveries_per_s_min\": %.0f, \"deliveries_per_s_max\": %.0f}\n",
            workers, iters, drpc_sim_commit(), dps, eps, ratio_dense, think_ms,
            ratio, (unsigned long long)r[0].deliveries, r[0].wall_s,
            (double)r[1].sim_ns / 1e9, r[1].wall_s, fdps,
-           (unsigned long long)r[2].deliveries, r[2].wall_s);
+           (unsigned long long)r[2].deliveries, r[2].wall_s, repeat, dps_lo,
+           dps_hi);
   } else {
     printf("bench sim (ps, %d workers, %d rounds, commit %s)\n", workers, iters,
            drpc_sim_commit());
-    printf("  dense:   %llu deliveries in %.3f s wall: %.0f deliveries/s, "
-           "%.0f events/s; sim/wall %.2fx\n",
-           (unsigned long long)r[0].deliveries, r[0].wall_s, dps, eps,
-           ratio_dense);
+    printf("  dense:   %llu deliveries in %.3f s wall: %.0f deliveries/s "
+           "(median of %d runs; %.0f to %.0f), %.0f events/s; sim/wall "
+           "%.2fx\n",
+           (unsigned long long)r[0].deliveries, r[0].wall_s, dps, repeat,
+           dps_lo, dps_hi, eps, ratio_dense);
     printf("  stepped: %.0f ms of work per round: %.3f s simulated in %.3f s "
            "wall: sim/wall %.0fx\n",
            think_ms, (double)r[1].sim_ns / 1e9, r[1].wall_s, ratio);

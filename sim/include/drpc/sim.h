@@ -56,9 +56,9 @@ typedef struct drpc_sim_fault {
   uint64_t at_ns;  /* virtual time from the start of the run */
   uint64_t dur_ns; /* partition, oneway, clog, slow: how long it lasts */
   int kind;        /* drpc_sim_fault_kind */
-  uint64_t a, b; /* node masks (bit n % 64): partition, oneway, clog, reset */
-  int node;      /* crash, slow, restart */
-  double factor; /* slow */
+  uint64_t a, b;   /* node masks (bit n % 64): partition, oneway, clog, reset */
+  int node;        /* crash, slow, restart */
+  double factor;   /* slow */
 } drpc_sim_fault;
 
 typedef struct drpc_sim_config {
@@ -131,7 +131,8 @@ typedef struct drpc_sim_config {
   void *record_ctx;
 
   /* Tie-breaks (fuzz/fuzz_sim.c): events due at the same virtual time run
-   * in ascending tie(tie_ctx, node, time), then in the order they were
+   * in ascending tie(tie_ctx, node, time) (its low 24 bits), then in the
+   * order they were
    * scheduled. The key depends on the node and the time only, so the
    * events of one node (node -1: faults) keep their order; what changes
    * is how different nodes interleave at one instant. Must be a pure
