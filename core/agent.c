@@ -734,6 +734,11 @@ void drpc_agent_on_conn_accept(drpc_agent *a, uint64_t conn) {
  * the calls pending on it, so they hang. The simulator's "every future
  * completes" checker must report that. Nothing else may set it. */
 int drpc_test_fault_skip_fail_on_reset = 0;
+/* The second one (tests/test_sim_planted.c): when non-zero, a CALL without
+ * tensors or RRefs is handed to the executor twice, as a core that
+ * mistook a retry for a new request would. The simulator's "every request
+ * runs at most once" checker must report that. Nothing else may set it. */
+int drpc_test_fault_run_twice = 0;
 
 static void conn_closed(drpc_agent *a, uint64_t conn, const drpc_error *reason);
 
@@ -1632,6 +1637,15 @@ static void handle_message_ready(drpc_agent *a, uint64_t conn, conn_entry *ce,
     if (ce->outgoing) {
       close_conn(a, conn, "CALL on an outgoing connection");
       return;
+    }
+    if (drpc_test_fault_run_twice && m->type == DRPC_MSG_CALL && !m->ntensors &&
+        !m->nshared && !m->nrrefs && !*ready) {
+      drpc_msg twice = {.type = m->type, .flags = m->flags, .id = m->id};
+      twice.body = drpc_value_clone(m->body);
+      drpc_devready *none = NULL;
+      if (twice.body)
+        handle_call(a, conn, ce, &twice, &none);
+      drpc_msg_clear(&twice);
     }
     handle_call(a, conn, ce, m, ready);
     return;

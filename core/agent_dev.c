@@ -64,13 +64,24 @@ typedef struct opened_event {
  * without a lock; a dynamic group that outgrows it gets a larger copy and
  * the old one is kept (older) until the state is freed: doubling bounds
  * what is kept by the size of the current table. */
+/* Per peer id: my map toward it, its map toward me reversed (NULL: none;
+ * most peers of a large group have none, and a dev_map is 260 bytes), and
+ * whether CUDA IPC reaches it. A map, once made for an id, stays at its
+ * address and is rewritten in place (readers hold no lock); a grown table
+ * shares its older one's maps, and the newest table frees them all. */
 typedef struct dev_tab {
   int n;
-  dev_map *mine;
-  dev_map *reverse;
+  dev_map **mine;
+  dev_map **reverse;
   bool *same_host;
   struct dev_tab *older;
 } dev_tab;
+
+static const dev_map no_map;
+
+static const dev_map *map_or_none(const dev_map *m) {
+  return m ? m : &no_map;
+}
 
 struct drpc_devstate {
   drpc_agent *agent;
@@ -457,7 +468,12 @@ static bool ipc_reachable(const char *peer, const char *me) {
   return (b && b->ipc_in_process) || strcmp(ps, ms) != 0;
 }
 
-static void tab_free(dev_tab *t) {
+/* Frees t's arrays; with maps, also the maps (t is the newest table). */
+static void tab_free(dev_tab *t, bool maps) {
+  for (int i = 0; maps && i < t->n; i++) {
+    free(t->mine[i]);
+    free(t->reverse[i]);
+  }
   free(t->mine);
   free(t->reverse);
   free(t->same_host);
@@ -474,7 +490,7 @@ static dev_tab *tab_new(int n, const dev_tab *old) {
   t->reverse = calloc((size_t)n, sizeof *t->reverse);
   t->same_host = calloc((size_t)n, sizeof *t->same_host);
   if (!t->mine || !t->reverse || !t->same_host) {
-    tab_free(t);
+    tab_free(t, false);
     return NULL;
   }
   if (old) {
@@ -500,31 +516,56 @@ void drpc_dev_free(drpc_devstate *d) {
   free(d->ev_pool);
   free(d->opened);
   env->ops->sync_destroy(env->ctx, &d->lock);
+  bool newest = true;
   for (dev_tab *t = atomic_load(&d->tab), *next; t; t = next) {
     next = t->older;
-    tab_free(t);
+    tab_free(t, newest);
+    newest = false;
   }
   free(d);
 }
 
-/* Fills entry id of t from my information and peer pi's. */
-static void tab_set(dev_tab *t, int id, const node_info *me,
-                    const node_info *pi, const char *self_name) {
+/* Entry id's map slot, made when there is a map to hold (NULL: out of
+ * memory, or none needed). */
+static dev_map *map_slot(dev_map **slot, bool need) {
+  if (!*slot && need)
+    *slot = calloc(1, sizeof **slot);
+  return *slot;
+}
+
+/* Fills entry id of t from my information and peer pi's. Non-zero when
+ * out of memory. */
+static int tab_set(dev_tab *t, int id, const node_info *me, const node_info *pi,
+                   const char *self_name) {
   t->same_host[id] = ipc_reachable(pi->host, me->host);
-  memset(&t->mine[id], 0, sizeof t->mine[id]);
-  memset(&t->reverse[id], 0, sizeof t->reverse[id]);
+  const dev_map *mine = NULL, *theirs = NULL;
   for (int k = 0; k < me->nmaps; k++)
     if (strcmp(me->peers[k], pi->name) == 0)
-      t->mine[id] = me->maps[k];
+      mine = &me->maps[k];
   for (int k = 0; k < pi->nmaps; k++)
-    if (strcmp(pi->peers[k], self_name) == 0) {
-      const dev_map *m = &pi->maps[k];
-      for (int j = 0; j < m->n; j++) {
-        t->reverse[id].from[j] = m->to[j];
-        t->reverse[id].to[j] = m->from[j];
-      }
-      t->reverse[id].n = m->n;
+    if (strcmp(pi->peers[k], self_name) == 0)
+      theirs = &pi->maps[k];
+  dev_map *m = map_slot(&t->mine[id], mine != NULL);
+  dev_map *r = map_slot(&t->reverse[id], theirs != NULL);
+  if ((mine && !m) || (theirs && !r))
+    return DRPC_ENOMEM;
+  if (m) {
+    m->n = 0; /* readers see no map while it is rewritten */
+    if (mine) {
+      memcpy(m->from, mine->from, sizeof m->from);
+      memcpy(m->to, mine->to, sizeof m->to);
+      m->n = mine->n;
     }
+  }
+  if (r) {
+    r->n = 0;
+    for (int j = 0; theirs && j < theirs->n; j++) {
+      r->from[j] = theirs->to[j];
+      r->to[j] = theirs->from[j];
+    }
+    r->n = theirs ? theirs->n : 0;
+  }
+  return 0;
 }
 
 /* The agent's devices: as configured, else every CUDA device its maps and
@@ -539,7 +580,7 @@ static void devices_compute(drpc_devstate *d, const drpc_options *o) {
   } else {
     for (int id = 0; t && id < t->n; id++)
       for (int pass = 0; pass < 2; pass++) {
-        const dev_map *m = pass ? &t->reverse[id] : &t->mine[id];
+        const dev_map *m = map_or_none(pass ? t->reverse[id] : t->mine[id]);
         for (int j = 0; j < m->n; j++)
           if (m->from[j].type == DRPC_DEVICE_CUDA &&
               !dev_in(devs, n, m->from[j]) && n < DRPC_MAX_DEVICES)
@@ -596,7 +637,8 @@ int drpc_dev_start(drpc_agent *a, drpc_devstate **out, drpc_error *err) {
   for (size_t i = 0; i < nw && !rc && me; i++) {
     int id = ws[i].id;
     const node_info *pi = &all[i];
-    tab_set(t, id, me, pi, self->name);
+    if (tab_set(t, id, me, pi, self->name))
+      rc = drpc_error_set(err, DRPC_ENOMEM, "out of memory");
   }
   if (!rc) {
     /* The agent's devices: as configured, else every CUDA device its maps
@@ -650,7 +692,7 @@ int drpc_agent_device_map(drpc_agent *a, const char *peer, drpc_device *from,
   const dev_tab *t = d ? atomic_load(&d->tab) : NULL;
   if (!t || wi.id >= t->n)
     return 0;
-  const dev_map *m = &t->mine[wi.id];
+  const dev_map *m = map_or_none(t->mine[wi.id]);
   int k = m->n < max ? m->n : max;
   memcpy(from, m->from, sizeof(drpc_device) * (size_t)(k > 0 ? k : 0));
   memcpy(to, m->to, sizeof(drpc_device) * (size_t)(k > 0 ? k : 0));
@@ -864,7 +906,7 @@ static int plan(void *vctx, drpc_tensor *t, drpc_wire_tensor_plan *pl,
   const dev_map *m = NULL;
   const dev_tab *tab = d ? atomic_load(&d->tab) : NULL;
   if (tab && pc->dst >= 0 && pc->dst < tab->n)
-    m = pc->response ? &tab->reverse[pc->dst] : &tab->mine[pc->dst];
+    m = map_or_none(pc->response ? tab->reverse[pc->dst] : tab->mine[pc->dst]);
   char dn[16];
   if (pc->response && dev.type == DRPC_DEVICE_CUDA && d &&
       !dev_in(d->devices, d->ndevices, dev)) {
@@ -1326,10 +1368,10 @@ int drpc_dev_peer_join(drpc_agent *a, int16_t id, const char *name,
       rc = drpc_error_set(err, DRPC_ENOMEM, "out of memory");
     }
   }
-  if (!rc) {
-    tab_set(t, id, &me, &pi, self->name);
+  if (!rc && tab_set(t, id, &me, &pi, self->name))
+    rc = drpc_error_set(err, DRPC_ENOMEM, "out of memory");
+  if (!rc)
     devices_compute(d, drpc_agent_options(a));
-  }
   env->ops->sync_unlock(env->ctx, &d->lock);
   info_free(&me);
   info_free(&pi);
@@ -1344,8 +1386,10 @@ void drpc_dev_peer_leave(drpc_agent *a, int16_t id) {
   env->ops->sync_lock(env->ctx, &d->lock);
   dev_tab *t = atomic_load(&d->tab);
   if (id < t->n) {
-    t->mine[id].n = 0;
-    t->reverse[id].n = 0;
+    if (t->mine[id])
+      t->mine[id]->n = 0;
+    if (t->reverse[id])
+      t->reverse[id]->n = 0;
     t->same_host[id] = false;
     devices_compute(d, drpc_agent_options(a));
   }

@@ -546,11 +546,7 @@ bool sim_restart(sim *s, int16_t node) {
    * from 1 again: a request is (caller life, id), and the last life's
    * own requests are forgotten with it. Requests of other callers came on
    * connections of the last life and stay told apart by those. */
-  if (n->execs) {
-    free(n->execs[node]);
-    n->execs[node] = NULL;
-    n->exec_cap[node] = 0;
-  }
+  sim_forget_execs(n, (int16_t)node);
   s->nodes_left++;
   s->res->restarted++;
   sim_push(s, EV_START, node, s->now, 0, 0, NULL, 0);

@@ -110,10 +110,12 @@ typedef struct sim_fiber {
   drpc_stream *streams[DRPC_DEVICE_MAX];
 } sim_fiber;
 
-/* Executions of one request id of one caller, and the connection it came
- * on: a caller that joined again (a new incarnation) numbers its requests
- * from 1 again, on new connections. */
+/* Executions of one request of one caller (key: the caller and request id,
+ * 0 for an empty slot), and the connection it came on: a caller that
+ * joined again (a new incarnation) numbers its requests from 1 again, on
+ * new connections. */
 typedef struct sim_exec {
+  uint64_t key;
   uint64_t conn;
   uint8_t n;
 } sim_exec;
@@ -190,8 +192,12 @@ struct sim_node {
    * 2 completed; per caller, executions per request id. */
   sim_call *calls;
   size_t call_cap;
-  sim_exec **execs; /* per caller, made at the first execution seen */
-  size_t *exec_cap; /* per caller, with execs */
+  /* Executions seen here, an open-addressed table (a power of two of
+   * slots, at most half full): sized by the requests served, not by the
+   * callers' request ids, so a large cluster holds no callers x ids
+   * arrays. */
+  sim_exec *execs;
+  size_t exec_cap, exec_len;
   int16_t last_exec_peer;
   uint64_t last_exec_id;
   bool last_exec_valid;
@@ -345,6 +351,8 @@ void sim_devices_teardown(sim *s);
 void sim_check_record(sim *s, sim_node *n, const drpc_event *ev);
 void sim_count_exec(sim *s, sim_node *n, int16_t caller, uint64_t id,
                     uint64_t conn);
+/* Forgets the executions of caller's requests (its own, at a restart). */
+void sim_forget_execs(sim_node *n, int16_t caller);
 
 /* True for an event of a node's process (not of the network: frames and
  * connection events follow their connection's state) pushed in an earlier

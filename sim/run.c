@@ -28,29 +28,62 @@ static bool grow(void **v, size_t *cap, uint64_t id, size_t size) {
   return true;
 }
 
+/* The execution table's key of a request: the caller above bit 52 (ids
+ * stay below, being per-life counters), never 0. */
+#define EXEC_ID_BITS 52
+
+static uint64_t exec_key(int16_t caller, uint64_t id) {
+  return (uint64_t)(caller + 1) << EXEC_ID_BITS | id;
+}
+
+static size_t exec_slot(const sim_exec *t, size_t cap, uint64_t key) {
+  size_t i = (size_t)((key * 0x9e3779b97f4a7c15ull) >> 32) & (cap - 1);
+  while (t[i].key && t[i].key != key)
+    i = (i + 1) & (cap - 1);
+  return i;
+}
+
+/* Moves n's entries into a fresh table of newcap slots, leaving out those
+ * of caller `drop` (-1: none); false (n unchanged) when out of memory. */
+static bool exec_rehash(sim_node *n, size_t newcap, int16_t drop) {
+  sim_exec *t = calloc(newcap, sizeof *t);
+  if (!t)
+    return false;
+  size_t len = 0;
+  for (size_t i = 0; i < n->exec_cap; i++) {
+    const sim_exec *e = &n->execs[i];
+    if (!e->key || (drop >= 0 && e->key >> EXEC_ID_BITS == (uint64_t)drop + 1))
+      continue;
+    t[exec_slot(t, newcap, e->key)] = *e;
+    len++;
+  }
+  free(n->execs);
+  n->execs = t;
+  n->exec_cap = newcap;
+  n->exec_len = len;
+  return true;
+}
+
 /* Counts an execution of request id from caller on conn: (caller, conn,
  * id) names a request, as a caller never sends one twice and each
- * incarnation of it opens its own connections. */
+ * incarnation of it opens its own connections. Past SIM_MAX_CALL_IDS
+ * requests served, or out of memory, the check stays off for the rest. */
 void sim_count_exec(sim *s, sim_node *n, int16_t caller, uint64_t id,
                     uint64_t conn) {
-  if (!n->execs) {
-    /* Per caller: made at the first execution, so that nodes that never
-     * serve a call hold nothing. A failure leaves the check off. */
-    n->execs = calloc((size_t)s->nnodes, sizeof *n->execs);
-    n->exec_cap = calloc((size_t)s->nnodes, sizeof *n->exec_cap);
-    if (!n->execs || !n->exec_cap) {
-      free(n->execs);
-      free(n->exec_cap);
-      n->execs = NULL;
-      n->exec_cap = NULL;
-    }
-  }
-  if (!n->execs || caller < 0 || caller >= s->nnodes ||
-      !grow((void **)&n->execs[caller], &n->exec_cap[caller], id,
-            sizeof(sim_exec)))
+  if (caller < 0 || caller >= s->nnodes || id >> EXEC_ID_BITS)
     return;
-  sim_exec *e = &n->execs[caller][id];
-  if (e->n == 0 || e->conn != conn) {
+  if ((n->exec_len + 1) * 2 > n->exec_cap &&
+      (n->exec_len >= SIM_MAX_CALL_IDS ||
+       !exec_rehash(n, n->exec_cap ? n->exec_cap * 2 : 256, -1)))
+    return;
+  uint64_t key = exec_key(caller, id);
+  sim_exec *e = &n->execs[exec_slot(n->execs, n->exec_cap, key)];
+  if (!e->key) {
+    *e = (sim_exec){key, conn, 1};
+    n->exec_len++;
+    return;
+  }
+  if (e->conn != conn) {
     e->conn = conn;
     e->n = 1;
     return;
@@ -59,6 +92,15 @@ void sim_count_exec(sim *s, sim_node *n, int16_t caller, uint64_t id,
     e->n++;
   sim_violation(s, "safety: request %llu from w%d ran %d times on %s",
                 (unsigned long long)id, caller, e->n, n->name);
+}
+
+void sim_forget_execs(sim_node *n, int16_t caller) {
+  if (n->exec_cap && !exec_rehash(n, n->exec_cap, caller)) {
+    /* Out of memory: forget them all rather than keep stale ones. */
+    free(n->execs);
+    n->execs = NULL;
+    n->exec_cap = n->exec_len = 0;
+  }
 }
 
 void sim_check_record(sim *s, sim_node *n, const drpc_event *ev) {
@@ -619,10 +661,7 @@ int drpc_sim_run(const drpc_sim_config *c, drpc_sim_result *r,
       sim_event_drop(s, &n->deferred[k]);
     free(n->deferred);
     free(n->calls);
-    for (int p = 0; n->execs && p < s->nnodes; p++)
-      free(n->execs[p]);
     free(n->execs);
-    free(n->exec_cap);
   }
   sim_fiber_free_all(s);
   drpc_store_decref(s->store);

@@ -1,7 +1,9 @@
 /* The checkers' self-test: with the core's test-only bug switched on (a
  * lost connection does not fail the calls pending on it), the simulator
- * must report futures that never complete; with it off the very same runs
- * pass. A test that cannot fail is a defect, and so is a checker. */
+ * must report futures that never complete; with a second one (calls run
+ * twice) it must report the request that ran twice; with them off the
+ * very same runs pass. A test that cannot fail is a defect, and so is a
+ * checker. */
 #include <stdint.h>
 
 #include "drpc/sim.h"
@@ -10,6 +12,7 @@
 
 /* core/agent.c: the switch exists only for this self-test. */
 extern int drpc_test_fault_skip_fail_on_reset;
+extern int drpc_test_fault_run_twice;
 
 /* A schedule that resets every connection of w0 while echo calls are in
  * flight (echo sends half its calls without a timeout). */
@@ -78,6 +81,35 @@ static void seeds_body(void) {
   CHECK_EQ_INT(clean_fail, 0);
 }
 
+/* The second planted bug: calls handed to the executor twice. The
+ * at-most-once checker reports the request, its caller and where it ran;
+ * without the bug the same run passes. */
+static void run_twice_body(void) {
+  for (int bug = 0; bug < 2; bug++) {
+    drpc_sim_config c;
+    drpc_sim_result r;
+    drpc_error err = DRPC_ERROR_INIT;
+    CHECK_EQ_INT(drpc_sim_config_draw(&c, "echo", 3, 0, 1, false, false, &err),
+                 0);
+    drpc_test_fault_run_twice = bug;
+    CHECK_EQ_INT(drpc_sim_run(&c, &r, &err), 0);
+    drpc_test_fault_run_twice = 0;
+    CHECK_EQ_INT(r.ok, !bug);
+    if (bug) {
+      CHECK_CONTAINS(r.what, "safety: request ");
+      CHECK_CONTAINS(r.what, " ran 2 times on w");
+      fprintf(stderr, "  caught: %s\n", r.what);
+    }
+    drpc_sim_result_clear(&r);
+    drpc_error_clear(&err);
+    drpc_sim_config_clear(&c);
+  }
+}
+
+static void test_planted_run_twice(void) {
+  sim_in_child(run_twice_body);
+}
+
 static void test_planted_schedule(void) {
   sim_in_child(schedule_body);
 }
@@ -88,5 +120,6 @@ static void test_planted_seeds(void) {
 int main(void) {
   RUN(test_planted_schedule);
   RUN(test_planted_seeds);
+  RUN(test_planted_run_twice);
   return test_finish();
 }
