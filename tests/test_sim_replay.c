@@ -61,6 +61,32 @@ static int record_run(const char *scn, uint64_t seed, const char *path) {
   return rc;
 }
 
+/* False while a test stores a node's events out of seq order. */
+static bool in_seq_order = true;
+
+/* Replays the nodes in one pass (drpc_trace_replay_nodes) after they were
+ * replayed one by one with result per_node: the pass must decide (0) when
+ * and only when every node was identical (and their events are in seq
+ * order), with the same counts (counts[i]: events, inputs, outputs of the
+ * i-th node replayed). */
+static void check_one_pass(drpc_trace *t, const int16_t *ids, size_t n,
+                           int per_node, const uint64_t (*counts)[3]) {
+  size_t first = 0;
+  while (first < n && ids[first] < 0)
+    first++;
+  drpc_trace_replay_result *res = calloc(n - first + 1, sizeof *res);
+  drpc_error err = DRPC_ERROR_INIT;
+  int rc = drpc_trace_replay_nodes(t, ids + first, n - first, res, &err);
+  CHECK_EQ_INT(rc, per_node == 0 && in_seq_order ? 0 : 1);
+  for (size_t i = 0; rc == 0 && i < n - first; i++) {
+    CHECK_EQ_INT(res[i].events, counts[i][0]);
+    CHECK_EQ_INT(res[i].inputs, counts[i][1]);
+    CHECK_EQ_INT(res[i].outputs, counts[i][2]);
+  }
+  drpc_error_clear(&err);
+  free(res);
+}
+
 /* Replays every node; returns the first failure's code (0: identical),
  * with the node and event sequence number of a divergence. */
 static int replay_all(const char *path, int *bad_node, int64_t *bad_seq,
@@ -74,9 +100,10 @@ static int replay_all(const char *path, int *bad_node, int64_t *bad_seq,
   if (rc == 0)
     rc = drpc_trace_nodes(t, &ids, &names, &n, &err);
   drpc_trace_replay_result *res = malloc(sizeof *res);
-  if (!res)
+  uint64_t(*counts)[3] = calloc(n + 1, sizeof *counts);
+  if (!res || !counts)
     rc = DRPC_ENOMEM;
-  for (size_t i = 0; rc == 0 && i < n; i++) {
+  for (size_t i = 0, k = 0; rc == 0 && i < n; i++) {
     if (ids[i] < 0)
       continue;
     rc = drpc_trace_replay_node(t, ids[i], 8, res, &err);
@@ -86,7 +113,13 @@ static int replay_all(const char *path, int *bad_node, int64_t *bad_seq,
       snprintf(why, whylen, "%s", drpc_error_message(&err));
     }
     *outputs += res->outputs;
+    counts[k][0] = res->events;
+    counts[k][1] = res->inputs;
+    counts[k++][2] = res->outputs;
   }
+  if (ids && counts)
+    check_one_pass(t, ids, n, rc, (const uint64_t(*)[3])counts);
+  free(counts);
   free(res);
   if (rc && !*why)
     snprintf(why, whylen, "%s", drpc_error_message(&err));
@@ -210,6 +243,52 @@ static void test_planted(void) {
   CHECK(bad > 0);
 }
 
+/* The one pass gives up when a node's events, in recording order, are not
+ * in seq order (what a merge of skewed clocks could store): two of node
+ * 0's spans swap places in seq. Node by node they replay identical (spans
+ * are not fed to the core); the pass leaves it to that. */
+static void test_one_pass_order(void) {
+  char path[128];
+  snprintf(path, sizeof path, "%s/order.db", dir);
+  CHECK(record_run("echo", 4, path) == 0);
+  sqlite3 *db = NULL;
+  CHECK(sqlite3_open(path, &db) == SQLITE_OK);
+  const char *pick = "FROM events WHERE node = 0 AND kind = 40 ORDER BY id";
+  char q[200];
+  snprintf(q, sizeof q, "SELECT id %s LIMIT 1", pick);
+  int64_t a = query_int(db, q);
+  snprintf(q, sizeof q, "SELECT id %s LIMIT 1 OFFSET 1", pick);
+  int64_t b = query_int(db, q);
+  CHECK(a > 0 && b > a);
+  char sql[300];
+  snprintf(sql, sizeof sql,
+           "UPDATE events SET seq = (SELECT sum(seq) FROM events WHERE id IN "
+           "(%lld, %lld)) - seq WHERE id IN (%lld, %lld)",
+           (long long)a, (long long)b, (long long)a, (long long)b);
+  CHECK(sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK);
+  sqlite3_close(db);
+  int node = -1;
+  int64_t bad = -1;
+  uint64_t outputs = 0;
+  char why[512] = "";
+  in_seq_order = false;
+  CHECK_EQ_INT(replay_all(path, &node, &bad, &outputs, why, sizeof why), 0);
+  in_seq_order = true;
+  drpc_trace *t = NULL;
+  drpc_error err = DRPC_ERROR_INIT;
+  CHECK_EQ_INT(drpc_trace_open(&t, path, &err), 0);
+  int16_t *ids = NULL;
+  char **names = NULL;
+  size_t n = 0;
+  CHECK_EQ_INT(drpc_trace_nodes(t, &ids, &names, &n, &err), 0);
+  drpc_trace_replay_result *res = calloc(n + 1, sizeof *res);
+  CHECK_EQ_INT(drpc_trace_replay_nodes(t, ids, n, res, &err), 1);
+  free(res);
+  drpc_trace_nodes_free(ids, names, n);
+  drpc_trace_close(t);
+  drpc_error_clear(&err);
+}
+
 /* A recording cut short: a clear error, no crash. */
 static void test_truncated(void) {
   char path[128], cut[140];
@@ -245,6 +324,7 @@ static void body(void) {
   RUN(test_identical);
   RUN(test_altered);
   RUN(test_planted);
+  RUN(test_one_pass_order);
   RUN(test_truncated);
 }
 

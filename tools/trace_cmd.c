@@ -50,17 +50,16 @@ typedef struct replay_total {
 
 static bool replay_quiet; /* no per-node lines (drpc bench --json) */
 
-static int replay_node(drpc_trace *t, int16_t node, const char *name,
-                       int context, replay_total *total) {
-  drpc_trace_replay_result *res = malloc(sizeof *res);
-  if (!res)
-    return 2;
-  drpc_error err = DRPC_ERROR_INIT;
-  int rc = drpc_trace_replay_node(t, node, context, res, &err);
+/* Prints how a node replayed (rc and res from drpc_trace_replay_node)
+ * and adds it to *total. Returns the exit status: 0 identical, 1
+ * diverged, 2 unreadable. */
+static int report_node(int16_t node, const char *name, int rc,
+                       const drpc_trace_replay_result *res, drpc_error *err,
+                       replay_total *total) {
   int status = 0;
   if (rc == DRPC_EDIVERGED) {
     printf("DIVERGED on %s (node %d) at event %lld: %s\n", name ? name : "?",
-           node, (long long)res->bad_seq, drpc_error_message(&err));
+           node, (long long)res->bad_seq, drpc_error_message(err));
     if (res->ncontext) {
       printf("  the %zu events before it:\n", res->ncontext);
       for (size_t i = 0; i < res->ncontext; i++)
@@ -70,7 +69,7 @@ static int replay_node(drpc_trace *t, int16_t node, const char *name,
     status = 1;
   } else if (rc) {
     fprintf(stderr, "drpc replay: %s (node %d): %s\n", name ? name : "?", node,
-            drpc_error_message(&err));
+            drpc_error_message(err));
     status = 2;
   } else if (!replay_quiet) {
     printf("  %-12s %8llu events, %7llu inputs, %7llu outputs checked, "
@@ -89,9 +88,44 @@ static int replay_node(drpc_trace *t, int16_t node, const char *name,
       total->last_ns = res->last_ns;
     total->have_time = true;
   }
+  return status;
+}
+
+static int replay_node(drpc_trace *t, int16_t node, const char *name,
+                       int context, replay_total *total) {
+  drpc_trace_replay_result *res = malloc(sizeof *res);
+  if (!res)
+    return 2;
+  drpc_error err = DRPC_ERROR_INIT;
+  int rc = drpc_trace_replay_node(t, node, context, res, &err);
+  int status = report_node(node, name, rc, res, &err, total);
   drpc_error_clear(&err);
   free(res);
   return status;
+}
+
+/* Replays the nodes (ids[0..n), ascending) in one pass over the file,
+ * which reads it once instead of once per node. Returns the number of
+ * nodes replayed, all identical and reported, or 0 when the pass cannot
+ * tell: the caller then replays node by node, which reports where. */
+static int replay_all(drpc_trace *t, const int16_t *ids, char **names, size_t n,
+                      replay_total *total) {
+  size_t first = 0;
+  while (first < n && ids[first] < 0)
+    first++; /* cluster-wide events (link faults): nothing to replay */
+  size_t m = n - first;
+  if (m == 0 || m > DRPC_TRACE_REPLAY_NODES_MAX)
+    return 0;
+  drpc_trace_replay_result *res = calloc(m, sizeof *res);
+  if (!res)
+    return 0;
+  drpc_error err = DRPC_ERROR_INIT;
+  int rc = drpc_trace_replay_nodes(t, ids + first, m, res, &err);
+  for (size_t i = 0; rc == 0 && i < m; i++)
+    report_node(ids[first + i], names[first + i], 0, &res[i], &err, total);
+  drpc_error_clear(&err);
+  free(res);
+  return rc == 0 ? (int)m : 0;
 }
 
 /* Simulated devices a replay installs (device indices up to 15). */
@@ -159,7 +193,12 @@ int drpc_cmd_replay(int argc, char **argv) {
   replay_total total = {0};
   int status = 0, replayed = 0;
   printf("drpc replay %s\n", path);
-  for (size_t i = 0; i < n && status == 0; i++) {
+  /* Every node in one pass when all replay identical; otherwise (and for
+   * one node) node by node, which says where one differs. */
+  if (!only)
+    replayed = replay_all(t, ids, names, n, &total);
+  bool one_pass = replayed > 0;
+  for (size_t i = 0; i < n && status == 0 && !one_pass; i++) {
     if (ids[i] < 0)
       continue; /* cluster-wide events (link faults): nothing to replay */
     if (only && (!names[i] || strcmp(names[i], only) != 0))

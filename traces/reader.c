@@ -2,6 +2,7 @@
  * it and walks its events, reporting bad rows instead of crashing. */
 #include "drpc/trace.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,15 +12,31 @@
 /* Most rows the nodes table may hold: one per int16 id. */
 #define MAX_NODES 65536
 
+/* One row of the strings table. */
+typedef struct trace_string {
+  int64_t id;
+  char *text; /* NULL when the row's text is NULL */
+} trace_string;
+
 struct drpc_trace {
   sqlite3 *db;
   char *path;
   int64_t run;
+  /* The strings table, read whole at the first cursor and sorted by id:
+   * events name few distinct strings, and joining strings to every event
+   * row cost ~10% of a replay's reading. */
+  trace_string *strings;
+  size_t nstrings;
+  bool strings_read;
+  /* A node's cursor statement, reset and kept for the next node's cursor:
+   * preparing it cost as much as reading ~40 events. */
+  sqlite3_stmt *node_st;
 };
 
 struct drpc_trace_cursor {
   drpc_trace *t;
   sqlite3_stmt *st;
+  bool node; /* st reads one node: it goes back to t->node_st */
 };
 
 /* ---- kinds ---------------------------------------------------------- */
@@ -188,15 +205,6 @@ static int query_text(drpc_trace *t, const char *sql, const char *what,
   return rc;
 }
 
-static int has_table(drpc_trace *t, const char *name, bool *found,
-                     drpc_error *err) {
-  char sql[128], buf[8];
-  snprintf(sql, sizeof sql,
-           "SELECT 1 FROM sqlite_master WHERE type='table' AND name='%s'",
-           name);
-  return query_text(t, sql, "reading the schema", buf, sizeof buf, found, err);
-}
-
 /* Every table v1 reads, with the columns it reads. */
 static const struct {
   const char *table, *columns;
@@ -210,6 +218,68 @@ static const struct {
     {"events", "id, run, node, seq, kind, t_ns, peer, xid, aux, size, "
                "payload, name, hash"},
 };
+#define NTABLES (sizeof TABLES / sizeof TABLES[0])
+#define META_BIT (1u << NTABLES)
+
+/* Sets bit i of *have for each TABLES[i] the file holds, and META_BIT for
+ * meta, from one statement (a statement per table cost a parse each). */
+static int read_tables(drpc_trace *t, unsigned *have, drpc_error *err) {
+  *have = 0;
+  sqlite3_stmt *s;
+  int rc = sqlite3_prepare_v2(
+      t->db, "SELECT name FROM sqlite_master WHERE type='table'", -1, &s, NULL);
+  if (rc != SQLITE_OK)
+    return sql_error(t->db, rc, t->path, "reading the schema", err);
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    const char *name = (const char *)sqlite3_column_text(s, 0);
+    if (name && strcmp(name, "meta") == 0)
+      *have |= META_BIT;
+    for (size_t i = 0; name && i < NTABLES; i++)
+      if (strcmp(name, TABLES[i].table) == 0)
+        *have |= 1u << i;
+  }
+  rc = rc == SQLITE_DONE
+           ? 0
+           : sql_error(t->db, rc, t->path, "reading the schema", err);
+  sqlite3_finalize(s);
+  return rc;
+}
+
+/* Prepares, and never runs, sql: preparing resolves every name in it. */
+static bool resolves(drpc_trace *t, const char *sql) {
+  sqlite3_stmt *s;
+  int rc = sqlite3_prepare_v2(t->db, sql, -1, &s, NULL);
+  sqlite3_finalize(s);
+  return rc == SQLITE_OK;
+}
+
+/* Checks that every table exists with its columns. One statement names
+ * them all, each table in an EXISTS of its own (half the cost of preparing
+ * them as joined subqueries); only when it does not resolve are the tables
+ * tried one by one, in order, to say which. */
+static int check_tables(drpc_trace *t, unsigned have, drpc_error *err) {
+  char sql[1024];
+  size_t used = 0;
+  for (size_t i = 0; i < NTABLES; i++) {
+    used += (size_t)snprintf(
+        sql + used, sizeof sql - used, "%sEXISTS (SELECT %s FROM %s)",
+        i ? " AND " : "SELECT 1 WHERE ", TABLES[i].columns, TABLES[i].table);
+    assert(used < sizeof sql); /* TABLES is fixed: ~450 bytes */
+  }
+  if ((have & (META_BIT - 1)) == META_BIT - 1 && resolves(t, sql))
+    return 0;
+  for (size_t i = 0; i < NTABLES; i++) {
+    if (!(have & 1u << i))
+      return corrupt(err, t->path, "no table %s", TABLES[i].table);
+    snprintf(sql, sizeof sql, "SELECT %s FROM %s LIMIT 0", TABLES[i].columns,
+             TABLES[i].table);
+    if (!resolves(t, sql))
+      return corrupt(err, t->path, "table %s: %s", TABLES[i].table,
+                     sqlite3_errmsg(t->db));
+  }
+  return corrupt(err, t->path, "the tables do not resolve: %s",
+                 sqlite3_errmsg(t->db));
+}
 
 static int validate(drpc_trace *t, drpc_error *err) {
   char buf[128];
@@ -219,9 +289,10 @@ static int validate(drpc_trace *t, drpc_error *err) {
   if (rc)
     return rc;
   long version = found ? strtol(buf, NULL, 10) : 0;
-  if ((rc = has_table(t, "meta", &found, err)))
+  unsigned have;
+  if ((rc = read_tables(t, &have, err)))
     return rc;
-  if (!found)
+  if (!(have & META_BIT))
     return drpc_error_set(err, DRPC_ETYPE,
                           "not a drpc recording: %s is an SQLite database "
                           "without a meta table",
@@ -246,21 +317,8 @@ static int validate(drpc_trace *t, drpc_error *err) {
     return corrupt(err, t->path,
                    "meta schema '%s' disagrees with user_version %d",
                    found ? buf : "(none)", DRPC_TRACE_SCHEMA);
-  for (size_t i = 0; i < sizeof TABLES / sizeof TABLES[0]; i++) {
-    if ((rc = has_table(t, TABLES[i].table, &found, err)))
-      return rc;
-    if (!found)
-      return corrupt(err, t->path, "no table %s", TABLES[i].table);
-    char sql[256];
-    snprintf(sql, sizeof sql, "SELECT %s FROM %s LIMIT 0", TABLES[i].columns,
-             TABLES[i].table);
-    sqlite3_stmt *s;
-    rc = sqlite3_prepare_v2(t->db, sql, -1, &s, NULL);
-    sqlite3_finalize(s);
-    if (rc != SQLITE_OK)
-      return corrupt(err, t->path, "table %s: %s", TABLES[i].table,
-                     sqlite3_errmsg(t->db));
-  }
+  if ((rc = check_tables(t, have, err)))
+    return rc;
   if ((rc = query_text(t, "SELECT min(id) FROM runs", "reading runs", buf,
                        sizeof buf, &found, err)))
     return rc;
@@ -298,7 +356,9 @@ int drpc_trace_open(drpc_trace **out, const char *path, drpc_error *err) {
   sqlite3_db_config(t->db, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, NULL);
   if ((rc = validate(t, err)))
     goto fail;
-  /* Pages mapped rather than read: replay walks whole recordings. */
+  /* Pages mapped rather than read: replay walks whole recordings, and
+   * even for a 1 MB one SQLite's page cache took ~200 more page faults
+   * (and more time) than the mapping. */
   (void)sqlite3_exec(t->db, "PRAGMA mmap_size=1073741824", NULL, NULL, NULL);
   *out = t;
   return 0;
@@ -310,6 +370,10 @@ fail:
 void drpc_trace_close(drpc_trace *t) {
   if (!t)
     return;
+  for (size_t i = 0; i < t->nstrings; i++)
+    free(t->strings[i].text);
+  free(t->strings);
+  sqlite3_finalize(t->node_st);
   sqlite3_close(t->db);
   free(t->path);
   free(t);
@@ -460,12 +524,73 @@ fail:
 
 #define EVENT_COLUMNS                                                          \
   "SELECT e.id, e.node, e.seq, e.kind, e.t_ns, e.peer, e.xid, e.aux, "         \
-  "e.size, e.payload, e.name, e.hash, p.id, p.size, p.bytes, s.id, s.text "    \
-  "FROM events e LEFT JOIN payloads p ON p.id = e.payload "                    \
-  "LEFT JOIN strings s ON s.id = e.name "
+  "e.size, e.payload, e.name, e.hash, p.id, p.size, p.bytes "
+#define EVENT_JOIN "LEFT JOIN payloads p ON p.id = e.payload "
+#define EVENT_NCOLUMNS 15
 
-int drpc_trace_cursor_open(drpc_trace *t, int node, drpc_trace_cursor **out,
-                           drpc_error *err) {
+/* Reads the strings table into t->strings, sorted by id. A row whose id
+ * is not an integer can match no event's name (those are integers) and
+ * is left out; of rows with the same id the first is kept. */
+static int read_strings(drpc_trace *t, drpc_error *err) {
+  sqlite3_stmt *s;
+  int rc = sqlite3_prepare_v2(t->db, "SELECT id, text FROM strings ORDER BY id",
+                              -1, &s, NULL);
+  if (rc != SQLITE_OK)
+    return sql_error(t->db, rc, t->path, "reading strings", err);
+  size_t cap = 0;
+  while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+    if (sqlite3_column_type(s, 0) != SQLITE_INTEGER)
+      continue;
+    int64_t id = sqlite3_column_int64(s, 0);
+    if (t->nstrings && t->strings[t->nstrings - 1].id == id)
+      continue;
+    if (t->nstrings == cap) {
+      size_t nc = cap ? cap * 2 : 64;
+      trace_string *ns = realloc(t->strings, nc * sizeof *ns);
+      if (!ns)
+        goto nomem;
+      t->strings = ns;
+      cap = nc;
+    }
+    const unsigned char *text = sqlite3_column_text(s, 1);
+    trace_string *ts = &t->strings[t->nstrings];
+    ts->id = id;
+    ts->text = text ? strdup((const char *)text) : NULL;
+    if (text && !ts->text)
+      goto nomem;
+    t->nstrings++;
+  }
+  rc = rc == SQLITE_DONE
+           ? 0
+           : sql_error(t->db, rc, t->path, "reading strings", err);
+  sqlite3_finalize(s);
+  t->strings_read = rc == 0;
+  return rc;
+nomem:
+  sqlite3_finalize(s);
+  return drpc_error_set(err, DRPC_ENOMEM, "out of memory reading strings");
+}
+
+/* The string row with this id, or NULL. */
+static const trace_string *find_string(const drpc_trace *t, int64_t id) {
+  /* The recorder numbers strings 1, 2, ...: row id - 1, normally. */
+  if (id >= 1 && (uint64_t)id <= t->nstrings && t->strings[id - 1].id == id)
+    return &t->strings[id - 1];
+  size_t lo = 0, hi = t->nstrings;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (t->strings[mid].id < id)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo < t->nstrings && t->strings[lo].id == id ? &t->strings[lo] : NULL;
+}
+
+/* Opens a cursor on sql (the run bound as ?1; node >= 0 bound as ?2 and
+ * the statement kept in t->node_st between such cursors). */
+static int cursor_open(drpc_trace *t, const char *sql, int node,
+                       drpc_trace_cursor **out, drpc_error *err) {
   if (!out)
     return drpc_error_set(err, DRPC_EINVAL, "out is NULL");
   *out = NULL;
@@ -473,14 +598,23 @@ int drpc_trace_cursor_open(drpc_trace *t, int node, drpc_trace_cursor **out,
     return drpc_error_set(err, DRPC_EINVAL, "trace is NULL");
   if (node > INT16_MAX)
     return drpc_error_set(err, DRPC_EINVAL, "node %d is not a 16-bit id", node);
+  if (!t->strings_read) {
+    int rc = read_strings(t, err);
+    if (rc)
+      return rc;
+  }
   drpc_trace_cursor *c = calloc(1, sizeof *c);
   if (!c)
     return drpc_error_set(err, DRPC_ENOMEM, "out of memory");
   c->t = t;
-  const char *sql =
-      node < 0 ? EVENT_COLUMNS "WHERE e.run=?1 ORDER BY e.t_ns, e.node, e.seq"
-               : EVENT_COLUMNS "WHERE e.run=?1 AND e.node=?2 ORDER BY e.seq";
-  int rc = sqlite3_prepare_v2(t->db, sql, -1, &c->st, NULL);
+  c->node = node >= 0;
+  int rc = SQLITE_OK;
+  if (c->node && t->node_st) {
+    c->st = t->node_st;
+    t->node_st = NULL;
+  } else {
+    rc = sqlite3_prepare_v2(t->db, sql, -1, &c->st, NULL);
+  }
   if (rc != SQLITE_OK) {
     rc = sql_error(t->db, rc, t->path, "reading events", err);
     free(c);
@@ -493,39 +627,64 @@ int drpc_trace_cursor_open(drpc_trace *t, int node, drpc_trace_cursor **out,
   return 0;
 }
 
+int drpc_trace_cursor_open(drpc_trace *t, int node, drpc_trace_cursor **out,
+                           drpc_error *err) {
+  return cursor_open(
+      t,
+      node < 0 ? EVENT_COLUMNS "FROM events e " EVENT_JOIN
+                               "WHERE e.run=?1 ORDER BY e.t_ns, e.node, e.seq"
+               : EVENT_COLUMNS "FROM events e " EVENT_JOIN
+                               "WHERE e.run=?1 AND e.node=?2 ORDER BY e.seq",
+      node, out, err);
+}
+
+int drpc_trace_cursor_open_recorded(drpc_trace *t, drpc_trace_cursor **out,
+                                    drpc_error *err) {
+  /* The table in rowid order: SQLite would otherwise take the run from
+   * events_node_seq and sort every row by id. */
+  return cursor_open(t,
+                     EVENT_COLUMNS "FROM events e NOT INDEXED " EVENT_JOIN
+                                   "WHERE e.run=?1 ORDER BY e.id",
+                     -1, out, err);
+}
+
 void drpc_trace_cursor_close(drpc_trace_cursor *c) {
   if (!c)
     return;
-  sqlite3_finalize(c->st);
+  if (c->node && !c->t->node_st) {
+    sqlite3_reset(c->st);
+    c->t->node_st = c->st;
+  } else {
+    sqlite3_finalize(c->st);
+  }
   free(c);
 }
 
-static bool is_int(sqlite3_stmt *s, int i) {
-  return sqlite3_column_type(s, i) == SQLITE_INTEGER;
-}
-
-static bool is_int_or_null(sqlite3_stmt *s, int i) {
-  int ty = sqlite3_column_type(s, i);
-  return ty == SQLITE_INTEGER || ty == SQLITE_NULL;
-}
-
-/* Checks one row against the schema and fills *e from it. */
+/* Checks one row against the schema and fills *e from it. The columns
+ * are taken as values once each (one API call per column instead of a
+ * type and a value call: ~15% of the reading). */
 static int decode_row(drpc_trace *t, sqlite3_stmt *s, drpc_trace_event *e,
                       drpc_error *err) {
-  long long row = sqlite3_column_int64(s, 0);
+  sqlite3_value *v[EVENT_NCOLUMNS];
+  for (int i = 0; i < EVENT_NCOLUMNS; i++)
+    v[i] = sqlite3_column_value(s, i);
+  long long row = sqlite3_value_int64(v[0]);
   static const char *const names[] = {"id",   "node",    "seq",  "kind",
                                       "t_ns", "peer",    "xid",  "aux",
                                       "size", "payload", "name", "hash"};
   for (int i = 0; i < 12; i++) {
-    bool ok = (i <= 4 || i == 8) ? is_int(s, i) : is_int_or_null(s, i);
+    int ty = sqlite3_value_type(v[i]);
+    /* id, node, seq, kind, t_ns and size are NOT NULL. */
+    bool ok =
+        ty == SQLITE_INTEGER || (ty == SQLITE_NULL && !(i <= 4 || i == 8));
     if (!ok)
       return corrupt(err, t->path, "event %lld: column %s is not an integer",
                      row, names[i]);
   }
-  int64_t node = sqlite3_column_int64(s, 1);
-  int64_t seq = sqlite3_column_int64(s, 2);
-  int64_t kind = sqlite3_column_int64(s, 3);
-  int64_t size = sqlite3_column_int64(s, 8);
+  int64_t node = sqlite3_value_int64(v[1]);
+  int64_t seq = sqlite3_value_int64(v[2]);
+  int64_t kind = sqlite3_value_int64(v[3]);
+  int64_t size = sqlite3_value_int64(v[8]);
   if (node < INT16_MIN || node > INT16_MAX)
     return corrupt(err, t->path, "event %lld: node %lld is not a 16-bit id",
                    row, (long long)node);
@@ -536,8 +695,8 @@ static int decode_row(drpc_trace *t, sqlite3_stmt *s, drpc_trace_event *e,
     return corrupt(err, t->path, "event %lld: unknown kind %lld", row,
                    (long long)kind);
   int16_t peer = -1;
-  if (sqlite3_column_type(s, 5) != SQLITE_NULL) {
-    int64_t p = sqlite3_column_int64(s, 5);
+  if (sqlite3_value_type(v[5]) != SQLITE_NULL) {
+    int64_t p = sqlite3_value_int64(v[5]);
     if (p < INT16_MIN || p > INT16_MAX)
       return corrupt(err, t->path, "event %lld: peer %lld is not a 16-bit id",
                      row, (long long)p);
@@ -547,36 +706,37 @@ static int decode_row(drpc_trace *t, sqlite3_stmt *s, drpc_trace_event *e,
     return corrupt(err, t->path, "event %lld: negative size %lld", row,
                    (long long)size);
   const void *bytes = NULL;
-  bool has_payload = sqlite3_column_type(s, 9) != SQLITE_NULL;
+  bool has_payload = sqlite3_value_type(v[9]) != SQLITE_NULL;
   if (size == 0 && has_payload)
     return corrupt(err, t->path, "event %lld: size 0 but payload %lld", row,
-                   (long long)sqlite3_column_int64(s, 9));
+                   (long long)sqlite3_value_int64(v[9]));
   if (size > 0) {
-    long long pid = sqlite3_column_int64(s, 9);
+    long long pid = sqlite3_value_int64(v[9]);
     if (!has_payload)
       return corrupt(err, t->path, "event %lld: size %lld but no payload", row,
                      (long long)size);
-    if (sqlite3_column_type(s, 12) == SQLITE_NULL)
+    if (sqlite3_value_type(v[12]) == SQLITE_NULL)
       return corrupt(err, t->path,
                      "event %lld refers to payload %lld, which does not exist",
                      row, pid);
-    bytes = sqlite3_column_blob(s, 14);
-    int got = sqlite3_column_bytes(s, 14);
-    if (!bytes || got != size || sqlite3_column_int64(s, 13) != size)
+    bytes = sqlite3_value_blob(v[14]);
+    int got = sqlite3_value_bytes(v[14]);
+    if (!bytes || got != size || sqlite3_value_int64(v[13]) != size)
       return corrupt(err, t->path,
                      "event %lld: size %lld but payload %lld holds %d bytes "
                      "(size column %lld)",
                      row, (long long)size, pid, got,
-                     (long long)sqlite3_column_int64(s, 13));
+                     (long long)sqlite3_value_int64(v[13]));
   }
   const char *name = NULL;
-  if (sqlite3_column_type(s, 10) != SQLITE_NULL) {
-    long long sid = sqlite3_column_int64(s, 10);
-    if (sqlite3_column_type(s, 15) == SQLITE_NULL)
+  if (sqlite3_value_type(v[10]) != SQLITE_NULL) {
+    long long sid = sqlite3_value_int64(v[10]);
+    const trace_string *ts = find_string(t, sid);
+    if (!ts)
       return corrupt(err, t->path,
                      "event %lld refers to string %lld, which does not exist",
                      row, sid);
-    name = (const char *)sqlite3_column_text(s, 16);
+    name = ts->text;
     if (!name)
       return corrupt(err, t->path, "event %lld: string %lld has no text", row,
                      sid);
@@ -587,14 +747,14 @@ static int decode_row(drpc_trace *t, sqlite3_stmt *s, drpc_trace_event *e,
   e->ev.kind = (drpc_event_kind)kind;
   e->ev.node = (int16_t)node;
   e->ev.peer = peer;
-  e->ev.time_ns = (uint64_t)sqlite3_column_int64(s, 4);
-  e->ev.id = (uint64_t)sqlite3_column_int64(s, 6);
-  e->ev.aux = (uint64_t)sqlite3_column_int64(s, 7);
+  e->ev.time_ns = (uint64_t)sqlite3_value_int64(v[4]);
+  e->ev.id = (uint64_t)sqlite3_value_int64(v[6]);
+  e->ev.aux = (uint64_t)sqlite3_value_int64(v[7]);
   e->ev.bytes = bytes;
   e->ev.len = (size_t)size;
   e->ev.name = name;
-  e->has_hash = sqlite3_column_type(s, 11) != SQLITE_NULL;
-  e->hash = (uint64_t)sqlite3_column_int64(s, 11);
+  e->has_hash = sqlite3_value_type(v[11]) != SQLITE_NULL;
+  e->hash = (uint64_t)sqlite3_value_int64(v[11]);
   return 0;
 }
 

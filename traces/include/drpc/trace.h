@@ -217,6 +217,10 @@ int drpc_trace_cursor_open(drpc_trace *t, int node, drpc_trace_cursor **out,
 int drpc_trace_cursor_next(drpc_trace_cursor *c, drpc_trace_event *e,
                            drpc_error *err);
 void drpc_trace_cursor_close(drpc_trace_cursor *c);
+/* A cursor over every node's events in recording order (events.id; in a
+ * merged file, the merged order): one pass over the table, no sort. */
+int drpc_trace_cursor_open_recorded(drpc_trace *t, drpc_trace_cursor **out,
+                                    drpc_error *err);
 
 /* The schema's name for an event kind ("in_frame", "out_send", ...) and
  * its direction ("in", "out", "span"); NULL for kinds v1 does not know. */
@@ -258,6 +262,25 @@ typedef struct drpc_trace_replay_result {
  * event; other codes when the recording cannot be read. */
 int drpc_trace_replay_node(drpc_trace *t, int16_t node, int context,
                            drpc_trace_replay_result *res, drpc_error *err);
+
+/* Most nodes drpc_trace_replay_nodes replays in one pass: each holds its
+ * core, its replay state (~9 KB) and a read-ahead statement throughout. */
+#define DRPC_TRACE_REPLAY_NODES_MAX 64
+
+/* Replays n nodes of t (ascending ids, as drpc_trace_nodes lists them) in
+ * one pass over the events in recording order, each node as
+ * drpc_trace_replay_node would: every node's core sees the same events in
+ * the same order, since the pass gives up as soon as a node's events are
+ * not in seq order. One pass reads the file once; a pass per node walked
+ * an index and looked up each row. Returns 0 when every node replayed
+ * identical, res[i] holding node i's counts (no context); 1 when the pass
+ * cannot tell (a node diverged or failed, a row is corrupt, events are out
+ * of seq order, memory ran out): then replay the nodes one by one with
+ * drpc_trace_replay_node, which reports where and why. DRPC_EINVAL (with
+ * err) for NULL arguments, more than DRPC_TRACE_REPLAY_NODES_MAX nodes or
+ * ids not ascending. */
+int drpc_trace_replay_nodes(drpc_trace *t, const int16_t *nodes, size_t n,
+                            drpc_trace_replay_result *res, drpc_error *err);
 
 #ifdef __cplusplus
 }
