@@ -15,4 +15,14 @@
 #define DRPC_TCACHE_ON 1
 #endif
 
+#include <stddef.h>
+
+enum { DRPC_TCACHE_STORAGE = 0, DRPC_TCACHE_VALUES = 1, DRPC_TCACHE_KINDS };
+
+/* The calling thread's cache `which`: made zeroed (size bytes) at the first
+ * call, handed to destroy (which frees it and what it holds) when the
+ * thread exits. NULL when caches are off or memory is short. Callers keep
+ * the pointer in a _Thread_local of their own for the fast path. */
+void *drpc_tcache_make(int which, size_t size, void (*destroy)(void *));
+
 #endif

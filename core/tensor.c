@@ -6,7 +6,6 @@
 
 #include <assert.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -240,9 +239,6 @@ typedef struct block_pool {
 } block_pool;
 
 static _Thread_local block_pool *tl_pool;
-static pthread_key_t pool_key;
-static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
-static bool pool_key_ok;
 
 static void pool_destroy(void *arg) {
   block_pool *p = arg;
@@ -250,10 +246,6 @@ static void pool_destroy(void *arg) {
     while (p->n[c])
       free(p->blk[c][--p->n[c]]);
   free(p);
-}
-
-static void pool_key_init(void) {
-  pool_key_ok = pthread_key_create(&pool_key, pool_destroy) == 0;
 }
 
 /* The block size of an inline storage of alloc_nbytes (a multiple of
@@ -275,17 +267,9 @@ static void *block_take(size_t block) {
 
 static void block_put(void *b, size_t block) {
   block_pool *p = tl_pool;
-  if (POOL_ON && !p) {
-    (void)pthread_once(&pool_once, pool_key_init);
-    if (pool_key_ok && (p = calloc(1, sizeof *p)) != NULL) {
-      if (pthread_setspecific(pool_key, p) == 0) {
-        tl_pool = p;
-      } else {
-        free(p);
-        p = NULL;
-      }
-    }
-  }
+  if (POOL_ON && !p)
+    p = tl_pool =
+        drpc_tcache_make(DRPC_TCACHE_STORAGE, sizeof *p, pool_destroy);
   size_t c = block / POOL_GRAIN - 1;
   if (!POOL_ON || !p || p->n[c] == POOL_DEPTH ||
       p->bytes + block > POOL_MAX_BYTES) {

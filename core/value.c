@@ -7,7 +7,6 @@
 #include "tcache.h"
 
 #include <math.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -41,19 +40,12 @@ typedef struct node_cache {
 } node_cache;
 
 static _Thread_local node_cache *tl_nodes;
-static pthread_key_t nodes_key;
-static pthread_once_t nodes_once = PTHREAD_ONCE_INIT;
-static bool nodes_key_ok;
 
 static void nodes_destroy(void *arg) {
   node_cache *c = arg;
   while (c->n)
     free(c->v[--c->n]);
   free(c);
-}
-
-static void nodes_key_init(void) {
-  nodes_key_ok = pthread_key_create(&nodes_key, nodes_destroy) == 0;
 }
 
 static drpc_value *node_new(drpc_value_kind kind) {
@@ -72,18 +64,9 @@ static drpc_value *node_new(drpc_value_kind kind) {
 
 static void node_free(drpc_value *v) {
   node_cache *c = tl_nodes;
-  if (DRPC_TCACHE_ON && !c) {
-    (void)pthread_once(&nodes_once, nodes_key_init);
-    if (nodes_key_ok && (c = malloc(sizeof(*c))) != NULL) {
-      c->n = 0;
-      if (pthread_setspecific(nodes_key, c) == 0) {
-        tl_nodes = c;
-      } else {
-        free(c);
-        c = NULL;
-      }
-    }
-  }
+  if (DRPC_TCACHE_ON && !c)
+    c = tl_nodes =
+        drpc_tcache_make(DRPC_TCACHE_VALUES, sizeof(*c), nodes_destroy);
   if (!DRPC_TCACHE_ON || !c || c->n == NODE_CACHE) {
     free(v);
     return;

@@ -1407,8 +1407,7 @@ static void write_mask(ex *x, int64_t group, uint64_t mask, bool array) {
   int shown = 0, more = 0;
   if (array)
     jw_c(x->w, '[');
-  for (int32_t i = 0; i < 64 || (i < 1 << 20 && node_known(x, group, i));
-       i++) {
+  for (int32_t i = 0; i < 64 || (i < 1 << 20 && node_known(x, group, i)); i++) {
     if (!(mask >> (i % 64) & 1))
       continue;
     if (!array && shown == 8) {
